@@ -1,0 +1,42 @@
+"""The ``aligner`` command: dispatches ``aligner <command> ...`` to each command's module.
+
+Usage:
+    aligner data  --train_datasets FILE --model_name_or_path MODEL [--dump out.jsonl]
+    aligner train --train_datasets FILE --model_name_or_path MODEL --output_dir DIR
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# Each command's module is imported only when that command runs, so that `aligner data`
+# never pays for (or needs) DeepSpeed.
+COMMANDS = {
+    "data": ("aligner.datasets.cli", "validate, inspect and dump the processed training data"),
+    "train": ("aligner.training.main", "supervised correction training on DeepSpeed"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: aligner <command> [options]", "", "commands:"]
+    lines += [f"  {name:<8} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines.append("\n`aligner <command> --help` shows a command's options.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help"}:
+        print(usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"aligner: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[command][0])
+    return module.main(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
