@@ -1,0 +1,114 @@
+"""The data flags shared by ``aligner data`` and training, and building datasets from them."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+import datasets
+import numpy as np
+from transformers import PreTrainedTokenizerBase
+
+from aligner.datasets.base import DataError
+from aligner.datasets.pipeline import DataStats, build_dataset
+from aligner.prompts import DEFAULT_TEMPLATE, PromptTemplate
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    group = parser.add_argument_group("data")
+    group.add_argument(
+        "--train_datasets",
+        nargs="+",
+        required=True,
+        metavar="NAME[:PROPORTION[:PATH]]",
+        help="datasets to train on: a registered name with an optional proportion and path "
+        "(correction-json::data/train.jsonl, correction-json:0.5:data/train.jsonl, "
+        "my-data:1000/-1), or simply a record file",
+    )
+    group.add_argument(
+        "--eval_datasets",
+        nargs="*",
+        default=None,
+        metavar="NAME[:PROPORTION[:PATH]]",
+        help="datasets to evaluate on (same form as --train_datasets)",
+    )
+    group.add_argument(
+        "--eval_split_ratio",
+        type=float,
+        default=0.0,
+        help="hold out this share of the training samples for evaluation (when no "
+        "--eval_datasets are given)",
+    )
+    group.add_argument(
+        "--dataset_module",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import a module (pkg.mod or path/to/file.py) that registers RawDataset classes; "
+        "repeatable",
+    )
+    group.add_argument(
+        "--prompt_template",
+        default=DEFAULT_TEMPLATE,
+        help="a template name (correction, aligner-v1) or a .json/.yaml template file",
+    )
+    group.add_argument(
+        "--max_length", type=int, default=2048, help="maximum tokens per sample (prompt + target)"
+    )
+    group.add_argument(
+        "--lenient_data",
+        action="store_true",
+        help="skip and count invalid records instead of stopping at the first one",
+    )
+    group.add_argument(
+        "--num_proc", type=int, default=1, help="processes used to tokenize the data"
+    )
+    group.add_argument(
+        "--data_cache_dir",
+        default=None,
+        help="where tokenized data is cached (default: $ALIGNER_CACHE_DIR/data or "
+        "~/.cache/aligner/data)",
+    )
+    return parser
+
+
+@dataclass
+class DataReport:
+    train: DataStats
+    eval: DataStats | None
+    eval_split: int = 0
+    """Samples held out of the training set by ``--eval_split_ratio``."""
+
+
+def build_datasets_from_args(
+    args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase, template: PromptTemplate
+) -> tuple[datasets.Dataset, datasets.Dataset | None, DataReport]:
+    """The training set, the evaluation set (or None), and what happened to the records."""
+    if args.max_length < 2:
+        raise DataError(f"--max_length must be at least 2, got {args.max_length}")
+    if not 0 <= args.eval_split_ratio < 1:
+        raise DataError(f"--eval_split_ratio must be in [0, 1), got {args.eval_split_ratio}")
+    common = {
+        "max_length": args.max_length,
+        "seed": args.seed,
+        "lenient": args.lenient_data,
+        "num_proc": args.num_proc,
+        "cache_dir": args.data_cache_dir,
+        "dataset_modules": args.dataset_module,
+    }
+    train, train_stats = build_dataset(args.train_datasets, tokenizer, template, **common)
+    if args.eval_datasets:
+        evaluation, eval_stats = build_dataset(args.eval_datasets, tokenizer, template, **common)
+        return train, evaluation, DataReport(train_stats, eval_stats)
+    if args.eval_split_ratio > 0:
+        order = np.random.default_rng(args.seed).permutation(len(train))
+        held_out = max(1, round(len(train) * args.eval_split_ratio))
+        if held_out >= len(train):
+            raise DataError(
+                f"--eval_split_ratio {args.eval_split_ratio} leaves no training sample "
+                f"out of {len(train)}"
+            )
+        evaluation = train.select(np.sort(order[:held_out]))
+        train = train.select(np.sort(order[held_out:]))
+        return train, evaluation, DataReport(train_stats, None, eval_split=held_out)
+    return train, None, DataReport(train_stats, None)

@@ -1,0 +1,149 @@
+"""The dataset registry: ``RawSample``, the ``RawDataset`` base class, and loading user modules."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, TypedDict
+
+if TYPE_CHECKING:
+    import datasets
+
+SAMPLE_FIELDS = ("question", "answer", "correction", "input")
+
+
+class DataError(ValueError):
+    """Bad input a user can fix: the message is one line naming the file, record and field."""
+
+
+class RawSample(TypedDict, total=False):
+    """One correction record: ``question`` + ``answer`` (or a formatted ``input``) + target."""
+
+    question: str
+    """The user's question."""
+    answer: str
+    """The upstream model's answer, to be corrected."""
+    correction: str
+    """The corrected answer: the training target."""
+    input: str
+    """An already formatted user turn, used instead of ``question`` and ``answer``."""
+
+
+class RawDataset:
+    """Base class of every dataset usable as ``--train_datasets NAME[:PROPORTION[:PATH]]``.
+
+    Subclass it, set ``NAME`` (and optionally ``ALIASES``), and implement ``__len__`` and
+    ``__getitem__`` returning a ``RawSample``. Defining the class registers it. Datasets that
+    already hold Arrow data may override ``to_hf_dataset`` to skip the per-record loop.
+    """
+
+    NAME: ClassVar[str]
+    ALIASES: ClassVar[tuple[str, ...]] = ()
+    _registry: ClassVar[dict[str, type[RawDataset]]] = {}
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "NAME" not in cls.__dict__:
+            return  # an abstract intermediate class
+        for name in (cls.NAME, *cls.ALIASES):
+            known = RawDataset._registry.get(name)
+            # Re-running the same module (a reload, a notebook cell) replaces its own class.
+            same = known is not None and (known.__module__, known.__qualname__) == (
+                cls.__module__,
+                cls.__qualname__,
+            )
+            if known is not None and not same:
+                raise DataError(
+                    f"dataset name {name!r} of {cls.__module__}.{cls.__qualname__} is already "
+                    f"registered by {known.__module__}.{known.__qualname__}"
+                )
+            RawDataset._registry[name] = cls
+
+    def __init__(self, path: str | None = None) -> None:
+        self.path = path
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> RawSample:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[RawSample]:
+        return (self[i] for i in range(len(self)))
+
+    @property
+    def source(self) -> str:
+        """How errors name this dataset."""
+        return self.path or self.NAME
+
+    def cache_key(self) -> str | None:
+        """A key that changes whenever the records change, or None to hash the records."""
+        return None
+
+    def to_hf_dataset(
+        self, *, lenient: bool = False, cache_dir: str | None = None
+    ) -> tuple[datasets.Dataset, list[str]]:
+        """The validated records as a ``datasets.Dataset`` and the problems skipped (lenient).
+
+        ``cache_dir`` is where a subclass may keep converted files; this default ignores it.
+        """
+        import datasets
+
+        from aligner.datasets.validation import check_sample
+
+        rows: dict[str, list[str | None]] = {f: [] for f in SAMPLE_FIELDS}
+        skipped: list[str] = []
+        for index in range(len(self)):
+            sample = self[index]
+            problem = check_sample(sample, f"{self.source}: record {index}")
+            if problem is not None:
+                if not lenient:
+                    raise DataError(problem)
+                skipped.append(problem)
+                continue
+            for field in SAMPLE_FIELDS:
+                rows[field].append(sample.get(field))
+        used = {f: v for f, v in rows.items() if any(x is not None for x in v)}
+        features = datasets.Features({f: datasets.Value("string") for f in used})
+        return datasets.Dataset.from_dict(used, features=features), skipped
+
+
+def registered_names() -> list[str]:
+    return sorted(RawDataset._registry)
+
+
+def get_dataset_class(name: str) -> type[RawDataset]:
+    try:
+        return RawDataset._registry[name]
+    except KeyError:
+        known = ", ".join(registered_names())
+        raise DataError(
+            f"unknown dataset {name!r}; known datasets: {known} "
+            "(register your own with --dataset_module, or pass a file path)"
+        ) from None
+
+
+def load_dataset_modules(modules: Iterable[str]) -> None:
+    """Import user modules (``pkg.mod`` or ``path/to/file.py``) so their datasets register."""
+    for module in modules:
+        try:
+            if module.endswith(".py") or Path(module).is_file():
+                path = Path(module).resolve()
+                name = f"aligner_user_datasets.{path.stem}"
+                spec = importlib.util.spec_from_file_location(name, path)
+                if spec is None or spec.loader is None:
+                    raise ImportError(f"cannot load {path}")
+                loaded = importlib.util.module_from_spec(spec)
+                sys.modules[name] = loaded
+                spec.loader.exec_module(loaded)
+            else:
+                importlib.import_module(module)
+        except DataError:
+            raise
+        except Exception as error:  # any failure inside a user's module is reported as one line
+            raise DataError(
+                f"--dataset_module {module}: cannot import: {type(error).__name__}: {error}"
+            ) from None

@@ -1,0 +1,134 @@
+"""``aligner data``: validate the training data, print what training would see, dump samples.
+
+Usage:
+    aligner data --train_datasets data/train.jsonl --model_name_or_path MODEL \
+        [--max_length 2048] [--prompt_template correction] [--dump samples.jsonl]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from aligner.datasets.arguments import DataReport, add_data_arguments, build_datasets_from_args
+from aligner.datasets.base import DataError
+from aligner.prompts import TemplateError, get_template
+from aligner.tokenizer import load_tokenizer
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="aligner data",
+        description="Validate correction data and show exactly what the model will train on.",
+    )
+    parser.add_argument("--model_name_or_path", required=True, help="model or tokenizer folder")
+    parser.add_argument("--trust_remote_code", action="store_true", help="allow custom code")
+    parser.add_argument("--seed", type=int, default=42, help="seed of proportion sampling")
+    parser.add_argument(
+        "--per_device_train_batch_size",
+        type=int,
+        default=4,
+        help="batch size used to estimate the padding share",
+    )
+    parser.add_argument(
+        "--dump", type=Path, default=None, help='write each sample as {"input_ids", "labels"}'
+    )
+    add_data_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def padding_share(lengths: np.ndarray, batch_size: int, order: np.ndarray) -> float:
+    """The share of batch tokens that are padding when ``order`` is cut into batches."""
+    padded = real = 0
+    for start in range(0, len(order), batch_size):
+        batch = lengths[order[start : start + batch_size]]
+        padded += int(batch.max()) * len(batch)
+        real += int(batch.sum())
+    return 1 - real / padded if padded else 0.0
+
+
+def format_report(report: DataReport, train, batch_size: int, seed: int) -> str:
+    lines = ["records"]
+    header = (
+        f"  {'dataset':<40} {'read':>8} {'invalid':>8} {'truncated':>9} {'too long':>9} {'kept':>8}"
+    )
+    lines.append(header)
+    for s in report.train.sources:
+        kept = s.read - s.invalid - s.dropped_too_long
+        lines.append(
+            f"  {s.spec[-40:]:<40} {s.read:>8} {s.invalid:>8} {s.truncated:>9} "
+            f"{s.dropped_too_long:>9} {kept:>8}"
+        )
+        if s.first_invalid:
+            lines.append(f"    first invalid: {s.first_invalid}")
+        if s.selected != kept:
+            lines.append(f"    proportion: {kept} kept -> {s.selected} selected")
+        if s.split_boundary:
+            lines.append(f"    {s.split_boundary} samples tokenized as prompt + correction parts")
+        lines.append(
+            f"    tokenized data {'loaded from cache' if s.from_cache else 'written to cache'}"
+        )
+    if report.eval_split:
+        lines.append(f"  held out for evaluation (--eval_split_ratio): {report.eval_split}")
+    lengths = np.asarray(train["length"])
+    prompt = np.asarray(train["prompt_length"])
+    columns = {"prompt": prompt, "target": lengths - prompt, "total": lengths}
+    lines += ["", f"tokens per sample ({len(lengths)} training samples)"]
+    lines.append(f"  {'':<8}" + "".join(f"{n:>8}" for n in ("mean", "p50", "p90", "p99", "max")))
+    for name, values in columns.items():
+        stats = [values.mean(), *np.percentile(values, [50, 90, 99]), values.max()]
+        lines.append(f"  {name:<8}" + "".join(f"{v:>8.0f}" for v in stats))
+    target_share = columns["target"].sum() / lengths.sum()
+    lines.append(f"  target tokens: {target_share:.1%} of real tokens")
+    shuffled = np.random.default_rng(seed).permutation(len(lengths))
+    grouped = np.argsort(lengths, kind="stable")
+    lines += [
+        "",
+        f"padding share at batch size {batch_size}: "
+        f"random order {padding_share(lengths, batch_size, shuffled):.1%}, "
+        f"length-grouped {padding_share(lengths, batch_size, grouped):.1%}",
+    ]
+    return "\n".join(lines)
+
+
+def dump_samples(train, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    with temporary.open("w", encoding="utf-8") as handle:
+        for batch in train.select_columns(["input_ids", "labels"]).iter(batch_size=1000):
+            for ids, labels in zip(batch["input_ids"], batch["labels"], strict=True):
+                handle.write(json.dumps({"input_ids": ids, "labels": labels}) + "\n")
+    temporary.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        template = get_template(args.prompt_template)
+        tokenizer = load_tokenizer(
+            args.model_name_or_path, trust_remote_code=args.trust_remote_code
+        )
+        train, _, report = build_datasets_from_args(args, tokenizer, template)
+    except (DataError, TemplateError) as error:
+        print(f"aligner data: error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(
+            f"aligner data: error: {args.model_name_or_path}: {error}".splitlines()[0],
+            file=sys.stderr,
+        )
+        return 1
+    print(f"prompt template: {template.name}")
+    print(format_report(report, train, args.per_device_train_batch_size, args.seed))
+    if args.dump:
+        dump_samples(train, args.dump)
+        print(f"\nwrote {len(train)} samples to {args.dump}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""Reading record files (JSON, JSON Lines, Parquet, CSV, saved datasets) into validated Arrow data.
+
+The fast path hands the file to Hugging Face ``datasets`` (memory-mapped Arrow) and checks the
+fields with vectorised Arrow kernels; only when that finds a problem does the exact, per-record
+scan run, so a bad file still gets a message naming its line and field.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from aligner.datasets.base import DataError
+from aligner.datasets.validation import (
+    CORRECTION_FIELDS,
+    NON_EMPTY_FIELDS,
+    check_record,
+    scan_json,
+    utf8_problem,
+)
+
+__all__ = ["DataError", "detect_format", "load_records", "read_records", "validate_records"]
+
+FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+def detect_format(path: Path) -> str:
+    if path.is_dir():
+        if (path / "dataset_info.json").is_file() or (path / "state.json").is_file():
+            return "saved"
+        raise DataError(f"{path}: a folder must be one written by datasets' save_to_disk")
+    try:
+        return FORMATS[path.suffix.lower()]
+    except KeyError:
+        raise DataError(
+            f"{path}: unsupported file type {path.suffix!r}; "
+            "use .json, .jsonl, .parquet, .csv or a save_to_disk folder"
+        ) from None
+
+
+def _load_arrow(path: Path, fmt: str, cache_dir: str | None) -> datasets.Dataset:
+    if fmt == "saved":
+        loaded = datasets.load_from_disk(str(path))
+        if isinstance(loaded, datasets.DatasetDict):
+            if "train" not in loaded:
+                raise DataError(f"{path}: saved DatasetDict has no 'train' split")
+            loaded = loaded["train"]
+        return loaded
+    extra = {}
+    if fmt == "csv":
+        # Every CSV cell is read as text: a numeric-looking answer is still an answer, and an
+        # empty cell stays an empty string rather than becoming NaN.
+        with path.open(newline="", encoding="utf-8") as handle:
+            header = next(csv.reader(handle), [])
+        features = datasets.Features({name: datasets.Value("string") for name in header})
+        extra = {"features": features, "keep_default_na": False}
+    return datasets.load_dataset(
+        fmt, data_files=str(path), split="train", cache_dir=cache_dir, **extra
+    )
+
+
+def _bad_rows(dataset: datasets.Dataset, fields: Sequence[str]) -> np.ndarray:
+    """A boolean mask of the rows with a missing, null, non-string or empty field."""
+    table = dataset.data.table if dataset._indices is None else dataset.with_format("arrow")[:]
+    bad = np.zeros(len(dataset), dtype=bool)
+    for field in fields:
+        if field not in table.column_names:
+            bad[:] = True
+            break
+        column = table.column(field)
+        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+            # Mixed types in one column (JSON): check the values one by one.
+            bad |= np.array([not isinstance(v, str) for v in dataset[field]], dtype=bool)
+            continue
+        bad |= pc.is_null(column).to_numpy(zero_copy_only=False)
+        if field in NON_EMPTY_FIELDS:
+            empty = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(column)), 0)
+            bad |= pc.fill_null(empty, True).to_numpy(zero_copy_only=False)
+    return bad
+
+
+def validate_records(
+    dataset: datasets.Dataset,
+    fields: Sequence[str],
+    source: str,
+    *,
+    lenient: bool = False,
+    problems: Iterable[str | None] | None = None,
+) -> tuple[datasets.Dataset, list[str]]:
+    """Check ``fields`` of every row; raise on the first problem, or drop bad rows (lenient).
+
+    ``problems`` yields the exact messages for the bad rows when the caller can name lines
+    (JSON files); by default rows are named by index.
+    """
+    bad = _bad_rows(dataset, fields)
+    skipped: list[str] = []
+    if bad.any():
+        if problems is None:
+            problems = (
+                check_record(dataset[int(row)], f"{source}: row {int(row)}", fields)
+                for row in np.flatnonzero(bad)
+            )
+        skipped = [problem for problem in problems if problem is not None]
+        if not lenient:
+            raise DataError(skipped[0])
+        dataset = dataset.select(np.flatnonzero(~bad))
+    if len(dataset) == 0:
+        detail = f" ({len(skipped)} skipped; first: {skipped[0]})" if skipped else ""
+        raise DataError(f"{source}: no valid record{detail}")
+    return dataset, skipped
+
+
+def _scan_records(
+    path: Path, fields: Sequence[str], *, lenient: bool
+) -> tuple[datasets.Dataset, list[str]]:
+    """Parse a JSON file record by record: for files the Arrow reader rejects."""
+    records: list[object] = []
+    skipped: list[str] = []
+    for where, record, problem in scan_json(path):
+        problem = problem or check_record(record, where, fields)
+        if problem is None:
+            records.append(record)
+        elif not lenient:
+            raise DataError(problem)
+        else:
+            skipped.append(problem)
+    if not records:
+        detail = f" ({len(skipped)} skipped; first: {skipped[0]})" if skipped else ""
+        raise DataError(f"{path}: no valid record{detail}")
+    return datasets.Dataset.from_list(records), skipped
+
+
+def _json_problems(path: Path, fields: Sequence[str]) -> Iterator[str | None]:
+    for where, record, problem in scan_json(path):
+        yield problem or check_record(record, where, fields)
+
+
+def read_records(
+    path: str | Path,
+    fields: Sequence[str] = CORRECTION_FIELDS,
+    *,
+    lenient: bool = False,
+    cache_dir: str | None = None,
+) -> tuple[datasets.Dataset, list[str]]:
+    """Load and validate a record file; return the dataset and the problems skipped (lenient).
+
+    Every column of the file is kept. Strict mode raises ``DataError`` at the first problem;
+    lenient mode skips bad records and reports each. No valid record at all is always an error.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    fmt = detect_format(path)
+    if fmt in {"json", "csv"}:
+        problem = utf8_problem(path)
+        if problem is not None:
+            raise DataError(problem)
+    datasets.disable_progress_bars()
+    verbosity = datasets.logging.get_verbosity()
+    # The Arrow reader logs its own (line-less) parse errors; ours replace them.
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
+    try:
+        dataset = _load_arrow(path, fmt, cache_dir)
+    except DataError:
+        raise
+    except Exception as error:  # the Arrow reader's errors name no line: diagnose below
+        if fmt != "json":
+            raise DataError(f"{path}: cannot read {fmt} file: {error}".splitlines()[0]) from None
+        return _scan_records(path, fields, lenient=lenient)
+    finally:
+        datasets.logging.set_verbosity(verbosity)
+    problems = _json_problems(path, fields) if fmt == "json" else None
+    return validate_records(dataset, fields, str(path), lenient=lenient, problems=problems)
+
+
+def load_records(
+    path: str | Path,
+    fields: Sequence[str] = CORRECTION_FIELDS,
+    *,
+    lenient: bool = False,
+    cache_dir: str | None = None,
+) -> datasets.Dataset:
+    """``read_records`` that reports skipped records on stderr and returns the dataset alone."""
+    dataset, skipped = read_records(path, fields, lenient=lenient, cache_dir=cache_dir)
+    if skipped:
+        print(
+            f"{path}: skipped {len(skipped)} invalid record(s); first: {skipped[0]}",
+            file=sys.stderr,
+        )
+    return dataset

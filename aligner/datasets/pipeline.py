@@ -1,0 +1,184 @@
+"""From dataset specs to one tokenized training set: load, validate, tokenize (cached), mix."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import datasets
+import numpy as np
+from filelock import FileLock
+from transformers import PreTrainedTokenizerBase
+
+from aligner.datasets.base import DataError, RawDataset, get_dataset_class, load_dataset_modules
+from aligner.datasets.encode import DROPPED, TRUNCATED, SampleEncoder
+from aligner.datasets.spec import DatasetSpec, parse_dataset_spec, sample_indices
+from aligner.prompts import PromptTemplate
+from aligner.tokenizer import tokenizer_fingerprint
+
+PIPELINE_VERSION = "1"
+"""Part of every cache key: bump it when the encoding of a sample changes."""
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("ALIGNER_CACHE_DIR") or Path.home() / ".cache" / "aligner"
+    return Path(root) / "data"
+
+
+@dataclass
+class SourceStats:
+    """What happened to the records of one dataset spec."""
+
+    spec: str
+    read: int = 0
+    """Records read, valid or not."""
+    invalid: int = 0
+    """Records skipped as invalid (lenient mode)."""
+    truncated: int = 0
+    """Samples whose prompt was shortened to fit ``max_length``."""
+    dropped_too_long: int = 0
+    """Samples dropped because the correction + EOS alone does not fit."""
+    split_boundary: int = 0
+    """Samples whose prompt and correction were tokenized as two parts."""
+    selected: int = 0
+    """Samples taken after the proportion (upsampled or subsampled)."""
+    from_cache: bool = False
+    """Whether the tokenized data came from the cache."""
+    first_invalid: str | None = None
+
+
+@dataclass
+class DataStats:
+    sources: list[SourceStats] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(s.selected for s in self.sources)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"sources": [asdict(s) for s in self.sources], "total": self.total}
+
+
+def _content_key(dataset: datasets.Dataset) -> str:
+    digest = hashlib.sha256()
+    for batch in dataset.with_format("arrow").iter(batch_size=10_000):
+        for column in batch.columns:
+            digest.update(json.dumps(column.to_pylist(), ensure_ascii=False).encode())
+    return digest.hexdigest()
+
+
+def _instantiate(spec: DatasetSpec) -> RawDataset:
+    cls = get_dataset_class(spec.name)
+    try:
+        return cls(spec.path) if spec.path is not None else cls()
+    except DataError:
+        raise
+    except Exception as error:  # a user's dataset class failing in its constructor
+        raise DataError(f"dataset {spec}: {type(error).__name__}: {error}") from None
+
+
+def tokenize_source(
+    raw: datasets.Dataset,
+    source_key: str,
+    encoder: SampleEncoder,
+    tokenizer_id: str,
+    cache_dir: Path,
+    num_proc: int,
+) -> tuple[datasets.Dataset, bool]:
+    """Tokenize one source, or load it from the cache; safe to run on many ranks at once."""
+    key_material = {
+        "source": source_key,
+        "tokenizer": tokenizer_id,
+        "template": encoder.template.to_dict(),
+        "max_length": encoder.max_length,
+        "version": PIPELINE_VERSION,
+    }
+    key = hashlib.sha256(json.dumps(key_material, sort_keys=True).encode()).hexdigest()[:24]
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    cache_file = cache_dir / f"tokenized-{key}.arrow"
+    meta_file = cache_dir / f"tokenized-{key}.json"
+    # The first process to take the lock tokenizes; the others then read its cache file.
+    with FileLock(str(cache_dir / f"tokenized-{key}.lock")):
+        from_cache = meta_file.is_file()
+        tokenized = raw.map(
+            encoder,
+            batched=True,
+            batch_size=1000,
+            num_proc=num_proc if num_proc > 1 else None,
+            remove_columns=raw.column_names,
+            cache_file_name=str(cache_file),
+            load_from_cache_file=from_cache,
+            new_fingerprint=key,
+            desc="tokenizing",
+        )
+        if not from_cache:
+            # Written last: the cache counts only once the Arrow file is complete. It also
+            # records which template and tokenizer the processed data was made with.
+            meta_file.write_text(json.dumps(key_material, indent=2, ensure_ascii=False))
+    return tokenized, from_cache
+
+
+def build_dataset(
+    specs: Sequence[str],
+    tokenizer: PreTrainedTokenizerBase,
+    template: PromptTemplate,
+    *,
+    max_length: int,
+    seed: int = 42,
+    lenient: bool = False,
+    num_proc: int = 1,
+    cache_dir: str | Path | None = None,
+    dataset_modules: Sequence[str] = (),
+) -> tuple[datasets.Dataset, DataStats]:
+    """Load, validate, tokenize and mix the datasets named by ``specs``.
+
+    Returns a dataset with ``input_ids``, ``labels`` (IGNORE_INDEX on the prompt),
+    ``length`` and ``prompt_length``, and the statistics of every source.
+    """
+    if not specs:
+        raise DataError(
+            "no dataset given: pass --train_datasets NAME[:PROPORTION[:PATH]] or a file"
+        )
+    load_dataset_modules(dataset_modules)
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    datasets.disable_progress_bars()
+    encoder = SampleEncoder(tokenizer, template, max_length)
+    tokenizer_id = tokenizer_fingerprint(tokenizer)
+    stats = DataStats()
+    parts = []
+    for index, text in enumerate(specs):
+        spec = parse_dataset_spec(text)
+        source = _instantiate(spec)
+        raw, skipped = source.to_hf_dataset(lenient=lenient, cache_dir=str(cache_dir / "raw"))
+        source_key = source.cache_key() or _content_key(raw)
+        tokenized, from_cache = tokenize_source(
+            raw, source_key, encoder, tokenizer_id, cache_dir, num_proc
+        )
+        status = np.asarray(tokenized.data.column("status"))
+        kept = tokenized.select(np.flatnonzero(status != DROPPED))
+        if len(kept) == 0:
+            raise DataError(
+                f"dataset {spec}: no sample fits --max_length {max_length} "
+                f"({int((status == DROPPED).sum())} corrections longer than that on their own)"
+            )
+        chosen = kept.select(sample_indices(len(kept), spec, seed + index))
+        stats.sources.append(
+            SourceStats(
+                spec=str(spec),
+                read=len(raw) + len(skipped),
+                invalid=len(skipped),
+                truncated=int((status == TRUNCATED).sum()),
+                dropped_too_long=int((status == DROPPED).sum()),
+                split_boundary=int(np.asarray(tokenized.data.column("split_boundary")).sum()),
+                selected=len(chosen),
+                from_cache=from_cache,
+                first_invalid=skipped[0] if skipped else None,
+            )
+        )
+        parts.append(chosen.remove_columns(["status", "split_boundary"]))
+    mixed = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+    return mixed, stats

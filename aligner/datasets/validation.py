@@ -1,0 +1,131 @@
+"""Record validation: one clear line naming the file, the line or row, and the field."""
+
+from __future__ import annotations
+
+import codecs
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+CORRECTION_FIELDS = ("question", "answer", "correction")
+INPUT_FIELDS = ("input", "correction")
+NON_EMPTY_FIELDS = frozenset({"correction"})
+
+
+def _type_name(value: object) -> str:
+    return {dict: "object", list: "array", bool: "boolean", int: "number", float: "number"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def check_record(record: object, where: str, fields: Sequence[str]) -> str | None:
+    """The problem with one record as a one-line message, or None when it is valid."""
+    if not isinstance(record, Mapping):
+        return f"{where}: record is not an object (got {_type_name(record)})"
+    for field in fields:
+        if field not in record:
+            return f"{where}: missing field {field!r}"
+        value = record[field]
+        if value is None:
+            return f"{where}: field {field!r} is null"
+        if not isinstance(value, str):
+            return f"{where}: field {field!r} must be a string, got {_type_name(value)}"
+        if field in NON_EMPTY_FIELDS and not value.strip():
+            return f"{where}: field {field!r} is empty"
+    return None
+
+
+def sample_fields(record: Mapping[str, Any]) -> tuple[str, ...]:
+    """The fields a training sample needs: question/answer/correction, or input/correction."""
+    if "input" in record and "question" not in record and "answer" not in record:
+        return INPUT_FIELDS
+    return CORRECTION_FIELDS
+
+
+def check_sample(record: object, where: str) -> str | None:
+    fields = sample_fields(record) if isinstance(record, Mapping) else CORRECTION_FIELDS
+    return check_record(record, where, fields)
+
+
+def utf8_problem(path: Path, chunk_size: int = 1 << 24) -> str | None:
+    """Where a text file stops being valid UTF-8, or None; reads the file in chunks."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    tail_line, tail = 1, b""  # the bytes since the last newline, and their line number
+    with path.open("rb") as handle:
+        while chunk := handle.read(chunk_size):
+            data = tail + chunk  # starts after a newline, so on a character boundary
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError:
+                error = _first_utf8_error(data)
+                line = tail_line + data.count(b"\n", 0, error)
+                column = error - (data.rfind(b"\n", 0, error) + 1) + 1
+                byte = data[error : error + 1].hex()
+                return f"{path}:{line}: invalid UTF-8 (byte 0x{byte} at column {column})"
+            cut = data.rfind(b"\n")
+            if cut >= 0:
+                tail_line += data.count(b"\n")
+                tail = data[cut + 1 :]
+            else:
+                tail = data
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return f"{path}:{tail_line}: invalid UTF-8 (a character cut off at the end of the file)"
+    return None
+
+
+def _first_utf8_error(data: bytes) -> int:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return error.start
+    return len(data)
+
+
+def scan_json(path: Path) -> Iterator[tuple[str, object, str | None]]:
+    """Yield ``(where, record, parse_problem)`` for each record of a JSON array or JSON Lines file.
+
+    This is the slow, exact path: it runs only when the Arrow reader rejects a file or finds a
+    bad value, to say precisely where the problem is.
+    """
+    problem = utf8_problem(path)
+    if problem is not None:
+        yield str(path), None, problem
+        return
+    text = path.read_text(encoding="utf-8")
+    start = len(text) - len(text.lstrip())
+    if text[start : start + 1] == "[":
+        yield from _scan_array(path, text, start + 1)
+        return
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            yield where, json.loads(line), None
+        except json.JSONDecodeError as error:
+            yield where, None, f"{where}: invalid JSON: {error.msg} (column {error.colno})"
+
+
+def _scan_array(path: Path, text: str, position: int) -> Iterator[tuple[str, object, str | None]]:
+    decoder = json.JSONDecoder()
+    index = 0
+    while True:
+        while position < len(text) and text[position] in " \t\r\n,":
+            position += 1
+        line = text.count("\n", 0, position) + 1
+        if position >= len(text):
+            yield f"{path}:{line}", None, f"{path}:{line}: invalid JSON: unterminated array"
+            return
+        if text[position] == "]":
+            return
+        where = f"{path}:{line} (record {index})"
+        try:
+            record, position = decoder.raw_decode(text, position)
+        except json.JSONDecodeError as error:
+            yield where, None, f"{path}:{error.lineno}: invalid JSON: {error.msg}"
+            return
+        yield where, record, None
+        index += 1
