@@ -65,9 +65,7 @@ class PromptTemplate:
 
     def render_input(self, user_input: str) -> str:
         """The prompt for an already formatted user input."""
-        return (
-            self.begin.format() + self.user.format(input=user_input) + self.assistant.format()
-        )
+        return self.begin.format() + self.user.format(input=user_input) + self.assistant.format()
 
     def render(self, question: str, answer: str) -> str:
         """The prompt for a question and an upstream answer; the correction follows it."""
