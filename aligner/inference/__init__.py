@@ -1,0 +1,1 @@
+"""Applying a trained aligner: batched correction, preference export and evaluation."""
