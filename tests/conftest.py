@@ -1,0 +1,84 @@
+"""Shared fixtures: real tokenizers (Llama SentencePiece, byte-level BPE) and a tiny model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE_DATASET = REPO_ROOT / "template-dataset.json"
+
+BPE_CORPUS = [
+    "BEGINNING OF CONVERSATION: USER: ##Question: What is the capital of France?",
+    "##Answer: Paris is the capital of Germany.\n##Correction:  ASSISTANT: Paris.",
+    "hello world, hello there; the quick brown fox jumps over the lazy dog.",
+    "Correct answers are helpful and harmless. I can't help with that request.",
+    "你好，世界。こんにちは。😀 emoji and unicode: café, naïve, façade.",
+] * 50
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test gets its own data cache; nothing is written to the user's home."""
+    monkeypatch.setenv("ALIGNER_CACHE_DIR", str(tmp_path / "aligner-cache"))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-datasets-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def llama_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from aligner.tiny import write_llama_tokenizer
+
+    return write_llama_tokenizer(tmp_path_factory.mktemp("llama-tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def llama_tokenizer(llama_tokenizer_dir: Path):
+    from aligner.tokenizer import load_tokenizer
+
+    return load_tokenizer(str(llama_tokenizer_dir))
+
+
+@pytest.fixture(scope="session")
+def bpe_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A byte-level BPE tokenizer trained here: no BOS, no pad token, EOS only."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=600,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    backend.train_from_iterator(BPE_CORPUS, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>")
+    directory = tmp_path_factory.mktemp("bpe-tokenizer")
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def bpe_tokenizer(bpe_tokenizer_dir: Path):
+    from aligner.tokenizer import load_tokenizer
+
+    return load_tokenizer(str(bpe_tokenizer_dir))
+
+
+@pytest.fixture(scope="session", params=["llama", "bpe"])
+def any_tokenizer(request: pytest.FixtureRequest):
+    return request.getfixturevalue(f"{request.param}_tokenizer")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-init tiny Llama with the real Llama tokenizer (read-only: copy to modify)."""
+    from aligner.tiny import write_tiny_llama
+
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))

@@ -1,0 +1,142 @@
+"""Record files: every format loads, and every class of bad input names file, line and field."""
+
+from __future__ import annotations
+
+import json
+
+import datasets
+import pandas as pd
+import pytest
+
+from aligner.datasets import DataError
+from aligner.datasets.loading import load_records, read_records
+
+GOOD = {"question": "Q?", "answer": "A.", "correction": "C."}
+
+
+def write_jsonl(path, lines: list[str]) -> str:
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(path)
+
+
+def good_line(**changes) -> str:
+    return json.dumps({**GOOD, **changes})
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl", "parquet", "csv", "saved"])
+def test_every_format_loads_with_extra_columns_kept(tmp_path, fmt: str) -> None:
+    rows = [{**GOOD, "id": str(i), "question": f"Q{i}"} for i in range(5)]
+    frame = pd.DataFrame(rows)
+    path = tmp_path / f"data.{fmt}"
+    if fmt == "json":
+        path.write_text(json.dumps(rows))
+    elif fmt == "jsonl":
+        frame.to_json(path, orient="records", lines=True)
+    elif fmt == "parquet":
+        frame.to_parquet(path)
+    elif fmt == "csv":
+        frame.to_csv(path, index=False)
+    else:
+        datasets.Dataset.from_pandas(frame).save_to_disk(str(path))
+    dataset, skipped = read_records(path)
+    assert skipped == [] and len(dataset) == 5
+    assert dataset[3]["question"] == "Q3" and dataset[3]["id"] == "3"
+
+
+def test_csv_numeric_text_stays_text(tmp_path) -> None:
+    path = tmp_path / "numbers.csv"
+    path.write_text("question,answer,correction\n2+2,5,4\n")
+    assert read_records(path)[0][0] == {"question": "2+2", "answer": "5", "correction": "4"}
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        ([good_line(), '{"question": "Q", "answer"'], r"data.jsonl:2: invalid JSON"),
+        (
+            [good_line(), good_line(), "[1, 2]"],
+            r"data.jsonl:3: record is not an object \(got array\)",
+        ),
+        (
+            [good_line(), json.dumps({"question": "Q", "answer": "A"})],
+            r"data.jsonl:2: missing field 'correction'",
+        ),
+        ([good_line(answer=None)], r"data.jsonl:1: field 'answer' is null"),
+        (
+            [good_line(), good_line(question=42)],
+            r"data.jsonl:2: field 'question' must be a string, got number",
+        ),
+        (
+            [good_line(), good_line(correction=["a"])],
+            r"data.jsonl:2: field 'correction' must be a string, got array",
+        ),
+        (
+            [good_line(), "", good_line(correction="  ")],
+            r"data.jsonl:3: field 'correction' is empty",
+        ),
+    ],
+)
+def test_bad_jsonl_names_line_and_field(tmp_path, lines: list[str], message: str) -> None:
+    path = write_jsonl(tmp_path / "data.jsonl", lines)
+    with pytest.raises(DataError, match=message) as error:
+        read_records(path)
+    assert "\n" not in str(error.value)
+
+
+def test_invalid_utf8_names_the_line(tmp_path) -> None:
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(good_line().encode() + b"\n" + b'{"question": "caf\xe9"}\n')
+    with pytest.raises(DataError, match=r"data.jsonl:2: invalid UTF-8 \(byte 0xe9 at column 18\)"):
+        read_records(path)
+
+
+def test_json_array_names_record_and_line(tmp_path) -> None:
+    path = tmp_path / "data.json"
+    path.write_text("[\n" + good_line() + ",\n" + good_line(answer=None) + "\n]")
+    with pytest.raises(DataError, match=r"data.json:3 \(record 1\): field 'answer' is null"):
+        read_records(path)
+
+
+def test_parquet_and_csv_name_the_row(tmp_path) -> None:
+    pd.DataFrame([GOOD, {**GOOD, "answer": None}]).to_parquet(tmp_path / "d.parquet")
+    with pytest.raises(DataError, match=r"d.parquet: row 1: field 'answer' is null"):
+        read_records(tmp_path / "d.parquet")
+    (tmp_path / "d.csv").write_text("question,answer,correction\nq,a,c\nq,a,\n")
+    with pytest.raises(DataError, match=r"d.csv: row 1: field 'correction' is empty"):
+        read_records(tmp_path / "d.csv")
+
+
+def test_lenient_mode_skips_and_counts(tmp_path, capsys) -> None:
+    lines = [good_line(), "not json", good_line(answer=None), good_line(question="last")]
+    path = write_jsonl(tmp_path / "data.jsonl", lines)
+    dataset, skipped = read_records(path, lenient=True)
+    assert [r["question"] for r in dataset] == ["Q?", "last"]
+    assert len(skipped) == 2 and "data.jsonl:2" in skipped[0] and "data.jsonl:3" in skipped[1]
+    load_records(path, lenient=True)
+    assert "skipped 2 invalid record(s)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("lenient", [False, True])
+def test_zero_valid_records_is_always_an_error(tmp_path, lenient: bool) -> None:
+    path = write_jsonl(tmp_path / "data.jsonl", [good_line(correction="")])
+    with pytest.raises(DataError, match="data.jsonl"):
+        read_records(path, lenient=lenient)
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(DataError, match="empty.jsonl"):
+        read_records(tmp_path / "empty.jsonl", lenient=lenient)
+
+
+def test_inference_fields_need_no_correction(tmp_path) -> None:
+    path = write_jsonl(tmp_path / "answers.jsonl", [json.dumps({"question": "Q", "answer": "A"})])
+    assert len(read_records(path, ("question", "answer"))[0]) == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [("missing.jsonl", "no such file"), ("data.txt", "unsupported file type '.txt'")],
+)
+def test_missing_or_unsupported_file(tmp_path, name: str, message: str) -> None:
+    if name.endswith(".txt"):
+        (tmp_path / name).write_text("x")
+    with pytest.raises(DataError, match=message):
+        read_records(tmp_path / name)

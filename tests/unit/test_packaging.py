@@ -1,0 +1,44 @@
+"""Packaging: the conda recipe matches pyproject.toml, and the data side never loads DeepSpeed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from ..conftest import REPO_ROOT
+
+
+def test_conda_recipe_lists_the_same_dependencies_as_pyproject() -> None:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    recipe = yaml.safe_load((REPO_ROOT / "conda-recipe.yaml").read_text())
+    pip_section = next(d["pip"] for d in recipe["dependencies"] if isinstance(d, dict))
+    assert sorted(pip_section) == sorted(project["dependencies"])
+    python = next(
+        d for d in recipe["dependencies"] if isinstance(d, str) and d.startswith("python")
+    )
+    assert project["requires-python"] == ">=3.10" and python.split("=")[-1] >= "3.10"
+
+
+def test_data_pipeline_imports_without_deepspeed() -> None:
+    code = (
+        "import sys, aligner.datasets, aligner.prompts, aligner.datasets.pipeline, "
+        "aligner.datasets.cli, aligner.datasets.collate; "
+        "print('deepspeed' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
+def test_aligner_command_is_installed() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "aligner.cli", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0 and "aligner data" not in result.stderr
+    assert "data" in result.stdout and "train" in result.stdout
