@@ -3,6 +3,7 @@
 Usage:
     aligner data  --train_datasets FILE --model_name_or_path MODEL [--dump out.jsonl]
     aligner train --train_datasets FILE --model_name_or_path MODEL --output_dir DIR
+    aligner correct --model_name_or_path CKPT --input answers.jsonl --output corrected.jsonl
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 COMMANDS = {
     "data": ("aligner.datasets.cli", "validate, inspect and dump the processed training data"),
     "train": ("aligner.training.main", "supervised correction training on DeepSpeed"),
+    "correct": ("aligner.inference.correct", "correct upstream answers with a trained aligner"),
 }
 
 

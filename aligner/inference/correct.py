@@ -1,0 +1,255 @@
+"""The ``aligner correct`` command: apply a trained aligner to (question, answer) records.
+
+Usage:
+    aligner correct --model_name_or_path CKPT --input answers.jsonl --output corrected.jsonl
+        [--rounds N] [--preference_output pairs.jsonl] [--batch_size 8] [--max_new_tokens 512]
+
+Each output line is an input record plus ``correction`` (and ``id`` where the input had none).
+Re-running with the same ``--output`` skips the records already written; a crash loses at most
+the batch in flight. When done, the output is in input order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+from transformers import set_seed
+
+from aligner.datasets.loading import load_records
+from aligner.inference.generate import GenerationOptions, generate
+from aligner.inference.loading import (
+    checkpoint_template,
+    load_model,
+    resolve_device,
+    resolve_dtype,
+)
+from aligner.inference.metrics import is_copy
+from aligner.inference.output import append_durably, read_written, write_atomically
+from aligner.inference.preference import FORMATS, write_preferences
+from aligner.prompts import PromptTemplate
+from aligner.tokenizer import load_tokenizer
+
+CORRECTION_FIELD = "correction"
+REFERENCE_FIELD = "reference_correction"
+"""Where an input's own ``correction`` (a reference, e.g. from a test split) is kept."""
+ROUNDS_FIELD = "correction_rounds"
+
+Record = dict[str, Any]
+
+
+class CorrectionError(ValueError):
+    """A flag or input that the command cannot work with."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aligner correct", description="Correct upstream answers with a trained aligner."
+    )
+    io = parser.add_argument_group("input and output")
+    io.add_argument("--model_name_or_path", required=True, help="the trained aligner checkpoint")
+    io.add_argument(
+        "--input", required=True, help="records with question and answer (JSON/JSONL/Parquet)"
+    )
+    io.add_argument("--output", required=True, help="JSONL written (and resumed) here")
+    io.add_argument(
+        "--template",
+        default=None,
+        help="prompt template name or file; default: the checkpoint's prompt_template.json",
+    )
+    io.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="correct each correction again, N rounds in all; a record stops early once a "
+        "round returns it unchanged",
+    )
+    io.add_argument(
+        "--preference_output",
+        default=None,
+        help="also write DPO pairs (prompt=question, chosen=correction, rejected=answer)",
+    )
+    io.add_argument("--preference_format", choices=FORMATS, default="standard")
+    gen = parser.add_argument_group("generation")
+    gen.add_argument("--batch_size", type=int, default=8)
+    gen.add_argument("--max_new_tokens", type=int, default=512)
+    gen.add_argument("--do_sample", action="store_true", help="sample instead of greedy decoding")
+    gen.add_argument("--temperature", type=float, default=None)
+    gen.add_argument("--top_p", type=float, default=None)
+    gen.add_argument("--top_k", type=int, default=None)
+    gen.add_argument("--seed", type=int, default=42)
+    gen.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    gen.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
+    gen.add_argument(
+        "--trust_remote_code",
+        action="store_true",
+        help="run model code shipped with the checkpoint (only for checkpoints you trust)",
+    )
+    return parser
+
+
+def check_args(args: argparse.Namespace) -> None:
+    for flag in ("rounds", "batch_size", "max_new_tokens"):
+        if getattr(args, flag) < 1:
+            raise CorrectionError(f"--{flag} must be at least 1")
+    paths = {"--input": args.input, "--output": args.output}
+    if args.preference_output:
+        paths["--preference_output"] = args.preference_output
+    resolved = {flag: Path(path).resolve() for flag, path in paths.items()}
+    if len(set(resolved.values())) < len(resolved):
+        raise CorrectionError(f"{', '.join(paths)} must be different files")
+
+
+def id_key(record_id: object) -> str:
+    """A hashable key for an id of any JSON type, the same before and after a JSON round trip."""
+    return json.dumps(record_id, sort_keys=True, default=str)
+
+
+def prepare_records(rows: list[Record], source: str) -> list[Record]:
+    """Give each record its id (its own, else its index) and keep a given correction aside."""
+    records, seen = [], {}
+    for index, row in enumerate(rows):
+        record = dict(row) if row.get("id") is not None else {"id": index, **row}
+        if CORRECTION_FIELD in record:
+            record[REFERENCE_FIELD] = record.pop(CORRECTION_FIELD)
+        key = id_key(record["id"])
+        if key in seen:
+            raise CorrectionError(
+                f"{source}: records {seen[key]} and {index} share the id {record['id']!r}; "
+                "ids must be unique"
+            )
+        seen[key] = index
+        records.append(record)
+    return records
+
+
+def correct_batch(
+    generate_fn: Callable[[list[str]], list[str]],
+    template: PromptTemplate,
+    records: list[Record],
+    rounds: int,
+) -> list[list[str]]:
+    """Each record's corrections, one per round that ran.
+
+    Each round corrects the previous round's correction. A record whose round returned its
+    answer unchanged is done: the aligner has nothing left to correct.
+    """
+    answers = [record["answer"] for record in records]
+    history: list[list[str]] = [[] for _ in records]
+    active = list(range(len(records)))
+    for _ in range(rounds):
+        prompts = [template.render(records[i]["question"], answers[i]) for i in active]
+        still_active = []
+        for i, correction in zip(active, generate_fn(prompts), strict=True):
+            history[i].append(correction)
+            if not is_copy(correction, answers[i]):
+                still_active.append(i)
+            answers[i] = correction
+        active = still_active
+        if not active:
+            break
+    return history
+
+
+def corrected(record: Record, history: list[str], rounds: int) -> Record:
+    result = {**record, CORRECTION_FIELD: history[-1]}
+    if rounds > 1:
+        result[ROUNDS_FIELD] = history
+    return result
+
+
+def correct_pending(
+    args: argparse.Namespace, template: PromptTemplate, pending: list[Record], total: int
+) -> None:
+    """Generate and append the corrections of the records not yet in the output."""
+    device = resolve_device(args.device)
+    tokenizer = load_tokenizer(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
+    model = load_model(
+        args.model_name_or_path,
+        device=device,
+        dtype=resolve_dtype(args.dtype, device),
+        trust_remote_code=args.trust_remote_code,
+    )
+    set_seed(args.seed)
+    options = GenerationOptions(
+        max_new_tokens=args.max_new_tokens,
+        do_sample=args.do_sample,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+    )
+    generate_fn = functools.partial(generate, model, tokenizer, options=options)
+    # Longest prompts first: neighbours of similar length waste little compute on padding, and
+    # a batch too large for memory fails in the first minute rather than hours in.
+    pending = sorted(
+        pending, key=lambda r: len(template.render(r["question"], r["answer"])), reverse=True
+    )
+    size = args.batch_size
+    with (
+        open(args.output, "a", encoding="utf-8") as handle,
+        tqdm(total=total, initial=total - len(pending), unit="record", desc="correct") as bar,
+    ):
+        for start in range(0, len(pending), size):
+            batch = pending[start : start + size]
+            histories = correct_batch(generate_fn, template, batch, args.rounds)
+            pairs = zip(batch, histories, strict=True)
+            append_durably(handle, [corrected(r, h, args.rounds) for r, h in pairs])
+            bar.update(len(batch))
+
+
+def in_input_order(written: list[Record], records: list[Record]) -> list[Record]:
+    """Written records in input order; any the input does not hold follow in file order."""
+    position = {id_key(record["id"]): index for index, record in enumerate(records)}
+    return sorted(written, key=lambda r: position.get(id_key(r["id"]), len(position)))
+
+
+def run(args: argparse.Namespace) -> int:
+    check_args(args)
+    template = checkpoint_template(args.model_name_or_path, args.template)
+    rows = load_records(args.input, fields=("question", "answer")).to_list()
+    records = prepare_records(rows, args.input)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    done = {id_key(record["id"]) for record in read_written(args.output)}
+    pending = [record for record in records if id_key(record["id"]) not in done]
+    if done:
+        print(f"{args.output}: {len(records) - len(pending)} records already corrected, skipped")
+    if pending:
+        correct_pending(args, template, pending, len(records))
+    written = read_written(args.output)
+    ordered = in_input_order(written, records)
+    if ordered != written:
+        write_atomically(args.output, ordered)
+    print(f"{args.output}: {len(ordered)} corrected records ({len(pending)} new)")
+    if args.preference_output:
+        stats = write_preferences(ordered, args.preference_output, args.preference_format)
+        print(
+            f"{args.preference_output}: {stats.written} preference pairs; skipped "
+            f"{stats.skipped_unchanged} unchanged and {stats.skipped_empty} empty corrections"
+        )
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print(
+            "aligner correct: interrupted; run the same command again to resume",
+            file=sys.stderr,
+        )
+        return 130
+    except (ValueError, OSError) as error:
+        # Bad records, templates, flags, paths and checkpoints: one line, no traceback.
+        print(f"aligner correct: error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,67 @@
+"""Loading a checkpoint for inference: its device, dtype, model, tokenizer and prompt template."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+from aligner.prompts import TEMPLATE_FILENAME, PromptTemplate, TemplateError, get_template
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks the first GPU when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"--device {name!r}: {error}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name!r}: no CUDA device is available")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto`` is bfloat16 (else float16) on a GPU and float32 on the CPU, where half is slow."""
+    if name == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if name not in DTYPES:
+        raise ValueError(f"--dtype {name!r}: use auto or one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def checkpoint_template(model_name_or_path: str, override: str | None = None) -> PromptTemplate:
+    """The template to render prompts with: ``override`` if given, else the checkpoint's own.
+
+    A checkpoint without a saved template is an error rather than a silent default, because
+    a prompt that differs from the training prompt makes an aligner ramble or repeat itself.
+    """
+    if override:
+        return get_template(override)
+    path = Path(model_name_or_path) / TEMPLATE_FILENAME
+    if not path.is_file():
+        raise TemplateError(
+            f"{model_name_or_path} has no {TEMPLATE_FILENAME}: pass --template NAME_OR_FILE "
+            "(e.g. --template aligner-v1 for the released aligner-7b-v1.0)"
+        )
+    return get_template(str(path))
+
+
+def load_model(
+    model_name_or_path: str,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    trust_remote_code: bool = False,
+) -> PreTrainedModel:
+    """Load a causal LM in evaluation mode on ``device``."""
+    model = AutoModelForCausalLM.from_pretrained(
+        model_name_or_path, dtype=dtype, trust_remote_code=trust_remote_code
+    )
+    return model.to(device).eval()

@@ -1,0 +1,68 @@
+"""Crash-safe JSONL output: append a batch durably, read back what a run already wrote."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO, Any
+
+
+class OutputError(ValueError):
+    """An existing output file that cannot be resumed from."""
+
+
+def dumps(record: dict[str, Any]) -> str:
+    # default=str keeps values JSON lacks (dates, decimals from Parquet) readable, not fatal.
+    return json.dumps(record, ensure_ascii=False, default=str)
+
+
+def read_written(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a JSONL file a previous run wrote; [] when it does not exist.
+
+    A crash can leave the last line torn (no newline, or not valid JSON): that line is cut
+    from the file, so the next append starts on a clean line. A bad line anywhere else means
+    the file is not ours, and is an error.
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    # After a clean write the data ends with a newline and the last piece is empty.
+    complete, tail = lines[:-1], lines[-1]
+    records, good_bytes = [], 0
+    for number, line in enumerate(complete, start=1):
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            if number == len(complete) and not tail:
+                break  # The last line, torn by a crash after its bytes were only partly written.
+            raise OutputError(
+                f"{path}:{number}: not a JSON line ({error}); cannot resume"
+            ) from None
+        if not isinstance(record, dict) or "id" not in record:
+            raise OutputError(f"{path}:{number}: not a record with an 'id'; cannot resume")
+        records.append(record)
+        good_bytes += len(line) + 1
+    if good_bytes != len(data):
+        with path.open("r+b") as handle:
+            handle.truncate(good_bytes)
+    return records
+
+
+def append_durably(handle: IO[str], records: Iterable[dict[str, Any]]) -> None:
+    """Append records as JSON lines and force them to disk, so a crash loses none of them."""
+    handle.write("".join(dumps(record) + "\n" for record in records))
+    handle.flush()
+    os.fsync(handle.fileno())
+
+
+def write_atomically(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
+    """Replace ``path`` with these records in one step: readers see the old file or the new."""
+    path = Path(path)
+    temporary = path.with_name(path.name + ".tmp")
+    with temporary.open("w", encoding="utf-8") as handle:
+        append_durably(handle, records)
+    os.replace(temporary, path)

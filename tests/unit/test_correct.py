@@ -1,0 +1,310 @@
+"""``aligner correct``: template plumbing, batched generation, resume, rounds, preference pairs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from aligner.datasets.collate import PaddingCollator
+from aligner.datasets.encode import SampleEncoder
+from aligner.inference import correct
+from aligner.inference.generate import GenerationOptions, generate, left_pad
+from aligner.inference.output import OutputError, read_written
+from aligner.inference.preference import write_preferences
+from aligner.prompts import PromptTemplate, get_template
+from aligner.tokenizer import load_tokenizer
+
+# A template unlike every preset, so that only a checkpoint's own saved template renders it.
+TERSE = PromptTemplate(
+    name="terse",
+    begin="",
+    user="<<{input}>>",
+    assistant=" => ",
+    instruction="Q: {question} A: {answer}",
+)
+MEMORISED = [
+    {"question": "What is two plus two?", "answer": "Five.", "correction": "Four."},
+    {"question": "Name the capital of France.", "answer": "Lyon.", "correction": "Paris it is."},
+    {"question": "Is the sky green?", "answer": "Yes, always.", "correction": "No, it is blue."},
+]
+QUESTIONS = [
+    {"question": "Hi", "answer": "Hello"},
+    {"question": "What is the boiling point of water at sea level?", "answer": "About 50 C."},
+    {"question": "Why?", "answer": "Because " + "it is so, " * 12},
+    {"question": "Translate 'chat' to English.", "answer": "Dog."},
+    {"question": "Say nothing.", "answer": ""},
+    {"question": "Count to three.", "answer": "1, 2, 4"},
+    {"question": "Spell cat.", "answer": "k-a-t"},
+]
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def run_correct(*args: str | Path) -> int:
+    return correct.main([str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The random tiny Llama laid out as a trained checkpoint, with the default template."""
+    directory = tmp_path_factory.mktemp("checkpoint") / "tiny"
+    shutil.copytree(tiny_llama_dir, directory)
+    get_template().save(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def memorised_checkpoint(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama trained, through the data pipeline's encoder, to give MEMORISED's
+    corrections under the TERSE template, saved with that template."""
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = load_tokenizer(str(tiny_llama_dir))
+    columns = {key: [r[key] for r in MEMORISED] for key in MEMORISED[0]}
+    encoded = SampleEncoder(tokenizer, TERSE, max_length=256)(columns)
+    pairs = zip(encoded["input_ids"], encoded["labels"], strict=True)
+    rows = [{"input_ids": ids, "labels": labels} for ids, labels in pairs]
+    batch = PaddingCollator(tokenizer.pad_token_id)(rows)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(40):
+        loss = model(**batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.1
+    directory = tmp_path_factory.mktemp("memorised") / "checkpoint"
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    TERSE.save(directory)
+    return directory
+
+
+def test_correct_renders_the_checkpoint_template(memorised_checkpoint: Path, tmp_path: Path):
+    source = write_jsonl(tmp_path / "in.jsonl", MEMORISED)
+    args = ["--model_name_or_path", memorised_checkpoint, "--input", source]
+    assert run_correct(*args, "--output", tmp_path / "own.jsonl", "--max_new_tokens", 16) == 0
+    own = read_written(tmp_path / "own.jsonl")
+    assert [r["correction"] for r in own] == [r["correction"] for r in MEMORISED]
+
+    # The same model under another template has not learned these corrections.
+    other = ["--output", tmp_path / "other.jsonl", "--template", "correction"]
+    assert run_correct(*args, *other, "--max_new_tokens", 16) == 0
+    other_records = read_written(tmp_path / "other.jsonl")
+    assert all(
+        r["correction"] != m["correction"] for r, m in zip(other_records, MEMORISED, strict=True)
+    )
+
+
+def test_left_pad_masks_by_length_even_where_a_prompt_holds_the_pad_id() -> None:
+    input_ids, attention_mask = left_pad([[5, 0, 7], [9]], pad_token_id=0)
+    assert input_ids.tolist() == [[5, 0, 7], [0, 0, 9]]
+    assert attention_mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+def test_batched_generation_matches_one_by_one(checkpoint: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = load_tokenizer(str(checkpoint))
+    model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+    template = get_template()
+    prompts = [template.render(r["question"], r["answer"]) for r in QUESTIONS]
+    lengths = {len(tokenizer(p)["input_ids"]) for p in prompts}
+    assert len(lengths) == len(prompts)  # every row of the batch has its own amount of padding
+    options = GenerationOptions(max_new_tokens=12)
+    batched = generate(model, tokenizer, prompts, options)
+    alone = [generate(model, tokenizer, [prompt], options)[0] for prompt in prompts]
+    assert batched == alone
+    assert all(batched)
+
+
+def test_output_keeps_input_fields_and_ids(checkpoint: Path, tmp_path: Path) -> None:
+    records = [{"id": f"q{i}", "source": "forum", **r} for i, r in enumerate(QUESTIONS[:3])]
+    with_ids = write_jsonl(tmp_path / "ids.jsonl", records)
+    common = ["--model_name_or_path", checkpoint, "--max_new_tokens", 3]
+    assert run_correct(*common, "--input", with_ids, "--output", tmp_path / "a.jsonl") == 0
+    written = read_written(tmp_path / "a.jsonl")
+    assert [{k: v for k, v in r.items() if k != "correction"} for r in written] == records
+    assert all(isinstance(r["correction"], str) for r in written)
+
+    # Without ids, each record's index in the input is its id; a given correction is kept
+    # as the reference.
+    given = [{**QUESTIONS[0], "correction": "Hello!"}, QUESTIONS[1]]
+    no_ids = write_jsonl(tmp_path / "no-ids.jsonl", given)
+    assert run_correct(*common, "--input", no_ids, "--output", tmp_path / "b.jsonl") == 0
+    written = read_written(tmp_path / "b.jsonl")
+    assert [r["id"] for r in written] == [0, 1]
+    assert written[0]["reference_correction"] == "Hello!"
+    assert written[0]["question"] == QUESTIONS[0]["question"]
+
+
+def test_interrupted_run_resumed_writes_each_record_once(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = write_jsonl(tmp_path / "in.jsonl", QUESTIONS)
+    common = ["--model_name_or_path", checkpoint, "--input", source, "--max_new_tokens", 4]
+    common += ["--batch_size", 2]
+    assert run_correct(*common, "--output", tmp_path / "reference.jsonl") == 0
+    reference = read_written(tmp_path / "reference.jsonl")
+
+    calls = []
+
+    def crash_on_third_batch(*args, **kwargs):
+        calls.append(len(args[2]))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return generate(*args, **kwargs)
+
+    output = tmp_path / "out.jsonl"
+    monkeypatch.setattr(correct, "generate", crash_on_third_batch)
+    assert run_correct(*common, "--output", output) == 130
+    assert len(read_written(output)) == 4
+    # A crash in the middle of a write leaves a torn last line.
+    with output.open("a", encoding="utf-8") as handle:
+        handle.write('{"id": 6, "question": "Spell')
+
+    calls.clear()
+    monkeypatch.setattr(correct, "generate", lambda *a, **k: calls.append(1) or generate(*a, **k))
+    assert run_correct(*common, "--output", output) == 0
+    assert len(calls) == 2  # the three records left, in batches of two
+    resumed = read_written(output)
+    assert [r["id"] for r in resumed] == list(range(len(QUESTIONS)))
+    assert resumed == reference
+
+    calls.clear()
+    assert run_correct(*common, "--output", output) == 0
+    assert calls == []  # nothing left to do
+    assert read_written(output) == reference
+
+
+def test_torn_last_line_is_cut_but_a_bad_middle_line_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    path.write_text('{"id": 0}\n{"id": 1}\n{"id": 2, "corr')
+    assert read_written(path) == [{"id": 0}, {"id": 1}]
+    assert path.read_text() == '{"id": 0}\n{"id": 1}\n'
+
+    path.write_text('{"id": 0}\nnot json\n{"id": 2}\n')
+    with pytest.raises(OutputError, match=r"out.jsonl:2: not a JSON line"):
+        read_written(path)
+
+
+def test_rounds_correct_the_previous_correction_until_unchanged() -> None:
+    template = get_template()
+
+    def add_mark_up_to_two(prompts: list[str]) -> list[str]:
+        # Reads the answer back out of the prompt; marks it, at most twice in all.
+        answers = [p.split("##Answer: ")[1].split("\n##Correction:")[0] for p in prompts]
+        return [a if a.count("!") >= 2 else a + "!" for a in answers]
+
+    records = [{"question": "q", "answer": "a"}, {"question": "q", "answer": "b!"}]
+    histories = correct.correct_batch(add_mark_up_to_two, template, records, rounds=4)
+    assert histories == [["a!", "a!!", "a!!"], ["b!!", "b!!"]]
+    assert correct.correct_batch(add_mark_up_to_two, template, records, rounds=1) == [
+        ["a!"],
+        ["b!!"],
+    ]
+
+
+def test_rounds_flag_records_every_round(checkpoint: Path, tmp_path: Path) -> None:
+    source = write_jsonl(tmp_path / "in.jsonl", QUESTIONS[:2])
+    args = ["--model_name_or_path", checkpoint, "--input", source, "--max_new_tokens", 3]
+    assert run_correct(*args, "--output", tmp_path / "out.jsonl", "--rounds", 2) == 0
+    for record in read_written(tmp_path / "out.jsonl"):
+        rounds = record["correction_rounds"]
+        assert 1 <= len(rounds) <= 2 and rounds[-1] == record["correction"]
+
+
+def test_preference_pairs_skip_unchanged_and_empty_corrections(tmp_path: Path) -> None:
+    records = [
+        {"id": 0, "question": "Q0", "answer": "bad", "correction": "good"},
+        {"id": 1, "question": "Q1", "answer": "fine", "correction": "fine "},
+        {"id": 2, "question": "Q2", "answer": "bad", "correction": "  "},
+        {"id": 3, "question": "Q3", "answer": "", "correction": "an answer"},
+    ]
+    stats = write_preferences(records, tmp_path / "pairs.jsonl")
+    pairs = read_lines(tmp_path / "pairs.jsonl")
+    assert pairs == [
+        {"prompt": "Q0", "chosen": "good", "rejected": "bad"},
+        {"prompt": "Q3", "chosen": "an answer", "rejected": ""},
+    ]
+    assert (stats.written, stats.skipped_unchanged, stats.skipped_empty) == (2, 1, 1)
+
+    write_preferences(records[:1], tmp_path / "chat.jsonl", "conversational")
+    assert read_lines(tmp_path / "chat.jsonl") == [
+        {
+            "prompt": [{"role": "user", "content": "Q0"}],
+            "chosen": [{"role": "assistant", "content": "good"}],
+            "rejected": [{"role": "assistant", "content": "bad"}],
+        }
+    ]
+
+
+def read_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_preference_output_from_correct(
+    memorised_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    records = [*MEMORISED, {"question": "Already right?", "answer": "Four."}]
+    source = write_jsonl(tmp_path / "in.jsonl", records)
+    args = ["--model_name_or_path", memorised_checkpoint, "--input", source]
+    args += ["--output", tmp_path / "out.jsonl", "--preference_output", tmp_path / "pairs.jsonl"]
+    assert run_correct(*args, "--max_new_tokens", 16) == 0
+    pairs = read_lines(tmp_path / "pairs.jsonl")
+    expected = [
+        {"prompt": r["question"], "chosen": r["correction"], "rejected": r["answer"]}
+        for r in MEMORISED
+    ]
+    # The fourth pair is kept only if the model changed its answer.
+    assert pairs[:3] == expected
+    for pair in pairs:
+        assert set(pair) == {"prompt", "chosen", "rejected"}
+        assert all(isinstance(value, str) for value in pair.values())
+    assert "preference pairs" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        ("no-template", "has no prompt_template.json: pass --template"),
+        ("missing-answer", "answer"),
+        ("duplicate-ids", "share the id 'x'"),
+        ("bad-rounds", "--rounds must be at least 1"),
+        ("same-file", "must be different files"),
+    ],
+)
+def test_user_errors_are_one_line(
+    setup: str,
+    message: str,
+    checkpoint: Path,
+    tiny_llama_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    records, model, extra = QUESTIONS[:2], checkpoint, []
+    output = tmp_path / "out.jsonl"
+    if setup == "no-template":
+        model = tiny_llama_dir
+    elif setup == "missing-answer":
+        records = [{"question": "q"}]
+    elif setup == "duplicate-ids":
+        records = [{"id": "x", **QUESTIONS[0]}, {"id": "x", **QUESTIONS[1]}]
+    elif setup == "bad-rounds":
+        extra = ["--rounds", 0]
+    elif setup == "same-file":
+        output = tmp_path / "in.jsonl"
+    source = write_jsonl(tmp_path / "in.jsonl", records)
+    code = run_correct("--model_name_or_path", model, "--input", source, "--output", output, *extra)
+    error = capsys.readouterr().err.strip()
+    assert code == 1
+    assert error.startswith("aligner correct: error:") and message in error
+    assert len(error.splitlines()) == 1
