@@ -82,3 +82,16 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from aligner.tiny import write_tiny_llama
 
     return write_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint_dir(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama laid out as a trained checkpoint: with the default prompt_template.json."""
+    import shutil
+
+    from aligner.prompts import get_template
+
+    directory = tmp_path_factory.mktemp("tiny-checkpoint") / "checkpoint"
+    shutil.copytree(tiny_llama_dir, directory)
+    get_template().save(directory)
+    return directory

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -49,15 +48,6 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
 
 def run_correct(*args: str | Path) -> int:
     return correct.main([str(a) for a in args])
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The random tiny Llama laid out as a trained checkpoint, with the default template."""
-    directory = tmp_path_factory.mktemp("checkpoint") / "tiny"
-    shutil.copytree(tiny_llama_dir, directory)
-    get_template().save(directory)
-    return directory
 
 
 @pytest.fixture(scope="module")
@@ -110,11 +100,11 @@ def test_left_pad_masks_by_length_even_where_a_prompt_holds_the_pad_id() -> None
     assert attention_mask.tolist() == [[1, 1, 1], [0, 0, 1]]
 
 
-def test_batched_generation_matches_one_by_one(checkpoint: Path) -> None:
+def test_batched_generation_matches_one_by_one(tiny_checkpoint_dir: Path) -> None:
     from transformers import AutoModelForCausalLM
 
-    tokenizer = load_tokenizer(str(checkpoint))
-    model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+    tokenizer = load_tokenizer(str(tiny_checkpoint_dir))
+    model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint_dir).eval()
     template = get_template()
     prompts = [template.render(r["question"], r["answer"]) for r in QUESTIONS]
     lengths = {len(tokenizer(p)["input_ids"]) for p in prompts}
@@ -126,10 +116,10 @@ def test_batched_generation_matches_one_by_one(checkpoint: Path) -> None:
     assert all(batched)
 
 
-def test_output_keeps_input_fields_and_ids(checkpoint: Path, tmp_path: Path) -> None:
+def test_output_keeps_input_fields_and_ids(tiny_checkpoint_dir: Path, tmp_path: Path) -> None:
     records = [{"id": f"q{i}", "source": "forum", **r} for i, r in enumerate(QUESTIONS[:3])]
     with_ids = write_jsonl(tmp_path / "ids.jsonl", records)
-    common = ["--model_name_or_path", checkpoint, "--max_new_tokens", 3]
+    common = ["--model_name_or_path", tiny_checkpoint_dir, "--max_new_tokens", 3]
     assert run_correct(*common, "--input", with_ids, "--output", tmp_path / "a.jsonl") == 0
     written = read_written(tmp_path / "a.jsonl")
     assert [{k: v for k, v in r.items() if k != "correction"} for r in written] == records
@@ -147,10 +137,10 @@ def test_output_keeps_input_fields_and_ids(checkpoint: Path, tmp_path: Path) -> 
 
 
 def test_interrupted_run_resumed_writes_each_record_once(
-    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_checkpoint_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     source = write_jsonl(tmp_path / "in.jsonl", QUESTIONS)
-    common = ["--model_name_or_path", checkpoint, "--input", source, "--max_new_tokens", 4]
+    common = ["--model_name_or_path", tiny_checkpoint_dir, "--input", source, "--max_new_tokens", 4]
     common += ["--batch_size", 2]
     assert run_correct(*common, "--output", tmp_path / "reference.jsonl") == 0
     reference = read_written(tmp_path / "reference.jsonl")
@@ -213,9 +203,9 @@ def test_rounds_correct_the_previous_correction_until_unchanged() -> None:
     ]
 
 
-def test_rounds_flag_records_every_round(checkpoint: Path, tmp_path: Path) -> None:
+def test_rounds_flag_records_every_round(tiny_checkpoint_dir: Path, tmp_path: Path) -> None:
     source = write_jsonl(tmp_path / "in.jsonl", QUESTIONS[:2])
-    args = ["--model_name_or_path", checkpoint, "--input", source, "--max_new_tokens", 3]
+    args = ["--model_name_or_path", tiny_checkpoint_dir, "--input", source, "--max_new_tokens", 3]
     assert run_correct(*args, "--output", tmp_path / "out.jsonl", "--rounds", 2) == 0
     for record in read_written(tmp_path / "out.jsonl"):
         rounds = record["correction_rounds"]
@@ -285,12 +275,12 @@ def test_preference_output_from_correct(
 def test_user_errors_are_one_line(
     setup: str,
     message: str,
-    checkpoint: Path,
+    tiny_checkpoint_dir: Path,
     tiny_llama_dir: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    records, model, extra = QUESTIONS[:2], checkpoint, []
+    records, model, extra = QUESTIONS[:2], tiny_checkpoint_dir, []
     output = tmp_path / "out.jsonl"
     if setup == "no-template":
         model = tiny_llama_dir
