@@ -1,0 +1,203 @@
+"""The ``aligner eval`` command: a checkpoint's loss on correction data, metrics of corrections.
+
+Usage:
+    aligner eval --predictions corrected.jsonl [--reference_field reference_correction]
+    aligner eval --model_name_or_path CKPT --eval_datasets test.jsonl [--max_length 2048]
+    (both at once, with --output report.json to keep the JSON report)
+
+``--predictions`` reads the output of ``aligner correct`` (or any records with ``answer`` and
+``correction``) and reports the copy rate, the word-level edit distance from answer to
+correction, and exact match and ROUGE-L against the references where the records have them.
+``--eval_datasets`` reports the mean loss per target token (correction + EOS) and perplexity.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+from transformers import PreTrainedModel
+
+from aligner.constants import IGNORE_INDEX
+from aligner.datasets.base import DataError
+from aligner.datasets.collate import PaddingCollator
+from aligner.datasets.loading import load_records
+from aligner.datasets.pipeline import build_dataset
+from aligner.inference.correct import CORRECTION_FIELD, REFERENCE_FIELD
+from aligner.inference.loading import (
+    checkpoint_template,
+    load_model,
+    resolve_device,
+    resolve_dtype,
+)
+from aligner.inference.metrics import correction_metrics
+from aligner.tokenizer import load_tokenizer
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aligner eval",
+        description="Evaluate an aligner: loss on correction data, metrics of corrections.",
+    )
+    parser.add_argument("--output", default=None, help="also write the JSON report here")
+    generated = parser.add_argument_group("metrics of generated corrections")
+    generated.add_argument(
+        "--predictions", default=None, help="records with answer and correction (aligner correct)"
+    )
+    generated.add_argument(
+        "--reference_field",
+        default=REFERENCE_FIELD,
+        help="field holding the reference correction, where a record has one",
+    )
+    loss = parser.add_argument_group("loss of a checkpoint on correction data")
+    loss.add_argument("--model_name_or_path", default=None, help="the trained aligner checkpoint")
+    loss.add_argument(
+        "--eval_datasets",
+        nargs="+",
+        default=None,
+        metavar="NAME[:PROPORTION[:PATH]]",
+        help="correction datasets (question, answer, correction), as for training",
+    )
+    loss.add_argument(
+        "--template", default=None, help="prompt template; default: the checkpoint's own"
+    )
+    loss.add_argument("--max_length", type=int, default=2048)
+    loss.add_argument("--batch_size", type=int, default=8)
+    loss.add_argument("--dataset_module", action="append", default=[], metavar="MODULE")
+    loss.add_argument("--lenient_data", action="store_true")
+    loss.add_argument("--data_cache_dir", default=None)
+    loss.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    loss.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
+    loss.add_argument("--trust_remote_code", action="store_true")
+    return parser
+
+
+def check_args(args: argparse.Namespace) -> None:
+    wants_loss = bool(args.model_name_or_path or args.eval_datasets)
+    if not args.predictions and not wants_loss:
+        raise DataError("nothing to evaluate: pass --predictions and/or --eval_datasets")
+    if wants_loss and not (args.model_name_or_path and args.eval_datasets):
+        raise DataError("the eval loss needs both --model_name_or_path and --eval_datasets")
+    if args.batch_size < 1:
+        raise DataError("--batch_size must be at least 1")
+
+
+def prediction_metrics(path: str, reference_field: str) -> dict[str, Any]:
+    """Metrics of a file of corrected records."""
+    records = load_records(path, fields=("answer",))
+    if CORRECTION_FIELD not in records.column_names:
+        raise DataError(f"{path}: the records have no {CORRECTION_FIELD!r} field")
+    corrections = records[CORRECTION_FIELD]
+    for row, correction in enumerate(corrections):
+        if not isinstance(correction, str):
+            raise DataError(f"{path}: row {row}: field {CORRECTION_FIELD!r} must be a string")
+    references = None
+    if reference_field in records.column_names:
+        references = records[reference_field]
+        for row, reference in enumerate(references):
+            if reference is not None and not isinstance(reference, str):
+                raise DataError(f"{path}: row {row}: field {reference_field!r} must be a string")
+    report = correction_metrics(records["answer"], corrections, references)
+    return {"file": path, "reference_field": reference_field, **report}
+
+
+@torch.inference_mode()
+def target_loss(
+    model: PreTrainedModel, dataset: datasets.Dataset, pad_token_id: int, batch_size: int
+) -> dict[str, float | int]:
+    """Mean cross-entropy over every target token of ``dataset`` (not a mean of batch means)."""
+    collate = PaddingCollator(pad_token_id)
+    # Longest first, so that each batch pads little and memory trouble shows up at once.
+    order = np.argsort(-np.asarray(dataset["length"]), kind="stable")
+    columns = dataset.select_columns(["input_ids", "labels"])
+    total, count = 0.0, 0
+    for start in tqdm(range(0, len(order), batch_size), desc="eval loss", unit="batch"):
+        chunk = columns[order[start : start + batch_size].tolist()]
+        pairs = zip(chunk["input_ids"], chunk["labels"], strict=True)
+        batch = collate([{"input_ids": ids, "labels": labels} for ids, labels in pairs])
+        logits = model(
+            input_ids=batch["input_ids"].to(model.device),
+            attention_mask=batch["attention_mask"].to(model.device),
+        ).logits  # (B, L, V)
+        # Position t predicts token t + 1.
+        labels = batch["labels"][:, 1:].to(model.device)  # (B, L - 1)
+        total += F.cross_entropy(
+            logits[:, :-1].flatten(0, 1).float(),
+            labels.flatten(),
+            ignore_index=IGNORE_INDEX,
+            reduction="sum",
+        ).item()
+        count += int((labels != IGNORE_INDEX).sum())
+    loss = total / count
+    return {
+        "num_samples": len(dataset),
+        "num_target_tokens": count,
+        "loss": loss,
+        "perplexity": math.exp(loss),
+    }
+
+
+def checkpoint_loss(args: argparse.Namespace) -> dict[str, Any]:
+    template = checkpoint_template(args.model_name_or_path, args.template)
+    tokenizer = load_tokenizer(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
+    dataset, stats = build_dataset(
+        args.eval_datasets,
+        tokenizer,
+        template,
+        max_length=args.max_length,
+        lenient=args.lenient_data,
+        cache_dir=args.data_cache_dir,
+        dataset_modules=args.dataset_module,
+    )
+    device = resolve_device(args.device)
+    model = load_model(
+        args.model_name_or_path,
+        device=device,
+        dtype=resolve_dtype(args.dtype, device),
+        trust_remote_code=args.trust_remote_code,
+    )
+    report = target_loss(model, dataset, tokenizer.pad_token_id, args.batch_size)
+    return {
+        "checkpoint": args.model_name_or_path,
+        "template": template.name,
+        **report,
+        "data": stats.to_dict(),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    check_args(args)
+    report: dict[str, Any] = {}
+    if args.predictions:
+        report["predictions"] = prediction_metrics(args.predictions, args.reference_field)
+    if args.eval_datasets:
+        report["eval_loss"] = checkpoint_loss(args)
+    text = json.dumps(report, indent=2, ensure_ascii=False)
+    print(text)
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(text + "\n", encoding="utf-8")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, OSError) as error:
+        # Bad records, templates, flags, paths and checkpoints: one line, no traceback.
+        print(f"aligner eval: error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

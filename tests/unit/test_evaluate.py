@@ -1,0 +1,125 @@
+"""``aligner eval``: the target loss of a checkpoint and the metrics of a corrected file."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+
+from aligner.constants import IGNORE_INDEX
+from aligner.inference import evaluate
+from aligner.prompts import get_template
+from aligner.tokenizer import load_tokenizer
+
+CORRECTIONS = [
+    {"question": "What is two plus two?", "answer": "Five.", "correction": "Four."},
+    {"question": "Capital of France?", "answer": "Lyon.", "correction": "Paris, on the Seine."},
+    {"question": "Is the sky green?", "answer": "Yes.", "correction": "No, usually it is blue."},
+]
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(tiny_checkpoint_dir: Path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_checkpoint_dir).eval()
+
+
+def test_target_loss_is_the_mean_over_every_target_token(model) -> None:
+    # Two samples with different prompt and target lengths.
+    samples = [([1, 10, 11, 12, 13, 2], 3), ([1, 20, 21, 22, 23, 24, 25, 26, 2], 6)]
+    rows = {
+        "input_ids": [ids for ids, _ in samples],
+        "labels": [[IGNORE_INDEX] * n + ids[n:] for ids, n in samples],
+        "length": [len(ids) for ids, _ in samples],
+    }
+    dataset = datasets.Dataset.from_dict(rows)
+    # Reference: transformers' own per-sample loss, a mean over that sample's targets.
+    total, count = 0.0, 0
+    for ids, labels in zip(rows["input_ids"], rows["labels"], strict=True):
+        with torch.no_grad():
+            loss = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels])).loss
+        targets = sum(label != IGNORE_INDEX for label in labels[1:])
+        total, count = total + loss.item() * targets, count + targets
+    for batch_size in (1, 2):
+        report = evaluate.target_loss(model, dataset, pad_token_id=0, batch_size=batch_size)
+        assert report["num_target_tokens"] == count == 3 + 3
+        assert report["loss"] == pytest.approx(total / count, rel=1e-5)
+        assert report["perplexity"] == pytest.approx(math.exp(total / count), rel=1e-5)
+
+
+def test_eval_reports_the_metrics_of_a_corrected_file(tmp_path: Path) -> None:
+    records = [
+        {
+            "id": 0,
+            "question": "q",
+            "answer": "the sky is green",
+            "correction": "the sky is blue",
+            "reference_correction": "the sky is blue",
+        },
+        {
+            "id": 1,
+            "question": "q",
+            "answer": "a b c",
+            "correction": "a b c",
+            "reference_correction": "a c",
+        },
+        {"id": 2, "question": "q", "answer": "x", "correction": "", "reference_correction": None},
+    ]
+    predictions = write_jsonl(tmp_path / "corrected.jsonl", records)
+    output = tmp_path / "report" / "eval.json"
+    assert evaluate.main(["--predictions", str(predictions), "--output", str(output)]) == 0
+    report = json.loads(output.read_text())["predictions"]
+    assert report["num_records"] == 3
+    assert report["copy_rate"] == pytest.approx(1 / 3)
+    assert report["mean_edit_distance"] == pytest.approx((1 + 0 + 1) / 3)
+    assert report["num_references"] == 2
+    assert report["exact_match"] == pytest.approx(0.5)
+    assert report["rouge_l"] == pytest.approx((1.0 + 0.8) / 2)
+
+
+def test_eval_reports_the_loss_of_a_checkpoint(tiny_checkpoint_dir: Path, tmp_path: Path) -> None:
+    from aligner.datasets.encode import SampleEncoder
+
+    data = write_jsonl(tmp_path / "test.jsonl", CORRECTIONS)
+    output = tmp_path / "eval.json"
+    argv = ["--model_name_or_path", str(tiny_checkpoint_dir), "--eval_datasets", str(data)]
+    assert evaluate.main([*argv, "--output", str(output), "--batch_size", "2"]) == 0
+    report = json.loads(output.read_text())["eval_loss"]
+    tokenizer = load_tokenizer(str(tiny_checkpoint_dir))
+    columns = {key: [r[key] for r in CORRECTIONS] for key in CORRECTIONS[0]}
+    labels = SampleEncoder(tokenizer, get_template(), max_length=2048)(columns)["labels"]
+    assert report["num_samples"] == len(CORRECTIONS)
+    assert report["num_target_tokens"] == sum(
+        sum(label != IGNORE_INDEX for label in row) for row in labels
+    )
+    # A random model over a 32k vocabulary is close to uniform: loss near log(32000).
+    assert 0.5 * math.log(32000) < report["loss"] < 2 * math.log(32000)
+    assert report["perplexity"] == pytest.approx(math.exp(report["loss"]))
+    assert report["template"] == "correction"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "nothing to evaluate"),
+        (["--eval_datasets", "x.jsonl"], "needs both --model_name_or_path and --eval_datasets"),
+        (["--predictions", "missing.jsonl"], "missing.jsonl: no such file"),
+    ],
+)
+def test_eval_user_errors_are_one_line(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert evaluate.main(argv) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("aligner eval: error:") and message in error
+    assert len(error.splitlines()) == 1
