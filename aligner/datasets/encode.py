@@ -72,12 +72,13 @@ class SampleEncoder:
             encoding = self.backend.encode(prompt + correction, add_special_tokens=False)
         boundary = len(prompt)
         token = encoding.char_to_token(boundary)
-        offsets = encoding.offsets
         split = False
+        # token_to_chars, not .offsets: building every token's offsets costs more than the
+        # two lookups the boundary needs.
         if (
             token is None
-            or offsets[token][0] != boundary
-            or (token > 0 and offsets[token - 1][1] > boundary)
+            or encoding.token_to_chars(token)[0] != boundary
+            or (token > 0 and encoding.token_to_chars(token - 1)[1] > boundary)
         ):
             # The boundary character belongs to no token (e.g. dropped whitespace) or to one
             # that starts inside the prompt: fall back to tokenizing the two parts.
