@@ -149,3 +149,19 @@ def test_unknown_dataset_in_spec(llama_tokenizer, tmp_path) -> None:
         build_dataset(
             ["nope:1:x.json"], llama_tokenizer, get_template(), max_length=64, cache_dir=tmp_path
         )
+
+
+def test_parallel_tokenization_gives_the_same_samples(bpe_tokenizer, tmp_path) -> None:
+    kwargs = {"max_length": 512, "seed": 3}
+    one, _ = build_dataset(
+        [str(TEMPLATE_DATASET)], bpe_tokenizer, get_template(), cache_dir=tmp_path / "a", **kwargs
+    )
+    two, _ = build_dataset(
+        [str(TEMPLATE_DATASET)],
+        bpe_tokenizer,
+        get_template(),
+        cache_dir=tmp_path / "b",
+        num_proc=2,
+        **kwargs,
+    )
+    assert one["input_ids"] == two["input_ids"] and one["labels"] == two["labels"]
