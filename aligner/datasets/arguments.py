@@ -56,6 +56,14 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         "--max_length", type=int, default=2048, help="maximum tokens per sample (prompt + target)"
     )
     group.add_argument(
+        "--identity_warmup_ratio",
+        type=float,
+        default=0.0,
+        help="identity warm-up (residual correction): before the corrections, train on this "
+        "share of the training records with their own answer as the target, i.e. "
+        "(question, answer, answer)",
+    )
+    group.add_argument(
         "--lenient_data",
         action="store_true",
         help="skip and count invalid records instead of stopping at the first one",
@@ -80,6 +88,17 @@ class DataReport:
     """Samples held out of the training set by ``--eval_split_ratio``."""
 
 
+def _pipeline_options(args: argparse.Namespace) -> dict[str, object]:
+    return {
+        "max_length": args.max_length,
+        "seed": args.seed,
+        "lenient": args.lenient_data,
+        "num_proc": args.num_proc,
+        "cache_dir": args.data_cache_dir,
+        "dataset_modules": args.dataset_module,
+    }
+
+
 def build_datasets_from_args(
     args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase, template: PromptTemplate
 ) -> tuple[datasets.Dataset, datasets.Dataset | None, DataReport]:
@@ -88,14 +107,7 @@ def build_datasets_from_args(
         raise DataError(f"--max_length must be at least 2, got {args.max_length}")
     if not 0 <= args.eval_split_ratio < 1:
         raise DataError(f"--eval_split_ratio must be in [0, 1), got {args.eval_split_ratio}")
-    common = {
-        "max_length": args.max_length,
-        "seed": args.seed,
-        "lenient": args.lenient_data,
-        "num_proc": args.num_proc,
-        "cache_dir": args.data_cache_dir,
-        "dataset_modules": args.dataset_module,
-    }
+    common = _pipeline_options(args)
     train, train_stats = build_dataset(args.train_datasets, tokenizer, template, **common)
     if args.eval_datasets:
         evaluation, eval_stats = build_dataset(args.eval_datasets, tokenizer, template, **common)
@@ -112,3 +124,21 @@ def build_datasets_from_args(
         train = train.select(np.sort(order[held_out:]))
         return train, evaluation, DataReport(train_stats, None, eval_split=held_out)
     return train, None, DataReport(train_stats, None)
+
+
+def build_warmup_from_args(
+    args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase, template: PromptTemplate
+) -> datasets.Dataset | None:
+    """The identity warm-up set: a seeded ``--identity_warmup_ratio`` share of the training
+    records, each with its answer as the target; None when the ratio is 0."""
+    ratio = args.identity_warmup_ratio
+    if ratio == 0:
+        return None
+    if not 0 < ratio <= 1:
+        raise DataError(f"--identity_warmup_ratio must be in [0, 1], got {ratio}")
+    identity, _ = build_dataset(
+        args.train_datasets, tokenizer, template, identity=True, **_pipeline_options(args)
+    )
+    count = max(1, round(len(identity) * ratio))
+    chosen = np.random.default_rng([args.seed, 1]).choice(len(identity), count, replace=False)
+    return identity.select(np.sort(chosen))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import pyarrow.compute as pc
 from filelock import FileLock
 from transformers import PreTrainedTokenizerBase
 
@@ -69,6 +70,17 @@ def _content_key(dataset: datasets.Dataset) -> str:
         for column in batch.columns:
             digest.update(json.dumps(column.to_pylist(), ensure_ascii=False).encode())
     return digest.hexdigest()
+
+
+def identity_records(raw: datasets.Dataset, source: str) -> datasets.Dataset:
+    """The records with their answer as the target: (question, answer, answer)."""
+    table = raw.select_columns(["question", "answer"]).with_format("arrow")[:]
+    answers = table.column("answer")
+    usable = pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(answers)), 0), False)
+    table = table.filter(usable)
+    if table.num_rows == 0:
+        raise DataError(f"dataset {source}: no record has a non-empty answer to copy")
+    return datasets.Dataset(table.append_column("correction", table.column("answer")))
 
 
 def _instantiate(spec: DatasetSpec) -> RawDataset:
@@ -133,11 +145,14 @@ def build_dataset(
     num_proc: int = 1,
     cache_dir: str | Path | None = None,
     dataset_modules: Sequence[str] = (),
+    identity: bool = False,
 ) -> tuple[datasets.Dataset, DataStats]:
     """Load, validate, tokenize and mix the datasets named by ``specs``.
 
     Returns a dataset with ``input_ids``, ``labels`` (IGNORE_INDEX on the prompt),
-    ``length`` and ``prompt_length``, and the statistics of every source.
+    ``length`` and ``prompt_length``, and the statistics of every source. With ``identity``
+    the target of every sample is its upstream answer instead of its correction (the
+    identity-mapping warm-up); records without a non-empty answer are left out.
     """
     if not specs:
         raise DataError(
@@ -155,6 +170,8 @@ def build_dataset(
         source = _instantiate(spec)
         raw, skipped = source.to_hf_dataset(lenient=lenient, cache_dir=str(cache_dir / "raw"))
         source_key = source.cache_key() or _content_key(raw)
+        if identity:
+            raw, source_key = identity_records(raw, str(spec)), f"identity:{source_key}"
         tokenized, from_cache = tokenize_source(
             raw, source_key, encoder, tokenizer_id, cache_dir, num_proc
         )

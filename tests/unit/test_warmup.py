@@ -1,0 +1,58 @@
+"""Identity warm-up: (question, answer, answer) samples in the share the flag states."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from aligner.constants import IGNORE_INDEX
+from aligner.datasets import DataError
+from aligner.datasets.arguments import add_data_arguments, build_warmup_from_args
+from aligner.prompts import get_template
+
+from ..conftest import TEMPLATE_DATASET
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = add_data_arguments(argparse.ArgumentParser())
+    parser.add_argument("--seed", type=int, default=42)
+    return parser.parse_args(["--train_datasets", *argv])
+
+
+def test_warmup_targets_are_the_answers_in_the_stated_share(bpe_tokenizer, tmp_path) -> None:
+    data = tmp_path / "train.jsonl"
+    records = [
+        {"question": f"q{i}", "answer": f"answer number {i}", "correction": f"fixed {i}"}
+        for i in range(40)
+    ]
+    records[5]["answer"] = "  "  # nothing to copy: never a warm-up sample
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    args = parse(str(data), "--identity_warmup_ratio", "0.25", "--data_cache_dir", str(tmp_path))
+    warmup = build_warmup_from_args(args, bpe_tokenizer, get_template())
+    assert len(warmup) == round(39 * 0.25)
+    answers = {r["answer"] for r in records}
+    seen = set()
+    for row in warmup:
+        target = [t for t, lab in zip(row["input_ids"], row["labels"], strict=True) if lab != -100]
+        text = bpe_tokenizer.decode(target)
+        assert text.endswith(bpe_tokenizer.eos_token)
+        answer = text[: -len(bpe_tokenizer.eos_token)]
+        assert answer in answers and answer.strip()
+        prompt = bpe_tokenizer.decode(row["input_ids"][: row["prompt_length"]])
+        assert f"##Answer: {answer}\n" in prompt
+        seen.add(answer)
+    assert len(seen) == len(warmup)  # distinct records, no repeats
+    again = build_warmup_from_args(args, bpe_tokenizer, get_template())
+    assert again["input_ids"] == warmup["input_ids"]
+    assert all(IGNORE_INDEX in row["labels"] for row in warmup)
+
+
+def test_no_warmup_by_default_and_bad_ratio(bpe_tokenizer, tmp_path) -> None:
+    assert (
+        build_warmup_from_args(parse(str(TEMPLATE_DATASET)), bpe_tokenizer, get_template()) is None
+    )
+    args = parse(str(TEMPLATE_DATASET), "--identity_warmup_ratio", "1.5")
+    with pytest.raises(DataError, match="--identity_warmup_ratio must be in"):
+        build_warmup_from_args(args, bpe_tokenizer, get_template())
