@@ -40,3 +40,32 @@ class PaddingCollator:
             labels[i, :length] = torch.as_tensor(row["labels"], dtype=torch.long)
             attention_mask[i, :length] = 1
         return Batch(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+
+
+class PackedBatch(TypedDict):
+    input_ids: torch.LongTensor  # (1, T), T = sum of the sample lengths
+    labels: torch.LongTensor  # (1, T)
+    position_ids: torch.LongTensor  # (1, T), restarting at 0 for every sample
+
+
+class PackingCollator:
+    """Concatenates samples into one padding-free row with per-sample ``position_ids``.
+
+    The model must be called with ``attention_mask=None`` and ``use_cache=False``: transformers
+    then derives a block-diagonal causal mask from the restarting positions (sdpa, eager) or
+    variable-length kernels (flash-attention), so no sample attends to another. With a KV cache
+    built, the samples silently attend to each other. Every sample starts with prompt tokens
+    (label IGNORE_INDEX), so no loss term predicts one sample from the one before.
+    """
+
+    def __call__(self, rows: Sequence[dict[str, Any]]) -> PackedBatch:
+        input_ids = [torch.as_tensor(row["input_ids"], dtype=torch.long) for row in rows]
+        labels = [torch.as_tensor(row["labels"], dtype=torch.long) for row in rows]
+        for label in labels:
+            label[0] = IGNORE_INDEX  # the first token of a sample is never a prediction target
+        positions = [torch.arange(len(ids), dtype=torch.long) for ids in input_ids]
+        return PackedBatch(
+            input_ids=torch.cat(input_ids).unsqueeze(0),
+            labels=torch.cat(labels).unsqueeze(0),
+            position_ids=torch.cat(positions).unsqueeze(0),
+        )
