@@ -7,6 +7,10 @@ Usage:
 Each output line is an input record plus ``correction`` (and ``id`` where the input had none).
 Re-running with the same ``--output`` skips the records already written; a crash loses at most
 the batch in flight. When done, the output is in input order.
+
+Under a launcher the records are spread over the ranks, one GPU each:
+    torchrun --nproc_per_node 8 -m aligner.cli correct ...
+    deepspeed --num_gpus 8 --module aligner.inference.correct ...
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from tqdm import tqdm
 from transformers import set_seed
 
 from aligner.datasets.loading import load_records
+from aligner.inference.distributed import Ranks, shard_path, shard_paths
 from aligner.inference.generate import GenerationOptions, generate
 from aligner.inference.loading import (
     checkpoint_template,
@@ -91,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run model code shipped with the checkpoint (only for checkpoints you trust)",
     )
+    # The deepspeed launcher passes --local_rank; the rank is read from the environment.
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     return parser
 
 
@@ -165,10 +172,14 @@ def corrected(record: Record, history: list[str], rounds: int) -> Record:
 
 
 def correct_pending(
-    args: argparse.Namespace, template: PromptTemplate, pending: list[Record], total: int
+    args: argparse.Namespace,
+    template: PromptTemplate,
+    pending: list[Record],
+    output: Path,
+    ranks: Ranks,
 ) -> None:
-    """Generate and append the corrections of the records not yet in the output."""
-    device = resolve_device(args.device)
+    """Generate the corrections of ``pending`` and append them to ``output``."""
+    device = resolve_device(args.device, ranks.local_rank)
     tokenizer = load_tokenizer(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
     model = load_model(
         args.model_name_or_path,
@@ -185,15 +196,11 @@ def correct_pending(
         top_k=args.top_k,
     )
     generate_fn = functools.partial(generate, model, tokenizer, options=options)
-    # Longest prompts first: neighbours of similar length waste little compute on padding, and
-    # a batch too large for memory fails in the first minute rather than hours in.
-    pending = sorted(
-        pending, key=lambda r: len(template.render(r["question"], r["answer"])), reverse=True
-    )
     size = args.batch_size
+    desc = "correct" if ranks.world_size == 1 else f"correct (rank 0 of {ranks.world_size})"
     with (
-        open(args.output, "a", encoding="utf-8") as handle,
-        tqdm(total=total, initial=total - len(pending), unit="record", desc="correct") as bar,
+        open(output, "a", encoding="utf-8") as handle,
+        tqdm(total=len(pending), unit="record", desc=desc, disable=not ranks.is_main) as bar,
     ):
         for start in range(0, len(pending), size):
             batch = pending[start : start + size]
@@ -209,25 +216,66 @@ def in_input_order(written: list[Record], records: list[Record]) -> list[Record]
     return sorted(written, key=lambda r: position.get(id_key(r["id"]), len(position)))
 
 
+def merge_written(output: Path, records: list[Record]) -> list[Record]:
+    """Gather what was written, to ``output`` and to rank shards, into ``output``.
+
+    Each id is kept once, in input order. The shards are removed only after the merged file
+    has replaced ``output``, so a crash in between loses nothing.
+    """
+    shards = shard_paths(output)
+    written = read_written(output)
+    seen = {id_key(record["id"]) for record in written}
+    merged = list(written)
+    for shard in shards:
+        for record in read_written(shard):
+            if id_key(record["id"]) not in seen:
+                seen.add(id_key(record["id"]))
+                merged.append(record)
+    ordered = in_input_order(merged, records)
+    if ordered != written:
+        write_atomically(output, ordered)
+    for shard in shards:
+        shard.unlink()
+    return ordered
+
+
+def by_prompt_length(records: list[Record], template: PromptTemplate) -> list[Record]:
+    # Longest prompts first: neighbours of similar length waste little compute on padding, and
+    # a batch too large for memory fails in the first minute rather than hours in.
+    return sorted(
+        records, key=lambda r: len(template.render(r["question"], r["answer"])), reverse=True
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     check_args(args)
     template = checkpoint_template(args.model_name_or_path, args.template)
     rows = load_records(args.input, fields=("question", "answer")).to_list()
     records = prepare_records(rows, args.input)
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    done = {id_key(record["id"]) for record in read_written(args.output)}
-    pending = [record for record in records if id_key(record["id"]) not in done]
-    if done:
-        print(f"{args.output}: {len(records) - len(pending)} records already corrected, skipped")
-    if pending:
-        correct_pending(args, template, pending, len(records))
-    written = read_written(args.output)
-    ordered = in_input_order(written, records)
-    if ordered != written:
-        write_atomically(args.output, ordered)
-    print(f"{args.output}: {len(ordered)} corrected records ({len(pending)} new)")
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    ranks = Ranks.from_env()
+    with ranks.group():
+        # Only the main rank rewrites the output; the others append to their own shard files.
+        if ranks.is_main:
+            merge_written(output, records)
+        ranks.barrier()
+        done = {id_key(record["id"]) for record in read_written(output)}
+        pending = [record for record in records if id_key(record["id"]) not in done]
+        if done and ranks.is_main:
+            print(f"{output}: {len(done)} records already corrected, skipped")
+        # Dealt round-robin from longest to shortest, so every rank gets a similar load.
+        mine = by_prompt_length(pending, template)[ranks.rank :: ranks.world_size]
+        if mine:
+            shard = output if ranks.world_size == 1 else shard_path(output, ranks.rank)
+            correct_pending(args, template, mine, shard, ranks)
+        ranks.barrier()
+        if not ranks.is_main:
+            return 0
+        final = merge_written(output, records)
+    print(f"{output}: {len(final)} corrected records ({len(pending)} new)")
     if args.preference_output:
-        stats = write_preferences(ordered, args.preference_output, args.preference_format)
+        stats = write_preferences(final, args.preference_output, args.preference_format)
         print(
             f"{args.preference_output}: {stats.written} preference pairs; skipped "
             f"{stats.skipped_unchanged} unchanged and {stats.skipped_empty} empty corrections"

@@ -12,10 +12,12 @@ from aligner.prompts import TEMPLATE_FILENAME, PromptTemplate, TemplateError, ge
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks the first GPU when there is one, else the CPU."""
+def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """``auto`` picks this rank's GPU when there is one, else the CPU; ``cuda`` is this rank's."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        name = f"cuda:{local_rank}"
     try:
         device = torch.device(name)
     except RuntimeError as error:
