@@ -55,7 +55,9 @@ class CorrectionError(ValueError):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="aligner correct", description="Correct upstream answers with a trained aligner."
+        prog="aligner correct",
+        description="Correct upstream answers with a trained aligner.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     io = parser.add_argument_group("input and output")
     io.add_argument("--model_name_or_path", required=True, help="the trained aligner checkpoint")
@@ -80,15 +82,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="also write DPO pairs (prompt=question, chosen=correction, rejected=answer)",
     )
-    io.add_argument("--preference_format", choices=FORMATS, default="standard")
+    io.add_argument(
+        "--preference_format",
+        choices=FORMATS,
+        default="standard",
+        help="TRL's standard (strings) or conversational (message lists) preference records",
+    )
     gen = parser.add_argument_group("generation")
-    gen.add_argument("--batch_size", type=int, default=8)
-    gen.add_argument("--max_new_tokens", type=int, default=512)
+    gen.add_argument("--batch_size", type=int, default=8, help="records per generate call")
+    gen.add_argument(
+        "--max_new_tokens", type=int, default=512, help="longest correction, in tokens"
+    )
     gen.add_argument("--do_sample", action="store_true", help="sample instead of greedy decoding")
-    gen.add_argument("--temperature", type=float, default=None)
-    gen.add_argument("--top_p", type=float, default=None)
-    gen.add_argument("--top_k", type=int, default=None)
-    gen.add_argument("--seed", type=int, default=42)
+    sampled = "with --do_sample; default: the checkpoint's generation_config"
+    gen.add_argument("--temperature", type=float, default=None, help=sampled)
+    gen.add_argument("--top_p", type=float, default=None, help=sampled)
+    gen.add_argument("--top_k", type=int, default=None, help=f"{sampled}; 0 disables it")
+    gen.add_argument("--seed", type=int, default=42, help="seed of sampling")
     gen.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     gen.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
     gen.add_argument(
@@ -105,6 +115,15 @@ def check_args(args: argparse.Namespace) -> None:
     for flag in ("rounds", "batch_size", "max_new_tokens"):
         if getattr(args, flag) < 1:
             raise CorrectionError(f"--{flag} must be at least 1")
+    sampling = [f"--{f}" for f in ("temperature", "top_p", "top_k") if getattr(args, f) is not None]
+    if sampling and not args.do_sample:
+        raise CorrectionError(f"{', '.join(sampling)} take effect only with --do_sample")
+    if args.temperature is not None and args.temperature <= 0:
+        raise CorrectionError("--temperature must be above 0 (greedy decoding is the default)")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise CorrectionError("--top_p must be in (0, 1]")
+    if args.top_k is not None and args.top_k < 0:
+        raise CorrectionError("--top_k must be at least 0 (0 disables it)")
     paths = {"--input": args.input, "--output": args.output}
     if args.preference_output:
         paths["--preference_output"] = args.preference_output

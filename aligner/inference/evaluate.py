@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aligner eval",
         description="Evaluate an aligner: loss on correction data, metrics of corrections.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--output", default=None, help="also write the JSON report here")
     generated = parser.add_argument_group("metrics of generated corrections")

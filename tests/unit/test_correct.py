@@ -116,6 +116,32 @@ def test_batched_generation_matches_one_by_one(tiny_checkpoint_dir: Path) -> Non
     assert all(batched)
 
 
+def test_greedy_config_carries_no_sampling_settings() -> None:
+    greedy = GenerationOptions(max_new_tokens=7, temperature=0.5).generation_config(0, [2])
+    assert (greedy.do_sample, greedy.max_new_tokens, greedy.temperature) == (False, 7, None)
+    assert (greedy.pad_token_id, greedy.eos_token_id) == (0, [2])
+    sampled = GenerationOptions(do_sample=True, temperature=0.5, top_k=0).generation_config(0, [2])
+    assert (sampled.do_sample, sampled.temperature, sampled.top_k, sampled.top_p) == (
+        True,
+        0.5,
+        0,
+        None,
+    )
+
+
+def test_sampling_is_reproducible_with_a_seed(tiny_checkpoint_dir: Path, tmp_path: Path) -> None:
+    source = write_jsonl(tmp_path / "in.jsonl", QUESTIONS[:3])
+    args = ["--model_name_or_path", tiny_checkpoint_dir, "--input", source, "--do_sample"]
+    args += ["--max_new_tokens", 6, "--top_k", 0]
+    runs = {}
+    for name, seed in [("a", 1), ("b", 1), ("c", 2)]:
+        output = tmp_path / f"{name}.jsonl"
+        assert run_correct(*args, "--seed", seed, "--output", output) == 0
+        runs[name] = [r["correction"] for r in read_written(output)]
+    assert runs["a"] == runs["b"]
+    assert runs["a"] != runs["c"]
+
+
 def test_output_keeps_input_fields_and_ids(tiny_checkpoint_dir: Path, tmp_path: Path) -> None:
     records = [{"id": f"q{i}", "source": "forum", **r} for i, r in enumerate(QUESTIONS[:3])]
     with_ids = write_jsonl(tmp_path / "ids.jsonl", records)
@@ -270,6 +296,8 @@ def test_preference_output_from_correct(
         ("duplicate-ids", "share the id 'x'"),
         ("bad-rounds", "--rounds must be at least 1"),
         ("same-file", "must be different files"),
+        ("sampling-without-do-sample", "--top_p take effect only with --do_sample"),
+        ("zero-temperature", "--temperature must be above 0"),
     ],
 )
 def test_user_errors_are_one_line(
@@ -292,6 +320,10 @@ def test_user_errors_are_one_line(
         extra = ["--rounds", 0]
     elif setup == "same-file":
         output = tmp_path / "in.jsonl"
+    elif setup == "sampling-without-do-sample":
+        extra = ["--top_p", 0.9]
+    elif setup == "zero-temperature":
+        extra = ["--do_sample", "--temperature", 0]
     source = write_jsonl(tmp_path / "in.jsonl", records)
     code = run_correct("--model_name_or_path", model, "--input", source, "--output", output, *extra)
     error = capsys.readouterr().err.strip()
