@@ -4,7 +4,8 @@ Usage:
     aligner correct --model_name_or_path CKPT --input answers.jsonl --output corrected.jsonl
         [--rounds N] [--preference_output pairs.jsonl] [--batch_size 8] [--max_new_tokens 512]
 
-Each output line is an input record plus ``correction`` (and ``id`` where the input had none).
+Each output line is an input record plus ``correction`` (and ``id`` where the input had none);
+an input's own ``correction`` (a test split's reference) is kept as ``reference_correction``.
 Re-running with the same ``--output`` skips the records already written; a crash loses at most
 the batch in flight. When done, the output is in input order.
 
@@ -29,12 +30,7 @@ from transformers import set_seed
 from aligner.datasets.loading import load_records
 from aligner.inference.distributed import Ranks, shard_path, shard_paths
 from aligner.inference.generate import GenerationOptions, generate
-from aligner.inference.loading import (
-    checkpoint_template,
-    load_model,
-    resolve_device,
-    resolve_dtype,
-)
+from aligner.inference.loading import add_model_arguments, checkpoint_template, load_model
 from aligner.inference.metrics import is_copy
 from aligner.inference.output import append_durably, read_written, write_atomically
 from aligner.inference.preference import FORMATS, write_preferences
@@ -57,14 +53,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aligner correct",
         description="Correct upstream answers with a trained aligner.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     io = parser.add_argument_group("input and output")
     io.add_argument("--model_name_or_path", required=True, help="the trained aligner checkpoint")
     io.add_argument(
         "--input", required=True, help="records with question and answer (JSON/JSONL/Parquet)"
     )
-    io.add_argument("--output", required=True, help="JSONL written (and resumed) here")
+    io.add_argument(
+        "--output",
+        required=True,
+        help="JSONL written (and resumed) here: each input record plus its correction; an "
+        f"input's own correction field is kept as {REFERENCE_FIELD}",
+    )
     io.add_argument(
         "--template",
         default=None,
@@ -89,23 +89,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="TRL's standard (strings) or conversational (message lists) preference records",
     )
     gen = parser.add_argument_group("generation")
-    gen.add_argument("--batch_size", type=int, default=8, help="records per generate call")
     gen.add_argument(
-        "--max_new_tokens", type=int, default=512, help="longest correction, in tokens"
+        "--batch_size", type=int, default=8, help="records per generate call (%(default)s)"
+    )
+    gen.add_argument(
+        "--max_new_tokens", type=int, default=512, help="most tokens per correction (%(default)s)"
     )
     gen.add_argument("--do_sample", action="store_true", help="sample instead of greedy decoding")
     sampled = "with --do_sample; default: the checkpoint's generation_config"
     gen.add_argument("--temperature", type=float, default=None, help=sampled)
     gen.add_argument("--top_p", type=float, default=None, help=sampled)
     gen.add_argument("--top_k", type=int, default=None, help=f"{sampled}; 0 disables it")
-    gen.add_argument("--seed", type=int, default=42, help="seed of sampling")
-    gen.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    gen.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
-    gen.add_argument(
-        "--trust_remote_code",
-        action="store_true",
-        help="run model code shipped with the checkpoint (only for checkpoints you trust)",
-    )
+    gen.add_argument("--seed", type=int, default=42, help="seed of sampling (%(default)s)")
+    add_model_arguments(gen)
     # The deepspeed launcher passes --local_rank; the rank is read from the environment.
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     return parser
@@ -198,14 +194,8 @@ def correct_pending(
     ranks: Ranks,
 ) -> None:
     """Generate the corrections of ``pending`` and append them to ``output``."""
-    device = resolve_device(args.device, ranks.local_rank)
     tokenizer = load_tokenizer(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
-    model = load_model(
-        args.model_name_or_path,
-        device=device,
-        dtype=resolve_dtype(args.dtype, device),
-        trust_remote_code=args.trust_remote_code,
-    )
+    model = load_model(args, ranks.local_rank)
     set_seed(args.seed)
     options = GenerationOptions(
         max_new_tokens=args.max_new_tokens,

@@ -33,12 +33,7 @@ from aligner.datasets.collate import PaddingCollator
 from aligner.datasets.loading import load_records
 from aligner.datasets.pipeline import build_dataset
 from aligner.inference.correct import CORRECTION_FIELD, REFERENCE_FIELD
-from aligner.inference.loading import (
-    checkpoint_template,
-    load_model,
-    resolve_device,
-    resolve_dtype,
-)
+from aligner.inference.loading import add_model_arguments, checkpoint_template, load_model
 from aligner.inference.metrics import correction_metrics
 from aligner.tokenizer import load_tokenizer
 
@@ -47,7 +42,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aligner eval",
         description="Evaluate an aligner: loss on correction data, metrics of corrections.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--output", default=None, help="also write the JSON report here")
     generated = parser.add_argument_group("metrics of generated corrections")
@@ -71,14 +65,23 @@ def build_parser() -> argparse.ArgumentParser:
     loss.add_argument(
         "--template", default=None, help="prompt template; default: the checkpoint's own"
     )
-    loss.add_argument("--max_length", type=int, default=2048)
-    loss.add_argument("--batch_size", type=int, default=8)
-    loss.add_argument("--dataset_module", action="append", default=[], metavar="MODULE")
-    loss.add_argument("--lenient_data", action="store_true")
-    loss.add_argument("--data_cache_dir", default=None)
-    loss.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    loss.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
-    loss.add_argument("--trust_remote_code", action="store_true")
+    loss.add_argument(
+        "--max_length",
+        type=int,
+        default=2048,
+        help="tokens per sample, truncated as in training (%(default)s)",
+    )
+    loss.add_argument("--batch_size", type=int, default=8, help="samples per forward pass")
+    loss.add_argument(
+        "--dataset_module",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="a module registering dataset classes, as for training; repeatable",
+    )
+    loss.add_argument("--lenient_data", action="store_true", help="skip invalid records")
+    loss.add_argument("--data_cache_dir", default=None, help="tokenized data cache folder")
+    add_model_arguments(loss)
     return parser
 
 
@@ -159,13 +162,7 @@ def checkpoint_loss(args: argparse.Namespace) -> dict[str, Any]:
         cache_dir=args.data_cache_dir,
         dataset_modules=args.dataset_module,
     )
-    device = resolve_device(args.device)
-    model = load_model(
-        args.model_name_or_path,
-        device=device,
-        dtype=resolve_dtype(args.dtype, device),
-        trust_remote_code=args.trust_remote_code,
-    )
+    model = load_model(args)
     report = target_loss(model, dataset, tokenizer.pad_token_id, args.batch_size)
     return {
         "checkpoint": args.model_name_or_path,

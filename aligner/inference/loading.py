@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import torch
@@ -55,15 +56,23 @@ def checkpoint_template(model_name_or_path: str, override: str | None = None) ->
     return get_template(str(path))
 
 
-def load_model(
-    model_name_or_path: str,
-    *,
-    device: torch.device,
-    dtype: torch.dtype,
-    trust_remote_code: bool = False,
-) -> PreTrainedModel:
-    """Load a causal LM in evaluation mode on ``device``."""
+def add_model_arguments(group: argparse._ArgumentGroup) -> None:
+    """The flags that say where and how a checkpoint is loaded."""
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    group.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
+    group.add_argument(
+        "--trust_remote_code",
+        action="store_true",
+        help="run model code shipped with the checkpoint (only for checkpoints you trust)",
+    )
+
+
+def load_model(args: argparse.Namespace, local_rank: int = 0) -> PreTrainedModel:
+    """The model that ``args`` name, in evaluation mode on its device (this rank's GPU)."""
+    device = resolve_device(args.device, local_rank)
     model = AutoModelForCausalLM.from_pretrained(
-        model_name_or_path, dtype=dtype, trust_remote_code=trust_remote_code
+        args.model_name_or_path,
+        dtype=resolve_dtype(args.dtype, device),
+        trust_remote_code=args.trust_remote_code,
     )
     return model.to(device).eval()
