@@ -1,0 +1,1 @@
+"""Correction training on DeepSpeed: flags, config, loss, loop, checkpoints and tracking."""

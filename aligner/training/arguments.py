@@ -1,0 +1,213 @@
+"""The training flags: the original toolkit's names, their HF-style aliases, and validation."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from transformers import SchedulerType
+
+from aligner.datasets.arguments import add_data_arguments
+from aligner.training.ds_config import OFFLOAD_CHOICES
+
+SECRET_MARKERS = ("token", "key", "secret", "password")
+"""Argument names holding any of these are never written to the output folder."""
+
+
+class ArgumentError(ValueError):
+    """A flag combination the trainer cannot honour; reported as one line."""
+
+
+def str2bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"true", "1", "yes", "y", "on"}:
+        return True
+    if lowered in {"false", "0", "no", "n", "off"}:
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (True/False), got {text!r}")
+
+
+def _add_bool(group: argparse._ArgumentGroup, *names: str, default: bool | None, help: str) -> None:
+    # The original toolkit writes `--bf16 True`; a bare `--bf16` means the same.
+    group.add_argument(
+        *names, type=str2bool, nargs="?", const=True, default=default, metavar="BOOL", help=help
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aligner train",
+        description="Supervised correction training on DeepSpeed: only the correction and its "
+        "EOS carry loss, normalised per target token of the global batch.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,
+    )
+    model = parser.add_argument_group("model")
+    model.add_argument("--model_name_or_path", required=True, help="HF model folder or hub name")
+    _add_bool(
+        model,
+        "--trust_remote_code",
+        default=False,
+        help="allow the model folder's own Python code to run",
+    )
+    add_data_arguments(parser)
+
+    train = parser.add_argument_group("training")
+    train.add_argument("--epochs", "--num_train_epochs", dest="epochs", type=int, default=3)
+    train.add_argument(
+        "--max_steps", type=int, default=-1, help="stop after this many optimizer steps (-1: off)"
+    )
+    train.add_argument("--per_device_train_batch_size", type=int, default=4)
+    train.add_argument("--per_device_eval_batch_size", type=int, default=4)
+    train.add_argument("--gradient_accumulation_steps", type=int, default=8)
+    _add_bool(
+        train,
+        "--gradient_checkpointing",
+        default=True,
+        help="recompute activations in the backward pass to save memory",
+    )
+    train.add_argument("--lr", "--learning_rate", dest="lr", type=float, default=2e-5)
+    train.add_argument(
+        "--lr_scheduler_type",
+        default="cosine",
+        choices=[s.value for s in SchedulerType],
+        help="a transformers.get_scheduler name",
+    )
+    train.add_argument(
+        "--lr_warmup_ratio", "--warmup_ratio", dest="lr_warmup_ratio", type=float, default=0.03
+    )
+    train.add_argument(
+        "--weight_decay",
+        type=float,
+        default=0.0,
+        help="AdamW weight decay; never applied to biases and norm weights",
+    )
+    train.add_argument("--adam_beta1", type=float, default=0.9)
+    train.add_argument("--adam_beta2", type=float, default=0.95)
+    train.add_argument("--adam_epsilon", type=float, default=1e-8)
+    train.add_argument(
+        "--max_grad_norm", type=float, default=1.0, help="clip the global gradient norm (0: off)"
+    )
+    train.add_argument("--seed", type=int, default=42)
+
+    precision = parser.add_argument_group("precision")
+    _add_bool(
+        precision,
+        "--bf16",
+        default=None,
+        help="train in bfloat16 (default: on where the accelerator supports it, else fp32)",
+    )
+    _add_bool(precision, "--fp16", default=False, help="train in float16 with loss scaling")
+    _add_bool(precision, "--tf32", default=False, help="allow TF32 matmuls (NVIDIA Ampere+)")
+
+    evaluation = parser.add_argument_group("evaluation")
+    _add_bool(
+        evaluation,
+        "--need_eval",
+        default=False,
+        help="evaluate (needs --eval_datasets or --eval_split_ratio; giving either implies it)",
+    )
+    evaluation.add_argument("--eval_strategy", choices=("epoch", "steps"), default="epoch")
+    evaluation.add_argument(
+        "--eval_interval",
+        type=int,
+        default=1000,
+        help="optimizer steps between evaluations with --eval_strategy steps",
+    )
+
+    output = parser.add_argument_group("output and tracking")
+    output.add_argument("--output_dir", required=True)
+    output.add_argument("--log_type", choices=("wandb", "tensorboard", "none"), default="none")
+    output.add_argument("--log_dir", default=None, help="tracker files (default: OUTPUT_DIR)")
+    output.add_argument("--log_project", default="aligner", help="wandb project")
+    output.add_argument("--log_run_name", default=None, help="run name (default: from time)")
+    _add_bool(
+        output,
+        "--save_16bit",
+        default=False,
+        help="save the weights in the training precision (bf16/fp16) instead of the fp32 "
+        "master weights",
+    )
+    output.add_argument(
+        "--save_interval",
+        type=int,
+        default=0,
+        help="also save a model folder every this many optimizer steps (0: only at the end)",
+    )
+
+    dist = parser.add_argument_group("distributed")
+    dist.add_argument("--zero_stage", type=int, choices=(0, 1, 2, 3), default=3)
+    dist.add_argument("--offload", choices=OFFLOAD_CHOICES, default="none")
+    dist.add_argument("--local_rank", type=int, default=-1, help="set by the deepspeed launcher")
+    dist.add_argument(
+        "--deepspeed",
+        action="store_true",
+        help="accepted for compatibility; the trainer always runs on DeepSpeed",
+    )
+    dist.add_argument(
+        "--deepspeed_config",
+        default=None,
+        metavar="JSON",
+        help="a DeepSpeed config file whose keys override the built config",
+    )
+    dist.add_argument(
+        "--dist_timeout",
+        type=int,
+        default=600,
+        help="seconds a collective may wait for a rank before the run fails",
+    )
+    return parser
+
+
+def validate(args: argparse.Namespace) -> argparse.Namespace:
+    """Check flag combinations; raise ArgumentError with one clear line."""
+    positive = ("epochs", "per_device_train_batch_size", "per_device_eval_batch_size")
+    for name in (*positive, "gradient_accumulation_steps", "dist_timeout"):
+        if getattr(args, name) < 1:
+            raise ArgumentError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.max_steps == 0 or args.max_steps < -1:
+        raise ArgumentError(f"--max_steps must be positive or -1, got {args.max_steps}")
+    if not 0 <= args.lr_warmup_ratio <= 1:
+        raise ArgumentError(f"--lr_warmup_ratio must be in [0, 1], got {args.lr_warmup_ratio}")
+    if args.lr <= 0 or args.weight_decay < 0 or args.max_grad_norm < 0:
+        raise ArgumentError("--lr must be positive; --weight_decay and --max_grad_norm >= 0")
+    if args.bf16 and args.fp16:
+        raise ArgumentError("--bf16 and --fp16 are exclusive")
+    if args.eval_interval < 1 or args.save_interval < 0:
+        raise ArgumentError("--eval_interval must be >= 1 and --save_interval >= 0")
+    if args.need_eval and not (args.eval_datasets or args.eval_split_ratio > 0):
+        raise ArgumentError("--need_eval needs --eval_datasets or --eval_split_ratio")
+    if args.deepspeed_config is not None:
+        path = Path(args.deepspeed_config)
+        try:
+            args.deepspeed_overrides = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise ArgumentError(f"--deepspeed_config {path}: {error}") from None
+        if not isinstance(args.deepspeed_overrides, dict):
+            raise ArgumentError(f"--deepspeed_config {path}: must hold a JSON object")
+    else:
+        args.deepspeed_overrides = None
+    return args
+
+
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    return validate(build_parser().parse_args(argv))
+
+
+def arguments_for_saving(args: argparse.Namespace) -> dict[str, Any]:
+    """The arguments as JSON-safe values, without anything that looks like a credential."""
+    saved: dict[str, Any] = {}
+    for name, value in sorted(vars(args).items()):
+        if any(marker in name.lower() for marker in SECRET_MARKERS):
+            continue
+        if value is None or isinstance(value, (bool, int, float, str)):
+            saved[name] = value
+        elif isinstance(value, (list, tuple)):
+            saved[name] = [str(item) for item in value]
+        elif isinstance(value, dict):
+            saved[name] = json.loads(json.dumps(value, default=str))
+        else:
+            saved[name] = str(value)
+    return saved

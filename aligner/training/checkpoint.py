@@ -1,0 +1,94 @@
+"""Saving the trained model as a Hugging Face folder, gathering ZeRO-partitioned weights first.
+
+Every rank must call :func:`save_model` (gathering is collective); only rank 0 writes. Files go
+to a temporary folder first and ``config.json`` arrives last, so a crash never leaves a folder
+that looks like a complete model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from aligner.prompts import PromptTemplate
+
+TRAINING_ARGS_FILE = "training_args.json"
+CONFIG_FILE = "config.json"
+_MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")
+
+
+def gather_state_dict(model: nn.Module, *, fp32_master: bool, rank: int) -> dict[str, torch.Tensor]:
+    """The full state dict on rank 0 (empty elsewhere), one parameter at a time.
+
+    ``fp32_master`` takes the optimizer's fp32 master weights (exact under bf16/fp16 training);
+    otherwise the module's own weights in the training precision. Under ZeRO-3 each parameter
+    is gathered in turn, so rank 0 never holds more than the state dict plus one parameter.
+    """
+    import deepspeed
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    state: dict[str, torch.Tensor] = {}
+    for name, param in model.named_parameters():
+        value = safe_get_full_fp32_param(param) if fp32_master else None
+        if value is None:
+            with deepspeed.zero.GatheredParameters([param], enabled=hasattr(param, "ds_id")):
+                value = param.data.detach().clone() if rank == 0 else None
+        if rank == 0:
+            state[name] = value.to("cpu", torch.float32 if fp32_master else value.dtype)
+    persistent = model.state_dict().keys()
+    for name, buffer in model.named_buffers():
+        if rank == 0 and name in persistent:
+            state[name] = buffer.detach().to("cpu", copy=True)
+    return state
+
+
+def save_model(
+    model: PreTrainedModel,
+    output_dir: str | Path,
+    *,
+    tokenizer: PreTrainedTokenizerBase,
+    template: PromptTemplate,
+    training_args: dict[str, Any],
+    fp32_master: bool,
+    rank: int,
+) -> Path:
+    """Write ``model`` with its tokenizer, prompt template and training arguments."""
+    state = gather_state_dict(model, fp32_master=fp32_master, rank=rank)
+    output_dir = Path(output_dir)
+    if rank != 0:
+        return output_dir
+    staging = output_dir.parent / f".{output_dir.name}.saving-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    dtype = next(iter(state.values())).dtype
+    original_dtype = model.config.dtype
+    model.config.dtype = dtype  # the config says what the files hold
+    try:
+        model.save_pretrained(staging, state_dict=state)
+    finally:
+        model.config.dtype = original_dtype
+    tokenizer.save_pretrained(staging)
+    template.save(staging)
+    (staging / TRAINING_ARGS_FILE).write_text(json.dumps(training_args, indent=2) + "\n")
+    _publish(staging, output_dir)
+    return output_dir
+
+
+def _publish(staging: Path, output_dir: Path) -> None:
+    """Move a finished model folder's files into place, the config last."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    # An earlier model in the folder stops looking complete before its files are replaced.
+    (output_dir / CONFIG_FILE).unlink(missing_ok=True)
+    for stale in output_dir.iterdir():
+        if stale.is_file() and stale.name.endswith(_MODEL_FILE_SUFFIXES):
+            stale.unlink()
+    files = sorted(staging.iterdir(), key=lambda path: path.name == CONFIG_FILE)
+    for path in files:
+        os.replace(path, output_dir / path.name)
+    staging.rmdir()

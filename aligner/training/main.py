@@ -1,0 +1,141 @@
+"""Entry point of correction training: setup -> train -> cleanup, on every rank.
+
+Usage:
+    deepspeed --num_gpus 8 --module aligner.training.main --train_datasets FILE \\
+        --model_name_or_path MODEL --output_dir DIR [flags]     # or scripts/sft-correction.sh
+    aligner train --train_datasets FILE --model_name_or_path MODEL --output_dir DIR   # 1 process
+
+Test hooks (environment): ALIGNER_FAULT_RANK=R with ALIGNER_FAULT_STEP=S makes rank R raise
+before optimizer step S; ALIGNER_PROBE_LOGITS=FILE makes rank 0 save the engine's logits on the
+first two training samples after the final save.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from datetime import timedelta
+
+import torch
+
+from aligner.datasets import DataError
+from aligner.prompts import TemplateError
+from aligner.training.arguments import ArgumentError, parse_arguments
+
+
+def _ensure_process_env() -> None:
+    """Give a process started without a launcher the environment of a one-rank job."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    os.environ.update(
+        RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+
+
+def resolve_precision(args: argparse.Namespace, accelerator: object, rank: int) -> str:
+    """bf16, fp16 or fp32, or an ArgumentError when the hardware cannot do what was asked."""
+    on_cpu = accelerator.device_name() == "cpu"
+    if args.tf32:
+        if on_cpu or torch.cuda.get_device_capability()[0] < 8:
+            raise ArgumentError("--tf32 needs an NVIDIA GPU of the Ampere generation or newer")
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if args.fp16:
+        if not accelerator.is_fp16_supported():
+            raise ArgumentError(f"--fp16: this {accelerator.device_name()} cannot train in fp16")
+        return "fp16"
+    if args.bf16:
+        if not accelerator.is_bf16_supported():
+            raise ArgumentError(f"--bf16: this {accelerator.device_name()} cannot train in bf16")
+        return "bf16"
+    if args.bf16 is None:
+        if not on_cpu and accelerator.is_bf16_supported():
+            return "bf16"
+        if rank == 0:
+            print(
+                f"precision: fp32 (no bf16-capable GPU found; --bf16 True forces bf16 on "
+                f"{accelerator.device_name()})",
+                flush=True,
+            )
+    return "fp32"
+
+
+def setup(args: argparse.Namespace):
+    """Everything a user can get wrong is checked here, before any process-group work."""
+    from transformers import set_seed
+
+    from aligner.datasets.arguments import build_datasets_from_args
+    from aligner.prompts import get_template
+    from aligner.tokenizer import load_tokenizer
+    from aligner.training.trainer import Runtime
+
+    _ensure_process_env()
+    from deepspeed.accelerator import get_accelerator
+
+    accelerator = get_accelerator()
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", max(args.local_rank, 0)))
+    precision = resolve_precision(args, accelerator, rank)
+    set_seed(args.seed)
+    try:
+        tokenizer = load_tokenizer(
+            args.model_name_or_path, trust_remote_code=args.trust_remote_code
+        )
+    except (OSError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        raise ArgumentError(
+            f"--model_name_or_path {args.model_name_or_path}: {first_line}"
+        ) from None
+    template = get_template(args.prompt_template)
+    train_dataset, eval_dataset, report = build_datasets_from_args(args, tokenizer, template)
+    if args.need_eval and eval_dataset is None:
+        raise ArgumentError("--need_eval: no evaluation samples")
+    if rank == 0:
+        held_out = f", {report.eval_split} held out for evaluation" if report.eval_split else ""
+        evaluating = f", {len(eval_dataset)} eval samples" if eval_dataset is not None else ""
+        print(f"data: {len(train_dataset)} training samples{held_out}{evaluating}", flush=True)
+    on_cpu = accelerator.device_name() == "cpu"
+    device = torch.device("cpu") if on_cpu else torch.device(accelerator.device_name(local_rank))
+    runtime = Runtime(rank, local_rank, world_size, device, precision, on_cpu)
+    return runtime, tokenizer, template, train_dataset, eval_dataset
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parse_arguments(sys.argv[1:] if argv is None else argv)
+        runtime, tokenizer, template, train_dataset, eval_dataset = setup(args)
+    except (ArgumentError, DataError, TemplateError) as error:
+        # Every rank fails the same way; one copy of the message is enough.
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"aligner train: error: {error}", file=sys.stderr, flush=True)
+        return 2 if isinstance(error, ArgumentError) else 1
+
+    import deepspeed
+    import torch.distributed as dist
+    from deepspeed.accelerator import get_accelerator
+
+    from aligner.training.trainer import Trainer
+
+    accelerator = get_accelerator()
+    if not runtime.on_cpu:
+        accelerator.set_device(runtime.local_rank)
+    deepspeed.init_distributed(
+        dist_backend=accelerator.communication_backend_name(),
+        timeout=timedelta(seconds=args.dist_timeout),
+    )
+    try:
+        Trainer(args, runtime, tokenizer, template, train_dataset, eval_dataset).train()
+        dist.barrier()
+    finally:
+        # Without this a rank can abort at interpreter exit after a successful run.
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

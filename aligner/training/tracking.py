@@ -1,0 +1,126 @@
+"""Metric tracking on rank 0: metrics.jsonl always, wandb or tensorboard, and the loss curve."""
+
+from __future__ import annotations
+
+import json
+import netrc
+import os
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+METRICS_FILE = "metrics.jsonl"
+LOSS_CURVE_FILE = "loss_curve.png"
+
+
+def wandb_has_credentials() -> bool:
+    """Whether wandb could log in without asking: an API key in the environment or in netrc."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or ""
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+class Tracker:
+    """Writes every logged row to ``metrics.jsonl`` and to the chosen tracker."""
+
+    def __init__(
+        self,
+        output_dir: str | Path,
+        *,
+        log_type: str,
+        log_dir: str | Path | None,
+        project: str,
+        run_name: str,
+        config: dict[str, Any],
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.output_dir / METRICS_FILE
+        self._metrics = self.metrics_path.open("w", encoding="utf-8")
+        self._tensorboard = None
+        self._wandb_run = None
+        log_dir = Path(log_dir or self.output_dir)
+        if log_type == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tensorboard = SummaryWriter(log_dir=str(log_dir / "tensorboard" / run_name))
+        elif log_type == "wandb":
+            import wandb
+
+            # Never wait for a login: without credentials the run is recorded offline.
+            mode = os.environ.get("WANDB_MODE")
+            if mode is None and not wandb_has_credentials():
+                mode = "offline"
+                print(
+                    "wandb: no API key found, logging offline to "
+                    f"{log_dir / 'wandb'} (upload later with `wandb sync`)",
+                    flush=True,
+                )
+            self._wandb_run = wandb.init(
+                project=project,
+                name=run_name,
+                dir=str(log_dir),
+                config=config,
+                mode=mode,
+                settings=wandb.Settings(console="off", silent=True),
+            )
+
+    def log(self, row: dict[str, Any], step: int) -> None:
+        row = {"step": step, "time": round(time.time(), 3), **row}
+        self._metrics.write(json.dumps(row) + "\n")
+        self._metrics.flush()
+        scalars = {k: v for k, v in row.items() if k not in ("step", "time") and _is_number(v)}
+        if self._tensorboard is not None:
+            for key, value in scalars.items():
+                self._tensorboard.add_scalar(key.replace("_", "/", 1), value, step)
+        if self._wandb_run is not None:
+            self._wandb_run.log(scalars, step=step)
+
+    def close(self) -> None:
+        self._metrics.close()
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+        if self._wandb_run is not None:
+            self._wandb_run.finish()
+        plot_loss_curve(self.metrics_path, self.output_dir / LOSS_CURVE_FILE)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def plot_loss_curve(metrics_path: str | Path, image_path: str | Path) -> Path | None:
+    """Training (and evaluation, where logged) loss against the optimizer step."""
+    rows = read_metrics(metrics_path)
+    train = [(r["step"], r["train_loss"]) for r in rows if "train_loss" in r]
+    evaluation = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
+    if not train and not evaluation:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on training machines
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4), dpi=120)
+    if train:
+        axes.plot(*zip(*train, strict=True), label="train loss", linewidth=1)
+    if evaluation:
+        axes.plot(*zip(*evaluation, strict=True), "o-", label="eval loss")
+    axes.set_xlabel("optimizer step")
+    axes.set_ylabel("loss per target token")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(image_path)
+    plt.close(figure)
+    return Path(image_path)

@@ -1,0 +1,325 @@
+"""The training loop on a DeepSpeed engine: global-batch token-mean loss, evaluation, saving."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import deepspeed
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
+
+from aligner.constants import IGNORE_INDEX
+from aligner.datasets.collate import Batch, PaddingCollator
+from aligner.prompts import PromptTemplate
+from aligner.training.arguments import arguments_for_saving
+from aligner.training.batching import epoch_order, global_batches, rank_micro_batches, split_evenly
+from aligner.training.checkpoint import save_model
+from aligner.training.ds_config import get_deepspeed_train_config
+from aligner.training.loss import CorrectionLM, TokenLoss
+from aligner.training.optim import build_optimizer, build_scheduler
+from aligner.training.tracking import Tracker
+
+# Test hooks, read from the environment so that no user-facing flag exists for them.
+FAULT_RANK_ENV = "ALIGNER_FAULT_RANK"
+"""Fault injection: the rank that raises (with ALIGNER_FAULT_STEP, the step it raises at)."""
+FAULT_STEP_ENV = "ALIGNER_FAULT_STEP"
+PROBE_LOGITS_ENV = "ALIGNER_PROBE_LOGITS"
+"""A file where rank 0 writes the engine's logits on the first training batch after saving."""
+
+
+class InjectedFault(RuntimeError):
+    """Raised by the fault-injection hook."""
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where this process runs and in what precision."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+    precision: str  # bf16 | fp16 | fp32
+    on_cpu: bool
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
+            self.precision
+        ]
+
+
+class Trainer:
+    """Builds the engine from the arguments, then trains, evaluates and saves."""
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        runtime: Runtime,
+        tokenizer: PreTrainedTokenizerBase,
+        template: PromptTemplate,
+        train_dataset: datasets.Dataset,
+        eval_dataset: datasets.Dataset | None,
+    ) -> None:
+        self.args = args
+        self.rt = runtime
+        self.tokenizer = tokenizer
+        self.template = template
+        self.train_dataset = train_dataset
+        self.eval_dataset = eval_dataset
+        self.collate = PaddingCollator(pad_token_id=tokenizer.pad_token_id)
+        self.train_lengths = train_dataset["length"]
+        self.global_batch_size = (
+            args.per_device_train_batch_size * args.gradient_accumulation_steps * runtime.world_size
+        )
+        self.steps_per_epoch = math.ceil(len(train_dataset) / self.global_batch_size)
+        self.total_steps = args.epochs * self.steps_per_epoch
+        if args.max_steps > 0:
+            self.total_steps = min(self.total_steps, args.max_steps)
+        self.ds_config = get_deepspeed_train_config(
+            micro_batch_size_per_gpu=args.per_device_train_batch_size,
+            gradient_accumulation_steps=args.gradient_accumulation_steps,
+            world_size=runtime.world_size,
+            stage=args.zero_stage,
+            offload=args.offload,
+            precision=runtime.precision,
+            max_grad_norm=args.max_grad_norm,
+            on_cpu=runtime.on_cpu,
+            overrides=args.deepspeed_overrides,
+        )
+        self.engine = self._build_engine()
+        self.tracker = self._build_tracker() if runtime.rank == 0 else None
+
+    # ---- setup -------------------------------------------------------------------------------
+
+    def _build_engine(self) -> deepspeed.DeepSpeedEngine:
+        args = self.args
+        if args.zero_stage == 3:
+            from transformers.integrations import HfDeepSpeedConfig
+
+            # While this object lives, from_pretrained loads each weight straight into its
+            # ZeRO-3 partition instead of materialising the whole model on every rank.
+            self._hf_ds_config = HfDeepSpeedConfig(self.ds_config)
+        lm = AutoModelForCausalLM.from_pretrained(
+            args.model_name_or_path,
+            dtype=self.rt.dtype,
+            trust_remote_code=args.trust_remote_code,
+        )
+        if args.gradient_checkpointing:
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model = CorrectionLM(lm)
+        optimizer = build_optimizer(
+            model,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            betas=(args.adam_beta1, args.adam_beta2),
+            eps=args.adam_epsilon,
+            cpu_adam=args.offload in ("optimizer", "all") and not self.rt.on_cpu,
+        )
+        engine, *_ = deepspeed.initialize(
+            model=model,
+            optimizer=optimizer,
+            lr_scheduler=lambda opt: build_scheduler(
+                opt,
+                args.lr_scheduler_type,
+                total_steps=self.total_steps,
+                warmup_ratio=args.lr_warmup_ratio,
+            ),
+            config=self.ds_config,
+            dist_init_required=False,
+        )
+        return engine
+
+    def _build_tracker(self) -> Tracker:
+        args = self.args
+        run_name = args.log_run_name or time.strftime("sft-%Y%m%d-%H%M%S")
+        return Tracker(
+            args.output_dir,
+            log_type=args.log_type,
+            log_dir=args.log_dir,
+            project=args.log_project,
+            run_name=run_name,
+            config=arguments_for_saving(args),
+        )
+
+    # ---- batches -----------------------------------------------------------------------------
+
+    def _batch(self, dataset: datasets.Dataset, indices: list[int], fallback: int) -> Batch:
+        """Collate ``indices``; an empty slot becomes one fully masked sample (zero loss)."""
+        if indices:
+            rows = dataset.select(indices)
+            batch = self.collate(list(rows))
+        else:
+            # The rank still runs forward and backward so that every collective is matched.
+            batch = self.collate([dataset[fallback]])
+            batch["labels"].fill_(IGNORE_INDEX)
+        return Batch(**{key: value.to(self.rt.device) for key, value in batch.items()})
+
+    def _all_reduce(self, values: list[float]) -> list[float]:
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.rt.device)
+        dist.all_reduce(tensor)
+        return tensor.tolist()
+
+    # ---- training ----------------------------------------------------------------------------
+
+    def train(self) -> None:
+        args, rt = self.args, self.rt
+        self._say(
+            f"training on {len(self.train_dataset)} samples, {rt.world_size} rank(s), "
+            f"global batch {self.global_batch_size}, {self.total_steps} optimizer steps, "
+            f"ZeRO-{args.zero_stage}, {rt.precision}"
+        )
+        fault_step = self._fault_step()
+        evaluating = self.eval_dataset is not None
+        every = args.eval_interval if evaluating and args.eval_strategy == "steps" else 0
+        last_eval = self._evaluate(step=0) if evaluating else None
+        progress = tqdm(
+            total=self.total_steps, desc="train", disable=rt.rank != 0, dynamic_ncols=True
+        )
+        step, started = 0, time.perf_counter()
+        for epoch in range(args.epochs):
+            order = epoch_order(len(self.train_dataset), args.seed, epoch)
+            for batch in global_batches(order, self.global_batch_size):
+                if step == fault_step:
+                    raise InjectedFault(f"rank {rt.rank}: injected fault at step {step}")
+                row = self._train_step(batch)
+                step += 1
+                row["epoch"] = step / self.steps_per_epoch
+                self._log(row, step)
+                progress.update()
+                progress.set_postfix(
+                    loss=f"{row['train_loss']:.4f}",
+                    lr=f"{row['lr']:.2e}",
+                    tok_s=f"{row['tokens_per_s']:.0f}",
+                )
+                if every and step % every == 0:
+                    last_eval = self._evaluate(step)
+                if args.save_interval and step % args.save_interval == 0:
+                    self._save(Path(args.output_dir) / f"checkpoint-{step}")
+                if step >= self.total_steps:
+                    break
+            if evaluating and args.eval_strategy == "epoch":
+                last_eval = self._evaluate(step)
+            if step >= self.total_steps:
+                break
+        if evaluating and last_eval != step:
+            self._evaluate(step)
+        progress.close()
+        self._say(f"trained {step} steps in {time.perf_counter() - started:.1f}s")
+        self._save(Path(args.output_dir))
+        self._probe_logits()
+        if self.tracker is not None:
+            self.tracker.close()
+
+    def _train_step(self, batch: torch.Tensor) -> dict[str, float]:
+        args, rt, engine = self.args, self.rt, self.engine
+        started = time.perf_counter()
+        slots = rank_micro_batches(
+            batch,
+            self.train_lengths,
+            micro_batch_size=args.per_device_train_batch_size,
+            accumulation_steps=args.gradient_accumulation_steps,
+            world_size=rt.world_size,
+            rank=rt.rank,
+        )
+        micro_batches = [self._batch(self.train_dataset, slot, int(batch[0])) for slot in slots]
+        # The loss is a mean over the global batch's target tokens, so count them all first.
+        local_targets = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro_batches)
+        local_tokens = sum(int(b["attention_mask"].sum()) for b in micro_batches)
+        (global_targets,) = self._all_reduce([local_targets])
+        # engine.backward divides by the accumulation steps and the gradient all-reduce averages
+        # over ranks; this factor undoes both so the gradient is d(sum of losses)/global_targets.
+        scale = rt.world_size * args.gradient_accumulation_steps / global_targets
+        lr = engine.get_lr()[0]
+        engine.train()
+        loss_sum = correct = 0.0
+        for micro in micro_batches:
+            out: TokenLoss = engine(**micro)
+            engine.backward(out.loss_sum * scale)
+            engine.step()
+            loss_sum += out.loss_sum.item()
+            correct += out.correct.item()
+        loss_sum, correct, tokens = self._all_reduce([loss_sum, correct, local_tokens])
+        seconds = time.perf_counter() - started
+        row = {
+            "train_loss": loss_sum / global_targets,
+            "train_accuracy": correct / global_targets,
+            "lr": lr,
+            "target_tokens": int(global_targets),
+            "tokens_per_s": tokens / seconds,
+            "step_time": seconds,
+        }
+        grad_norm = engine.get_global_grad_norm()
+        if grad_norm is not None:
+            row["grad_norm"] = float(grad_norm)
+        return row
+
+    @torch.no_grad()
+    def _evaluate(self, step: int) -> int:
+        """Log eval loss and token accuracy; returns ``step``."""
+        assert self.eval_dataset is not None
+        rt, engine = self.rt, self.engine
+        engine.eval()
+        loss_sum = correct = targets = 0.0
+        batches = split_evenly(
+            len(self.eval_dataset), self.args.per_device_eval_batch_size, rt.world_size, rt.rank
+        )
+        for indices in batches:
+            out: TokenLoss = engine(**self._batch(self.eval_dataset, indices, 0))
+            loss_sum += out.loss_sum.item()
+            correct += out.correct.item()
+            targets += out.tokens.item()
+        loss_sum, correct, targets = self._all_reduce([loss_sum, correct, targets])
+        row = {"eval_loss": loss_sum / targets, "eval_accuracy": correct / targets}
+        self._log(row, step)
+        self._say(
+            f"eval at step {step}: loss {row['eval_loss']:.4f}, "
+            f"token accuracy {row['eval_accuracy']:.3f}"
+        )
+        return step
+
+    # ---- output ------------------------------------------------------------------------------
+
+    def _save(self, directory: Path) -> None:
+        save_model(
+            self.engine.module.lm,
+            directory,
+            tokenizer=self.tokenizer,
+            template=self.template,
+            training_args=arguments_for_saving(self.args),
+            fp32_master=not self.args.save_16bit,
+            rank=self.rt.rank,
+        )
+        self._say(f"saved model to {directory}")
+
+    @torch.no_grad()
+    def _probe_logits(self) -> None:
+        path = os.environ.get(PROBE_LOGITS_ENV)
+        if not path:
+            return
+        self.engine.eval()
+        batch = self._batch(self.train_dataset, list(range(min(2, len(self.train_dataset)))), 0)
+        logits = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        if self.rt.rank == 0:
+            torch.save({**batch, "logits": logits.float().cpu()}, path)
+
+    def _fault_step(self) -> int | None:
+        if os.environ.get(FAULT_RANK_ENV) == str(self.rt.rank):
+            return int(os.environ.get(FAULT_STEP_ENV, "0"))
+        return None
+
+    def _log(self, row: dict[str, float], step: int) -> None:
+        if self.tracker is not None:
+            self.tracker.log(row, step)
+
+    def _say(self, message: str) -> None:
+        if self.rt.rank == 0:
+            tqdm.write(message)

@@ -1,0 +1,92 @@
+"""Training flags: original names and aliases, boolean values, validation, what gets saved."""
+
+from __future__ import annotations
+
+import pytest
+
+from aligner.training.arguments import ArgumentError, arguments_for_saving, parse_arguments
+
+REQUIRED = ["--model_name_or_path", "m", "--train_datasets", "d.jsonl", "--output_dir", "o"]
+
+
+def parse(*flags: str):
+    return parse_arguments([*REQUIRED, *flags])
+
+
+def test_defaults_are_the_original_toolkit_ones() -> None:
+    args = parse()
+    assert (args.epochs, args.lr, args.lr_scheduler_type, args.lr_warmup_ratio) == (
+        3,
+        2e-5,
+        "cosine",
+        0.03,
+    )
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (4, 8)
+    assert (args.zero_stage, args.offload, args.seed, args.max_length) == (3, "none", 42, 2048)
+    assert args.gradient_checkpointing is True and args.weight_decay == 0.0
+    assert args.trust_remote_code is False
+    assert args.bf16 is None  # bf16 where the accelerator supports it
+
+
+@pytest.mark.parametrize(
+    ("flags", "name", "value"),
+    [
+        (["--epochs", "2"], "epochs", 2),
+        (["--num_train_epochs", "2"], "epochs", 2),
+        (["--lr", "1e-4"], "lr", 1e-4),
+        (["--learning_rate", "1e-4"], "lr", 1e-4),
+        (["--warmup_ratio", "0.1"], "lr_warmup_ratio", 0.1),
+    ],
+)
+def test_original_names_and_aliases(flags: list[str], name: str, value: object) -> None:
+    assert getattr(parse(*flags), name) == value
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [(["--bf16"], True), (["--bf16", "True"], True), (["--bf16", "false"], False), ([], None)],
+)
+def test_boolean_flags_take_an_optional_value(flags: list[str], expected: bool | None) -> None:
+    assert parse(*flags).bf16 is expected
+
+
+def test_a_bad_boolean_is_an_argparse_error() -> None:
+    with pytest.raises(SystemExit):
+        parse("--bf16", "maybe")
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--bf16", "--fp16"], "exclusive"),
+        (["--need_eval"], "--need_eval"),
+        (["--gradient_accumulation_steps", "0"], "gradient_accumulation_steps"),
+        (["--max_steps", "0"], "--max_steps"),
+        (["--lr_warmup_ratio", "2"], "warmup"),
+        (["--deepspeed_config", "/nonexistent.json"], "--deepspeed_config"),
+    ],
+)
+def test_impossible_combinations_are_one_line_errors(flags: list[str], message: str) -> None:
+    with pytest.raises(ArgumentError, match=message) as error:
+        parse(*flags)
+    assert "\n" not in str(error.value)
+
+
+def test_deepspeed_config_file_is_read_as_overrides(tmp_path) -> None:
+    path = tmp_path / "ds.json"
+    path.write_text('{"zero_optimization": {"overlap_comm": false}}')
+    assert parse("--deepspeed_config", str(path)).deepspeed_overrides == {
+        "zero_optimization": {"overlap_comm": False}
+    }
+
+
+def test_saved_arguments_are_json_values_without_credentials() -> None:
+    args = parse("--eval_datasets", "e.jsonl")
+    args.hub_token = "hf_secret"
+    args.wandb_api_key = "secret"
+    saved = arguments_for_saving(args)
+    assert "hub_token" not in saved and "wandb_api_key" not in saved
+    assert saved["eval_datasets"] == ["e.jsonl"] and saved["lr"] == 2e-5
+    assert all(
+        isinstance(v, (str, int, float, bool, list, dict, type(None))) for v in saved.values()
+    )

@@ -1,0 +1,38 @@
+"""Publishing a saved model: files move into place with config.json last, stale weights go."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from aligner.training import checkpoint
+
+
+def test_publish_replaces_an_old_model_and_moves_the_config_last(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "config.json").write_text("old")
+    (output / "pytorch_model.bin").write_text("old weights")
+    (output / "metrics.jsonl").write_text("kept")
+    staging = tmp_path / ".out.saving"
+    staging.mkdir()
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        (staging / name).write_text("new")
+
+    moved: list[str] = []
+    replace = checkpoint.os.replace
+
+    def record(source, target):
+        moved.append(Path(target).name)
+        replace(source, target)
+
+    monkeypatch.setattr(checkpoint.os, "replace", record)
+    checkpoint._publish(staging, output)
+    assert moved[-1] == "config.json"
+    assert not (output / "pytorch_model.bin").exists()
+    assert (output / "metrics.jsonl").read_text() == "kept"
+    assert (output / "model.safetensors").read_text() == "new"
+    assert not staging.exists()

@@ -1,0 +1,47 @@
+"""Metric tracking: metrics.jsonl, the loss curve, and wandb's offline fallback without a key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from aligner.training.tracking import Tracker, read_metrics, wandb_has_credentials
+
+
+def test_metrics_jsonl_and_loss_curve(tmp_path: Path) -> None:
+    tracker = Tracker(tmp_path, log_type="none", log_dir=None, project="p", run_name="r", config={})
+    tracker.log({"eval_loss": 3.0}, step=0)
+    for step, loss in enumerate([3.0, 2.5, 2.0], start=1):
+        tracker.log({"train_loss": loss, "lr": 1e-3}, step=step)
+    tracker.close()
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert [row["step"] for row in rows] == [0, 1, 2, 3]
+    assert [row.get("train_loss") for row in rows[1:]] == [3.0, 2.5, 2.0]
+    assert (tmp_path / "loss_curve.png").stat().st_size > 1000
+
+
+def test_tensorboard_writes_events(tmp_path: Path) -> None:
+    tracker = Tracker(
+        tmp_path, log_type="tensorboard", log_dir=None, project="p", run_name="r", config={}
+    )
+    tracker.log({"train_loss": 1.0}, step=1)
+    tracker.close()
+    assert list((tmp_path / "tensorboard" / "r").glob("events.out.tfevents.*"))
+
+
+def test_wandb_credentials_come_from_the_environment_or_netrc(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_BASE_URL", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "missing"))
+    assert not wandb_has_credentials()
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine api.wandb.ai login user password abc\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    assert wandb_has_credentials()
+    monkeypatch.setenv("NETRC", str(tmp_path / "missing"))
+    monkeypatch.setenv("WANDB_API_KEY", "k")
+    assert wandb_has_credentials()
