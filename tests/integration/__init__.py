@@ -1,0 +1,1 @@
+"""Multi-process DeepSpeed training on CPU ranks."""
