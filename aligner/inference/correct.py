@@ -32,7 +32,12 @@ from aligner.inference.distributed import Ranks, shard_path, shard_paths
 from aligner.inference.generate import GenerationOptions, generate
 from aligner.inference.loading import add_model_arguments, checkpoint_template, load_model
 from aligner.inference.metrics import is_copy
-from aligner.inference.output import append_durably, read_written, write_atomically
+from aligner.inference.output import (
+    append_durably,
+    check_settings,
+    read_written,
+    write_atomically,
+)
 from aligner.inference.preference import FORMATS, write_preferences
 from aligner.prompts import PromptTemplate
 from aligner.tokenizer import load_tokenizer
@@ -256,6 +261,22 @@ def by_prompt_length(records: list[Record], template: PromptTemplate) -> list[Re
     )
 
 
+def run_settings(args: argparse.Namespace, template: PromptTemplate) -> dict[str, Any]:
+    """What decides the corrections; a resumed run must match it (batch size does not)."""
+    model = Path(args.model_name_or_path)
+    return {
+        "model": str(model.resolve()) if model.exists() else args.model_name_or_path,
+        "template": template.to_dict(),
+        "rounds": args.rounds,
+        "max_new_tokens": args.max_new_tokens,
+        "do_sample": args.do_sample,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "top_k": args.top_k,
+        "seed": args.seed if args.do_sample else None,
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     check_args(args)
     template = checkpoint_template(args.model_name_or_path, args.template)
@@ -267,6 +288,8 @@ def run(args: argparse.Namespace) -> int:
     with ranks.group():
         # Only the main rank rewrites the output; the others append to their own shard files.
         if ranks.is_main:
+            resuming = output.exists() or bool(shard_paths(output))
+            check_settings(output, run_settings(args, template), resuming)
             merge_written(output, records)
         ranks.barrier()
         done = {id_key(record["id"]) for record in read_written(output)}

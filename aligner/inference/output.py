@@ -1,4 +1,8 @@
-"""Crash-safe JSONL output: append a batch durably, read back what a run already wrote."""
+"""Crash-safe JSONL output: append a batch durably, read back what a run already wrote.
+
+Beside the output, ``OUTPUT.settings.json`` records what produced it, so that a resumed run
+cannot quietly mix the corrections of two models, templates or decoding settings.
+"""
 
 from __future__ import annotations
 
@@ -52,17 +56,54 @@ def read_written(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
-def append_durably(handle: IO[str], records: Iterable[dict[str, Any]]) -> None:
-    """Append records as JSON lines and force them to disk, so a crash loses none of them."""
-    handle.write("".join(dumps(record) + "\n" for record in records))
+def to_jsonl(records: Iterable[dict[str, Any]]) -> str:
+    return "".join(dumps(record) + "\n" for record in records)
+
+
+def write_durably(handle: IO[str], text: str) -> None:
+    """Write and force the text to disk, so a crash after this returns loses none of it."""
+    handle.write(text)
     handle.flush()
     os.fsync(handle.fileno())
 
 
-def write_atomically(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
-    """Replace ``path`` with these records in one step: readers see the old file or the new."""
+def append_durably(handle: IO[str], records: Iterable[dict[str, Any]]) -> None:
+    """Append records as JSON lines, durably."""
+    write_durably(handle, to_jsonl(records))
+
+
+def replace_atomically(path: str | Path, text: str) -> None:
+    """Replace ``path`` with ``text`` in one step: readers see the old file or the new one."""
     path = Path(path)
     temporary = path.with_name(path.name + ".tmp")
     with temporary.open("w", encoding="utf-8") as handle:
-        append_durably(handle, records)
+        write_durably(handle, text)
     os.replace(temporary, path)
+
+
+def write_atomically(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
+    """Replace ``path`` with these records as JSON lines, atomically."""
+    replace_atomically(path, to_jsonl(records))
+
+
+def settings_path(output: str | Path) -> Path:
+    output = Path(output)
+    return output.with_name(output.name + ".settings.json")
+
+
+def check_settings(output: str | Path, settings: dict[str, Any], resuming: bool) -> None:
+    """Record ``settings`` for a new output; when resuming one, require the same settings."""
+    path = settings_path(output)
+    if resuming and path.exists():
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as error:
+            raise OutputError(f"{path}: unreadable ({error}); delete it to resume") from None
+        changed = sorted(name for name in settings if saved.get(name) != settings[name])
+        if changed:
+            raise OutputError(
+                f"{output} was written with other {', '.join(changed)}: pass a new --output, "
+                f"or delete it and {path.name} to start over"
+            )
+        return
+    replace_atomically(path, json.dumps(settings, indent=2, ensure_ascii=False) + "\n")

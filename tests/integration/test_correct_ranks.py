@@ -51,5 +51,5 @@ def test_two_ranks_resume_and_match_one_process(tiny_checkpoint_dir: Path, tmp_p
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert read_written(output) == reference
-    assert [p.name for p in tmp_path.glob("out.jsonl*")] == ["out.jsonl"]
+    assert not list(tmp_path.glob("out.jsonl.rank*"))  # the shards were merged and removed
     assert "2 records already corrected" in result.stdout

@@ -201,6 +201,23 @@ def test_interrupted_run_resumed_writes_each_record_once(
     assert read_written(output) == reference
 
 
+def test_resuming_with_other_settings_is_refused(
+    tiny_checkpoint_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = write_jsonl(tmp_path / "in.jsonl", QUESTIONS[:2])
+    args = ["--model_name_or_path", tiny_checkpoint_dir, "--input", source]
+    args += ["--output", tmp_path / "out.jsonl"]
+    assert run_correct(*args, "--max_new_tokens", 2) == 0
+    written = (tmp_path / "out.jsonl").read_text()
+    capsys.readouterr()
+    assert run_correct(*args, "--max_new_tokens", 3, "--template", "aligner-v1") == 1
+    error = capsys.readouterr().err
+    assert "out.jsonl was written with other max_new_tokens, template" in error
+    # The batch size does not change the corrections: resuming with another is fine.
+    assert run_correct(*args, "--max_new_tokens", 2, "--batch_size", 1) == 0
+    assert (tmp_path / "out.jsonl").read_text() == written
+
+
 def test_torn_last_line_is_cut_but_a_bad_middle_line_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "out.jsonl"
     path.write_text('{"id": 0}\n{"id": 1}\n{"id": 2, "corr')
