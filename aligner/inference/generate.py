@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from aligner.datasets.encode import special_prefix
+
 
 @dataclass(frozen=True)
 class GenerationOptions:
@@ -51,6 +53,17 @@ def left_pad(sequences: list[list[int]], pad_token_id: int) -> tuple[torch.Tenso
     return input_ids, attention_mask
 
 
+def prompt_token_ids(tokenizer: PreTrainedTokenizerBase, prompts: list[str]) -> list[list[int]]:
+    """Token ids of each prompt exactly as training has them before the correction.
+
+    That is the tokenizer's leading special tokens (BOS) and the prompt text, and nothing a
+    tokenizer may append (an EOS here would tell the model the text is over).
+    """
+    prefix = special_prefix(tokenizer)
+    encoded = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    return [[*prefix, *ids] for ids in encoded]
+
+
 def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """The tokenizer's EOS (which training appends to every correction) and the model's own."""
     ids = [tokenizer.eos_token_id]
@@ -78,12 +91,13 @@ def generate(
 ) -> list[str]:
     """Generate one continuation per prompt, in one left-padded batch, without its EOS.
 
-    Prompts are tokenized as in training (special tokens added, so BOS leads the prompt).
+    Prompts are tokenized as in training (see ``prompt_token_ids``).
     """
     if not prompts:
         return []
-    encoded = tokenizer(prompts, add_special_tokens=True)["input_ids"]
-    input_ids, attention_mask = left_pad(encoded, tokenizer.pad_token_id)
+    input_ids, attention_mask = left_pad(
+        prompt_token_ids(tokenizer, prompts), tokenizer.pad_token_id
+    )
     eos_ids = eos_token_ids(model, tokenizer)
     output = model.generate(
         input_ids=input_ids.to(model.device),

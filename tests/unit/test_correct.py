@@ -11,7 +11,12 @@ import torch
 from aligner.datasets.collate import PaddingCollator
 from aligner.datasets.encode import SampleEncoder
 from aligner.inference import correct
-from aligner.inference.generate import GenerationOptions, generate, left_pad
+from aligner.inference.generate import (
+    GenerationOptions,
+    generate,
+    left_pad,
+    prompt_token_ids,
+)
 from aligner.inference.output import OutputError, read_written
 from aligner.inference.preference import write_preferences
 from aligner.prompts import PromptTemplate, get_template
@@ -92,6 +97,29 @@ def test_correct_renders_the_checkpoint_template(memorised_checkpoint: Path, tmp
     assert all(
         r["correction"] != m["correction"] for r, m in zip(other_records, MEMORISED, strict=True)
     )
+
+
+def test_prompts_are_tokenized_as_in_training(any_tokenizer) -> None:
+    template = get_template()
+    columns = {key: [r[key] for r in MEMORISED] for key in MEMORISED[0]}
+    encoded = SampleEncoder(any_tokenizer, template, max_length=512)(columns)
+    prompts = [template.render(r["question"], r["answer"]) for r in MEMORISED]
+    pairs = zip(encoded["input_ids"], encoded["prompt_length"], strict=True)
+    trained = [ids[:n] for ids, n in pairs]
+    assert prompt_token_ids(any_tokenizer, prompts) == trained
+
+
+def test_prompts_never_end_with_an_eos_the_tokenizer_appends(bpe_tokenizer_dir: Path) -> None:
+    from tokenizers import processors
+
+    tokenizer = load_tokenizer(str(bpe_tokenizer_dir))
+    eos = tokenizer.eos_token
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"$A {eos}", special_tokens=[(eos, tokenizer.eos_token_id)]
+    )
+    assert tokenizer("hello")["input_ids"][-1] == tokenizer.eos_token_id
+    plain = tokenizer("hello", add_special_tokens=False)["input_ids"]
+    assert prompt_token_ids(tokenizer, ["hello"]) == [plain]
 
 
 def test_left_pad_masks_by_length_even_where_a_prompt_holds_the_pad_id() -> None:
