@@ -62,7 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     io = parser.add_argument_group("input and output")
     io.add_argument("--model_name_or_path", required=True, help="the trained aligner checkpoint")
     io.add_argument(
-        "--input", required=True, help="records with question and answer (JSON/JSONL/Parquet)"
+        "--input",
+        required=True,
+        help="records with question and answer: JSON, JSONL, Parquet, CSV or a save_to_disk "
+        "folder, read and checked as for training",
     )
     io.add_argument(
         "--output",

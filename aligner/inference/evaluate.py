@@ -100,17 +100,17 @@ def prediction_metrics(path: str, reference_field: str) -> dict[str, Any]:
     records = load_records(path, fields=("answer",))
     if CORRECTION_FIELD not in records.column_names:
         raise DataError(f"{path}: the records have no {CORRECTION_FIELD!r} field")
-    corrections = records[CORRECTION_FIELD]
+    corrections = list(records[CORRECTION_FIELD])
     for row, correction in enumerate(corrections):
         if not isinstance(correction, str):
             raise DataError(f"{path}: row {row}: field {CORRECTION_FIELD!r} must be a string")
     references = None
     if reference_field in records.column_names:
-        references = records[reference_field]
+        references = list(records[reference_field])
         for row, reference in enumerate(references):
             if reference is not None and not isinstance(reference, str):
                 raise DataError(f"{path}: row {row}: field {reference_field!r} must be a string")
-    report = correction_metrics(records["answer"], corrections, references)
+    report = correction_metrics(list(records["answer"]), corrections, references)
     return {"file": path, "reference_field": reference_field, **report}
 
 
