@@ -1,4 +1,4 @@
-"""Loading a checkpoint for inference: its device, dtype, model, tokenizer and prompt template."""
+"""Loading a checkpoint for inference: the flags, device, dtype, model and prompt template."""
 
 from __future__ import annotations
 
