@@ -13,9 +13,10 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def epoch_order(num_samples: int, seed: int, epoch: int) -> np.ndarray:
-    """The sample order of one epoch: a permutation that depends only on seed and epoch."""
-    return np.random.default_rng([seed, epoch]).permutation(num_samples)
+def epoch_order(num_samples: int, seed: int, epoch: int, stream: int = 0) -> np.ndarray:
+    """The sample order of one epoch: a permutation fixed by seed, epoch and ``stream`` (one
+    stream per dataset trained on in turn)."""
+    return np.random.default_rng([seed, stream, epoch]).permutation(num_samples)
 
 
 def global_batches(order: np.ndarray, global_batch_size: int) -> list[np.ndarray]:

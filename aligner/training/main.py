@@ -17,12 +17,20 @@ import os
 import socket
 import sys
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import torch
 
 from aligner.datasets import DataError
 from aligner.prompts import TemplateError
 from aligner.training.arguments import ArgumentError, parse_arguments
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from transformers import PreTrainedTokenizerBase
+
+    from aligner.prompts import PromptTemplate
+    from aligner.training.trainer import Runtime
 
 
 def _ensure_process_env() -> None:
@@ -65,11 +73,19 @@ def resolve_precision(args: argparse.Namespace, accelerator: object, rank: int) 
     return "fp32"
 
 
-def setup(args: argparse.Namespace):
-    """Everything a user can get wrong is checked here, before any process-group work."""
+def setup(
+    args: argparse.Namespace,
+) -> tuple[
+    Runtime, PreTrainedTokenizerBase, PromptTemplate, Dataset, Dataset | None, Dataset | None
+]:
+    """Everything a user can get wrong is checked here, before any process-group work.
+
+    Returns the runtime, tokenizer, template, and the training, evaluation and identity
+    warm-up sets (the last two may be None).
+    """
     from transformers import set_seed
 
-    from aligner.datasets.arguments import build_datasets_from_args
+    from aligner.datasets.arguments import build_datasets_from_args, build_warmup_from_args
     from aligner.prompts import get_template
     from aligner.tokenizer import load_tokenizer
     from aligner.training.trainer import Runtime
@@ -93,22 +109,31 @@ def setup(args: argparse.Namespace):
         ) from None
     template = get_template(args.prompt_template)
     train_dataset, eval_dataset, report = build_datasets_from_args(args, tokenizer, template)
+    warmup_dataset = build_warmup_from_args(args, tokenizer, template)
     if args.need_eval and eval_dataset is None:
         raise ArgumentError("--need_eval: no evaluation samples")
     if rank == 0:
         held_out = f", {report.eval_split} held out for evaluation" if report.eval_split else ""
         evaluating = f", {len(eval_dataset)} eval samples" if eval_dataset is not None else ""
-        print(f"data: {len(train_dataset)} training samples{held_out}{evaluating}", flush=True)
+        warmup = (
+            f", {len(warmup_dataset)} identity warm-up samples"
+            if warmup_dataset is not None
+            else ""
+        )
+        print(
+            f"data: {len(train_dataset)} training samples{held_out}{evaluating}{warmup}",
+            flush=True,
+        )
     on_cpu = accelerator.device_name() == "cpu"
     device = torch.device("cpu") if on_cpu else torch.device(accelerator.device_name(local_rank))
     runtime = Runtime(rank, local_rank, world_size, device, precision, on_cpu)
-    return runtime, tokenizer, template, train_dataset, eval_dataset
+    return runtime, tokenizer, template, train_dataset, eval_dataset, warmup_dataset
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_arguments(sys.argv[1:] if argv is None else argv)
-        runtime, tokenizer, template, train_dataset, eval_dataset = setup(args)
+        runtime, tokenizer, template, *data = setup(args)
     except (ArgumentError, DataError, TemplateError) as error:
         # Every rank fails the same way; one copy of the message is enough.
         if int(os.environ.get("RANK", "0")) == 0:
@@ -129,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         timeout=timedelta(seconds=args.dist_timeout),
     )
     try:
-        Trainer(args, runtime, tokenizer, template, train_dataset, eval_dataset).train()
+        Trainer(args, runtime, tokenizer, template, *data).train()
         dist.barrier()
     finally:
         # Without this a rank can abort at interpreter exit after a successful run.

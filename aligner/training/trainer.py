@@ -6,11 +6,13 @@ import argparse
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
 import deepspeed
+import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
@@ -57,6 +59,33 @@ class Runtime:
         ]
 
 
+@dataclass(frozen=True)
+class Phase:
+    """A run of epochs over one dataset: the identity warm-up, then the corrections."""
+
+    name: str
+    dataset: datasets.Dataset
+    epochs: int
+
+
+@dataclass(frozen=True)
+class PlannedStep:
+    phase: Phase
+    epoch: int
+    index: int  # of this global batch within its epoch
+    batches_in_epoch: int
+    batch: np.ndarray  # the global batch's sample indices into phase.dataset
+
+    @property
+    def ends_epoch(self) -> bool:
+        return self.index == self.batches_in_epoch - 1
+
+    @property
+    def epoch_progress(self) -> float:
+        """Epochs of this phase completed after this step (fractional)."""
+        return self.epoch + (self.index + 1) / self.batches_in_epoch
+
+
 class Trainer:
     """Builds the engine from the arguments, then trains, evaluates and saves."""
 
@@ -68,6 +97,7 @@ class Trainer:
         template: PromptTemplate,
         train_dataset: datasets.Dataset,
         eval_dataset: datasets.Dataset | None,
+        warmup_dataset: datasets.Dataset | None = None,
     ) -> None:
         self.args = args
         self.rt = runtime
@@ -76,12 +106,18 @@ class Trainer:
         self.train_dataset = train_dataset
         self.eval_dataset = eval_dataset
         self.collate = PaddingCollator(pad_token_id=tokenizer.pad_token_id)
-        self.train_lengths = train_dataset["length"]
+        # The identity warm-up (copying the answer) runs once, before the correction epochs.
+        self.phases = [Phase("correction", train_dataset, args.epochs)]
+        if warmup_dataset is not None:
+            self.phases.insert(0, Phase("warmup", warmup_dataset, 1))
+        self.lengths = {phase.name: phase.dataset["length"] for phase in self.phases}
         self.global_batch_size = (
             args.per_device_train_batch_size * args.gradient_accumulation_steps * runtime.world_size
         )
-        self.steps_per_epoch = math.ceil(len(train_dataset) / self.global_batch_size)
-        self.total_steps = args.epochs * self.steps_per_epoch
+        self.total_steps = sum(
+            phase.epochs * math.ceil(len(phase.dataset) / self.global_batch_size)
+            for phase in self.phases
+        )
         if args.max_steps > 0:
             self.total_steps = min(self.total_steps, args.max_steps)
         self.ds_config = get_deepspeed_train_config(
@@ -170,10 +206,20 @@ class Trainer:
 
     # ---- training ----------------------------------------------------------------------------
 
+    def _plan(self) -> Iterator[PlannedStep]:
+        """Every optimizer step's global batch, in order."""
+        for number, phase in enumerate(self.phases):
+            for epoch in range(phase.epochs):
+                order = epoch_order(len(phase.dataset), self.args.seed, epoch, stream=number)
+                batches = global_batches(order, self.global_batch_size)
+                for index, batch in enumerate(batches):
+                    yield PlannedStep(phase, epoch, index, len(batches), batch)
+
     def train(self) -> None:
         args, rt = self.args, self.rt
+        samples = " + ".join(f"{len(p.dataset)} {p.name}" for p in self.phases)
         self._say(
-            f"training on {len(self.train_dataset)} samples, {rt.world_size} rank(s), "
+            f"training on {samples} samples, {rt.world_size} rank(s), "
             f"global batch {self.global_batch_size}, {self.total_steps} optimizer steps, "
             f"ZeRO-{args.zero_stage}, {rt.precision}"
         )
@@ -185,29 +231,23 @@ class Trainer:
             total=self.total_steps, desc="train", disable=rt.rank != 0, dynamic_ncols=True
         )
         step, started = 0, time.perf_counter()
-        for epoch in range(args.epochs):
-            order = epoch_order(len(self.train_dataset), args.seed, epoch)
-            for batch in global_batches(order, self.global_batch_size):
-                if step == fault_step:
-                    raise InjectedFault(f"rank {rt.rank}: injected fault at step {step}")
-                row = self._train_step(batch)
-                step += 1
-                row["epoch"] = step / self.steps_per_epoch
-                self._log(row, step)
-                progress.update()
-                progress.set_postfix(
-                    loss=f"{row['train_loss']:.4f}",
-                    lr=f"{row['lr']:.2e}",
-                    tok_s=f"{row['tokens_per_s']:.0f}",
-                )
-                if every and step % every == 0:
-                    last_eval = self._evaluate(step)
-                if args.save_interval and step % args.save_interval == 0:
-                    self._save(Path(args.output_dir) / f"checkpoint-{step}")
-                if step >= self.total_steps:
-                    break
-            if evaluating and args.eval_strategy == "epoch":
+        for planned in self._plan():
+            if step == fault_step:
+                raise InjectedFault(f"rank {rt.rank}: injected fault at step {step}")
+            row = self._train_step(planned)
+            step += 1
+            self._log(row, step)
+            progress.update()
+            progress.set_postfix(
+                loss=f"{row['train_loss']:.4f}",
+                lr=f"{row['lr']:.2e}",
+                tok_s=f"{row['tokens_per_s']:.0f}",
+            )
+            epoch_eval = args.eval_strategy == "epoch" and planned.ends_epoch
+            if evaluating and (epoch_eval or (every and step % every == 0)):
                 last_eval = self._evaluate(step)
+            if args.save_interval and step % args.save_interval == 0:
+                self._save(Path(args.output_dir) / f"checkpoint-{step}")
             if step >= self.total_steps:
                 break
         if evaluating and last_eval != step:
@@ -219,18 +259,19 @@ class Trainer:
         if self.tracker is not None:
             self.tracker.close()
 
-    def _train_step(self, batch: torch.Tensor) -> dict[str, float]:
+    def _train_step(self, planned: PlannedStep) -> dict[str, float | str]:
         args, rt, engine = self.args, self.rt, self.engine
         started = time.perf_counter()
+        dataset, batch = planned.phase.dataset, planned.batch
         slots = rank_micro_batches(
             batch,
-            self.train_lengths,
+            self.lengths[planned.phase.name],
             micro_batch_size=args.per_device_train_batch_size,
             accumulation_steps=args.gradient_accumulation_steps,
             world_size=rt.world_size,
             rank=rt.rank,
         )
-        micro_batches = [self._batch(self.train_dataset, slot, int(batch[0])) for slot in slots]
+        micro_batches = [self._batch(dataset, slot, int(batch[0])) for slot in slots]
         # The loss is a mean over the global batch's target tokens, so count them all first.
         local_targets = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro_batches)
         local_tokens = sum(int(b["attention_mask"].sum()) for b in micro_batches)
@@ -250,6 +291,8 @@ class Trainer:
         loss_sum, correct, tokens = self._all_reduce([loss_sum, correct, local_tokens])
         seconds = time.perf_counter() - started
         row = {
+            "phase": planned.phase.name,
+            "epoch": planned.epoch_progress,
             "train_loss": loss_sum / global_targets,
             "train_accuracy": correct / global_targets,
             "lr": lr,
