@@ -109,7 +109,8 @@ def train(tiny_llama_dir: Path, train_file: Path, tmp_path_factory: pytest.TempP
     """Trains the tiny model; each named run happens once per session and is shared.
 
     ``launch(name, *flags)`` runs ``scripts/sft-correction.sh`` with 2 CPU ranks;
-    ``single_process=True`` runs ``aligner train`` without a launcher instead.
+    ``single_process=True`` runs ``aligner train`` without a launcher instead. ``{train_file}``
+    in a flag stands for the training file.
     """
     runs: dict[str, Run] = {}
     work = tmp_path_factory.mktemp("runs")
@@ -127,17 +128,10 @@ def train(tiny_llama_dir: Path, train_file: Path, tmp_path_factory: pytest.TempP
                 entry = [str(Path(sys.executable).parent / "aligner"), "train"]
             else:
                 entry = ["bash", str(SCRIPT), "--num_gpus", "2"]
-            command = [
-                *entry,
-                "--model_name_or_path",
-                str(tiny_llama_dir),
-                "--train_datasets",
-                str(train_file),
-                "--output_dir",
-                str(output_dir),
-                *COMMON_FLAGS,
-                *flags,
-            ]
+            model = ["--model_name_or_path", str(tiny_llama_dir)]
+            paths = ["--train_datasets", str(train_file), "--output_dir", str(output_dir)]
+            flags = [flag.format(train_file=train_file) for flag in flags]
+            command = [*entry, *model, *paths, *COMMON_FLAGS, *flags]
             # The engine's logits after training, for comparison with the reloaded model.
             probe = {"ALIGNER_PROBE_LOGITS": str(output_dir / "probe-logits.pt")}
             run_env = clean_env(work) | probe | (env or {})

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.integration.conftest import STEPS, Run
+from tests.integration.conftest import SCRIPT, STEPS, Run, clean_env, run_command
 
 pytestmark = pytest.mark.integration
 
@@ -20,10 +20,12 @@ RUNS = {
     for name, flags in {
         "zero0": f"--zero_stage 0 {MICRO_4} --log_type tensorboard",
         "zero1": f"--zero_stage 1 {MICRO_4} --log_type wandb",
-        "zero2": "--zero_stage 2 --per_device_train_batch_size 2 --gradient_accumulation_steps 2",
+        "zero2": "--zero_stage 2 --per_device_train_batch_size 2 --gradient_accumulation_steps 2 "
+        "--save_interval 2",
         "zero3": f"--zero_stage 3 {MICRO_4}",
         "zero3-offload": f"--zero_stage 3 --offload optimizer {MICRO_4}",
-        "single": "--zero_stage 3 --per_device_train_batch_size 8 --gradient_accumulation_steps 1",
+        "single": "--zero_stage 3 --per_device_train_batch_size 8 --gradient_accumulation_steps 1 "
+        "--need_eval --eval_datasets {train_file} --eval_strategy steps --eval_interval 2",
     }.items()
 }
 LOSS_RTOL = 1e-5
@@ -129,3 +131,53 @@ def test_a_failing_rank_stops_the_whole_run(train) -> None:
     assert fault_times, run.output[-4000:]
     assert run.seconds - fault_times[0] < 60
     assert not (run.output_dir / "config.json").exists()
+
+
+@pytest.mark.timeout(900)
+def test_save_interval_writes_intermediate_models(train) -> None:
+    from transformers import AutoModelForCausalLM
+
+    run = _run(train, "zero2")
+    _assert_succeeded(run)
+    for step in (2, 4):
+        folder = run.output_dir / f"checkpoint-{step}"
+        assert (folder / "prompt_template.json").is_file()
+        AutoModelForCausalLM.from_pretrained(folder)
+    assert not (run.output_dir / "checkpoint-5").exists()
+    assert not list(run.output_dir.glob(".*saving*"))
+
+
+@pytest.mark.timeout(900)
+def test_evaluation_at_step_intervals_and_at_the_end(train) -> None:
+    run = _run(train, "single")
+    _assert_succeeded(run)
+    evals = [row for row in run.metrics() if "eval_loss" in row]
+    assert [row["step"] for row in evals] == [0, 2, 4, STEPS]
+    assert evals[-1]["eval_loss"] < evals[0]["eval_loss"]
+    assert all(0 <= row["eval_accuracy"] <= 1 for row in evals)
+
+
+@pytest.mark.timeout(300)
+def test_bad_data_is_a_one_line_error(train, tmp_path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q", "answer": "a"}\n')
+    run = train("bad-data", "--train_datasets", str(bad))
+    assert run.returncode != 0
+    assert "Traceback" not in run.output
+    errors = [line for line in run.output.splitlines() if "aligner train: error:" in line]
+    assert len(errors) == 1 and "bad.jsonl" in errors[0], run.output[-3000:]
+
+
+@pytest.mark.timeout(600)
+def test_demo_trains_offline_with_identity_warmup(tmp_path) -> None:
+    output_dir = tmp_path / "demo"
+    flags = ["--max_steps", "3", "--identity_warmup_ratio", "0.1", "--epochs", "1"]
+    command = ["bash", str(SCRIPT), "--demo", "--output_dir", str(output_dir), *flags]
+    run = run_command(command, clean_env(tmp_path), output_dir, timeout=500)
+    _assert_succeeded(run)
+    rows = [row for row in run.metrics() if "train_loss" in row]
+    # 512 records x 0.1 = 51 warm-up samples: two global batches of 32, then corrections.
+    assert [row["phase"] for row in rows] == ["warmup", "warmup", "correction"]
+    assert (output_dir / "model" / "config.json").is_file()
+    assert (output_dir / "config.json").is_file()
+    assert (output_dir / "stdout.log").read_text().strip()
