@@ -1,0 +1,165 @@
+"""GPU throughput check: a random-init Llama-shaped model trained with the aligner loss and config.
+
+Builds the model from a config (nothing is downloaded), feeds synthetic correction-shaped batches
+(the first part of each sequence is prompt, masked out of the loss), and reports tokens/s per GPU,
+model FLOPs utilisation and peak memory for one ZeRO stage. Run by scripts/gpu-check.sh.
+
+Usage:
+    python -m aligner.training.gpu_check --zero_stage 2 [--hidden_size 2048 --num_layers 16 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import time
+
+import torch
+
+PEAK_BF16_FLOPS = 989e12
+"""Dense bf16 peak of an H100 / H200 SXM, per GPU."""
+
+
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--zero_stage", type=int, choices=(0, 1, 2, 3), default=2)
+    parser.add_argument("--hidden_size", type=int, default=2048)
+    parser.add_argument("--num_layers", type=int, default=16)
+    parser.add_argument("--num_heads", type=int, default=16)
+    parser.add_argument("--num_kv_heads", type=int, default=8)
+    parser.add_argument("--intermediate_size", type=int, default=5632)
+    parser.add_argument("--vocab_size", type=int, default=32000)
+    parser.add_argument("--max_length", type=int, default=2048)
+    parser.add_argument("--micro_batch_size", type=int, default=4)
+    parser.add_argument("--prompt_share", type=float, default=0.6, help="masked share of tokens")
+    parser.add_argument("--gradient_checkpointing", action="store_true")
+    parser.add_argument("--warmup_steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--json", default=None, help="also append the result to this file")
+    parser.add_argument(
+        "--cpu_smoke",
+        action="store_true",
+        help="run on CPU (gloo) to check the script itself; use a tiny shape",
+    )
+    return parser.parse_args(argv)
+
+
+def flops_per_token(params: int, layers: int, hidden: int, seq: int) -> float:
+    """6 x parameters (LM head included) plus the attention term 12 x layers x hidden x seq."""
+    return 6 * params + 12 * layers * hidden * seq
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_arguments(argv)
+    on_gpu = not args.cpu_smoke
+    if on_gpu and not torch.cuda.is_available():
+        print("gpu_check: no CUDA device (--cpu_smoke checks the script on CPU)", file=sys.stderr)
+        return 1
+    if "RANK" not in os.environ:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        os.environ.update(
+            RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+        )
+
+    import deepspeed
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from aligner.constants import IGNORE_INDEX
+    from aligner.training.ds_config import get_deepspeed_train_config
+    from aligner.training.loss import CorrectionLM
+    from aligner.training.optim import build_optimizer
+
+    if on_gpu:
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    device = torch.device("cuda" if on_gpu else "cpu")
+    deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
+    world_size = torch.distributed.get_world_size()
+    rank = torch.distributed.get_rank()
+    ds_config = get_deepspeed_train_config(
+        micro_batch_size_per_gpu=args.micro_batch_size,
+        gradient_accumulation_steps=1,
+        world_size=world_size,
+        stage=args.zero_stage,
+        precision="bf16",
+        on_cpu=not on_gpu,
+    )
+    config = LlamaConfig(
+        vocab_size=args.vocab_size,
+        hidden_size=args.hidden_size,
+        intermediate_size=args.intermediate_size,
+        num_hidden_layers=args.num_layers,
+        num_attention_heads=args.num_heads,
+        num_key_value_heads=args.num_kv_heads,
+        max_position_embeddings=args.max_length,
+        tie_word_embeddings=False,
+        attn_implementation="sdpa",
+    )
+    torch.manual_seed(0)
+    init = deepspeed.zero.Init(config_dict_or_path=ds_config) if args.zero_stage == 3 else None
+    with init or device:
+        lm = LlamaForCausalLM._from_config(config, dtype=torch.bfloat16)
+    params = sum(getattr(p, "ds_numel", p.numel()) for p in lm.parameters())
+    if args.gradient_checkpointing:
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = CorrectionLM(lm)
+    optimizer = build_optimizer(
+        model, lr=1e-5, weight_decay=0.0, betas=(0.9, 0.95), eps=1e-8, cpu_adam=False
+    )
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+
+    batch, seq = args.micro_batch_size, args.max_length
+    generator = torch.Generator(device=device).manual_seed(rank)
+    input_ids = torch.randint(0, args.vocab_size, (batch, seq), device=device, generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    labels = input_ids.clone()
+    labels[:, : int(seq * args.prompt_share)] = IGNORE_INDEX
+    targets = torch.tensor(float((labels[:, 1:] != IGNORE_INDEX).sum()), device=device)
+    torch.distributed.all_reduce(targets)
+    scale = world_size / targets.item()
+
+    def step() -> float:
+        out = engine(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+        engine.backward(out.loss_sum * scale)
+        engine.step()
+        return out.loss_sum.item() / out.tokens.item()
+
+    for _ in range(args.warmup_steps):
+        step()
+    if on_gpu:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    losses = [step() for _ in range(args.steps)]  # .item() waits for each step to finish
+    seconds = (time.perf_counter() - started) / args.steps
+    tokens_per_s = batch * seq / seconds
+    flops = flops_per_token(params, args.num_layers, args.hidden_size, seq)
+    result = {
+        "zero_stage": args.zero_stage,
+        "device": torch.cuda.get_device_name() if on_gpu else "cpu",
+        "world_size": world_size,
+        "params_b": round(params / 1e9, 3),
+        "micro_batch": batch,
+        "seq": seq,
+        "gradient_checkpointing": args.gradient_checkpointing,
+        "step_s": round(seconds, 4),
+        "tokens_per_s_per_gpu": round(tokens_per_s),
+        "mfu": round(tokens_per_s * flops / PEAK_BF16_FLOPS, 4),
+        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if on_gpu else None,
+        "loss_first_last": [round(losses[0], 4), round(losses[-1], 4)],
+    }
+    if rank == 0:
+        print("GPU_CHECK " + json.dumps(result), flush=True)
+        if args.json:
+            with open(args.json, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(result) + "\n")
+    torch.distributed.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
