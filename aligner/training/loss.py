@@ -40,6 +40,41 @@ def target_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mask, next_labels[mask]
 
 
+class FusedLinearTokenLoss(nn.Module):
+    """The LM head and cross-entropy in one Liger kernel: the (N, V) logits never exist whole."""
+
+    ACCURACY_CHUNK = 4096
+    """Target rows per chunk when counting argmax hits, to keep the logits memory bounded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        try:
+            from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+        except ImportError as error:
+            raise ImportError(
+                f"--use_liger needs the liger-kernel package (pip install liger-kernel): {error}"
+            ) from None
+        self.loss = LigerFusedLinearCrossEntropyLoss(reduction="sum")
+
+    def forward(self, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor):
+        """``hidden`` (N, H) at target positions, ``weight`` (V, H), ``targets`` (N,)."""
+        loss_sum = self.loss(weight, hidden, targets).float()
+        with torch.no_grad():
+            correct = sum(
+                (chunk @ weight.T).argmax(dim=-1).eq(target).sum()
+                for chunk, target in zip(
+                    hidden.split(self.ACCURACY_CHUNK),
+                    targets.split(self.ACCURACY_CHUNK),
+                    strict=True,
+                )
+            )
+        return TokenLoss(
+            loss_sum,
+            torch.as_tensor(correct, device=targets.device),
+            torch.tensor(targets.numel(), device=targets.device),
+        )
+
+
 class CorrectionLM(nn.Module):
     """Wraps a causal LM so the DeepSpeed engine's forward returns a TokenLoss.
 
@@ -47,31 +82,43 @@ class CorrectionLM(nn.Module):
     the head is a big share of the compute, and correction targets are a minority of tokens.
     """
 
-    def __init__(self, lm: nn.Module, *, head_on_targets_only: bool = True) -> None:
+    def __init__(
+        self, lm: nn.Module, *, head_on_targets_only: bool = True, use_liger: bool = False
+    ) -> None:
         super().__init__()
         self.lm = lm
         config = lm.config
-        self.head_on_targets_only = head_on_targets_only and not any(
-            getattr(config, name, None) for name in _LOGIT_TRANSFORMS
-        )
+        plain_head = not any(getattr(config, name, None) for name in _LOGIT_TRANSFORMS)
+        self.head_on_targets_only = head_on_targets_only and plain_head
+        if use_liger and not plain_head:
+            raise ValueError("--use_liger: this model transforms its logits after the LM head")
+        if use_liger and getattr(lm.get_output_embeddings(), "bias", None) is not None:
+            raise ValueError("--use_liger: this model's LM head has a bias")
+        self.fused_loss = FusedLinearTokenLoss() if use_liger else None
 
     def forward(
         self,
         input_ids: torch.Tensor,  # (B, L)
-        attention_mask: torch.Tensor,  # (B, L)
+        attention_mask: torch.Tensor | None = None,  # (B, L); None for a packed row
         labels: torch.Tensor | None = None,  # (B, L); None returns the logits (B, L, V)
+        position_ids: torch.Tensor | None = None,  # (1, T) restarting per sample when packed
     ) -> TokenLoss | torch.Tensor:
+        # use_cache=False always: with a cache built, packed samples would attend to each other.
+        inputs = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "position_ids": position_ids,
+            "use_cache": False,
+        }
         if labels is None:
-            return self.lm(
-                input_ids=input_ids, attention_mask=attention_mask, use_cache=False
-            ).logits
+            return self.lm(**inputs).logits
         mask, targets = target_positions(labels)
+        if self.fused_loss is not None:
+            hidden = self.lm.get_decoder()(**inputs).last_hidden_state[:, :-1][mask]  # (N, H)
+            return self.fused_loss(hidden, self.lm.get_output_embeddings().weight, targets)
         if self.head_on_targets_only:
-            hidden = self.lm.get_decoder()(
-                input_ids=input_ids, attention_mask=attention_mask, use_cache=False
-            ).last_hidden_state  # (B, L, H)
+            hidden = self.lm.get_decoder()(**inputs).last_hidden_state  # (B, L, H)
             logits = self.lm.get_output_embeddings()(hidden[:, :-1][mask])  # (N, V)
         else:
-            full = self.lm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-            logits = full.logits[:, :-1][mask]  # (N, V)
+            logits = self.lm(**inputs).logits[:, :-1][mask]  # (N, V)
         return token_loss(logits, targets)
