@@ -11,6 +11,7 @@ from transformers import SchedulerType
 
 from aligner.datasets.arguments import add_data_arguments
 from aligner.training.ds_config import OFFLOAD_CHOICES
+from aligner.training.secrets import redact
 
 SECRET_MARKERS = ("token", "key", "secret", "password")
 """Argument names holding any of these are never written to the output folder."""
@@ -91,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--max_grad_norm", type=float, default=1.0, help="clip the global gradient norm (0: off)"
     )
     train.add_argument("--seed", type=int, default=42)
+    train.add_argument(
+        "--max_consecutive_skips",
+        type=int,
+        default=5,
+        help="stop the run (non-zero exit) after this many optimizer steps in a row were skipped "
+        "for a non-finite loss or gradient",
+    )
 
     precision = parser.add_argument_group("precision")
     _add_bool(
@@ -136,6 +144,33 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="also save a model folder every this many optimizer steps (0: only at the end)",
     )
+    output.add_argument(
+        "--checkpoint_interval",
+        type=int,
+        default=0,
+        help="save a full checkpoint (engine, optimizer, scheduler, RNG, data position) to "
+        "OUTPUT_DIR/checkpoints every this many optimizer steps (0: never)",
+    )
+    output.add_argument(
+        "--save_total_limit",
+        type=int,
+        default=2,
+        help="full checkpoints kept; older ones are deleted once a newer one is complete",
+    )
+    output.add_argument(
+        "--resume_from_checkpoint",
+        default=None,
+        metavar="auto|PATH",
+        help="continue from a full checkpoint: auto takes the newest complete one in OUTPUT_DIR "
+        "(or starts fresh when there is none)",
+    )
+    _add_bool(
+        output,
+        "--overwrite",
+        default=False,
+        help="write into a non-empty OUTPUT_DIR that holds no resumable run, or start an earlier "
+        "run over (only files the toolkit wrote are ever deleted)",
+    )
 
     dist = parser.add_argument_group("distributed")
     dist.add_argument("--zero_stage", type=int, choices=(0, 1, 2, 3), default=3)
@@ -177,6 +212,12 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
         raise ArgumentError("--bf16 and --fp16 are exclusive")
     if args.eval_interval < 1 or args.save_interval < 0:
         raise ArgumentError("--eval_interval must be >= 1 and --save_interval >= 0")
+    if args.checkpoint_interval < 0 or args.save_total_limit < 1:
+        raise ArgumentError("--checkpoint_interval must be >= 0 and --save_total_limit >= 1")
+    if args.max_consecutive_skips < 1:
+        raise ArgumentError(
+            f"--max_consecutive_skips must be at least 1, got {args.max_consecutive_skips}"
+        )
     if args.need_eval and not (args.eval_datasets or args.eval_split_ratio > 0):
         raise ArgumentError("--need_eval needs --eval_datasets or --eval_split_ratio")
     if args.deepspeed_config is not None:
@@ -197,7 +238,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
 
 
 def arguments_for_saving(args: argparse.Namespace) -> dict[str, Any]:
-    """The arguments as JSON-safe values, without anything that looks like a credential."""
+    """The arguments as JSON-safe values, without anything that looks like a credential: no
+    secret-named argument, and no secret from the environment inside any value."""
     saved: dict[str, Any] = {}
     for name, value in sorted(vars(args).items()):
         if any(marker in name.lower() for marker in SECRET_MARKERS):
@@ -210,4 +252,4 @@ def arguments_for_saving(args: argparse.Namespace) -> dict[str, Any]:
             saved[name] = json.loads(json.dumps(value, default=str))
         else:
             saved[name] = str(value)
-    return saved
+    return redact(saved)

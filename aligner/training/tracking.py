@@ -37,18 +37,30 @@ class Tracker:
         project: str,
         run_name: str,
         config: dict[str, Any],
+        resume_step: int | None = None,
+        run_id: str | None = None,
     ) -> None:
+        """``resume_step`` continues a run stopped after that step: later rows (logged after
+        its last checkpoint) are dropped, and wandb continues the run ``run_id``."""
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.output_dir / METRICS_FILE
-        self._metrics = self.metrics_path.open("w", encoding="utf-8")
+        if resume_step is not None and self.metrics_path.is_file():
+            kept = [row for row in read_metrics(self.metrics_path) if row["step"] <= resume_step]
+            self.metrics_path.write_text("".join(json.dumps(row) + "\n" for row in kept))
+        append = resume_step is not None
+        self._metrics = self.metrics_path.open("a" if append else "w", encoding="utf-8")
         self._tensorboard = None
         self._wandb_run = None
         log_dir = Path(log_dir or self.output_dir)
         if log_type == "tensorboard":
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tensorboard = SummaryWriter(log_dir=str(log_dir / "tensorboard" / run_name))
+            self._tensorboard = SummaryWriter(
+                log_dir=str(log_dir / "tensorboard" / run_name),
+                # Events of steps after the checkpoint resumed from are replaced, not doubled.
+                purge_step=None if resume_step is None else resume_step + 1,
+            )
         elif log_type == "wandb":
             import wandb
 
@@ -67,8 +79,15 @@ class Tracker:
                 dir=str(log_dir),
                 config=config,
                 mode=mode,
+                id=run_id,
+                resume="allow" if run_id else None,
                 settings=wandb.Settings(console="off", silent=True),
             )
+
+    @property
+    def run_id(self) -> str | None:
+        """The wandb run's id (kept in checkpoints so that a resumed run continues it)."""
+        return self._wandb_run.id if self._wandb_run is not None else None
 
     def log(self, row: dict[str, Any], step: int) -> None:
         row = {"step": step, "time": round(time.time(), 3), **row}
