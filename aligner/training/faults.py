@@ -1,0 +1,111 @@
+"""Numerical faults: skipping an optimizer step whose loss or gradient is not finite, on every rank
+alike; and the fault-injection hooks the tests use to cause crashes and bad gradients.
+
+Fault-injection hooks (environment variables, each ``RANK:STEP[,STEP...]``):
+
+- ``ALIGNER_FAULT_KILL``: that rank SIGKILLs itself after finishing optimizer step STEP.
+- ``ALIGNER_FAULT_SAVE``: that rank SIGKILLs itself while saving the checkpoint of step STEP,
+  after DeepSpeed wrote its files and before the checkpoint is committed.
+- ``ALIGNER_FAULT_INF_GRAD``: that rank's gradient gets an infinite element in step STEP.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+FAULT_KILL_ENV = "ALIGNER_FAULT_KILL"
+FAULT_SAVE_ENV = "ALIGNER_FAULT_SAVE"
+FAULT_INF_GRAD_ENV = "ALIGNER_FAULT_INF_GRAD"
+
+
+class TooManySkippedSteps(RuntimeError):
+    """Raised on every rank when the run skipped too many optimizer steps in a row."""
+
+
+def fault_steps(variable: str, rank: int) -> frozenset[int]:
+    """The steps at which the hook ``variable`` fires on ``rank`` (empty when it is unset)."""
+    spec = os.environ.get(variable, "").strip()
+    if not spec:
+        return frozenset()
+    try:
+        fault_rank, steps = spec.split(":", 1)
+        parsed = frozenset(int(step) for step in steps.split(","))
+        return parsed if int(fault_rank) == rank else frozenset()
+    except ValueError:
+        raise ValueError(f"{variable}={spec!r}: expected RANK:STEP[,STEP...]") from None
+
+
+def kill_self() -> None:
+    """Die the way a preempted or OOM-killed process does: no cleanup, no exception."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class NonFiniteGuard:
+    """Watches the loss and every local gradient of an optimizer step; :meth:`decide` agrees with
+    the other ranks whether all were finite, and the wrapped optimizer skips its update when not.
+
+    Checking each rank's local (pre-reduction) gradients finds a non-finite value wherever ZeRO
+    puts the reduced partition, and agreeing through an all-reduce makes every rank skip alike.
+    A skipped step leaves the weights and optimizer state untouched; it still counts as a step of
+    the plan (its batch is consumed and the LR schedule moves on).
+    """
+
+    def __init__(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, *, inject_steps: frozenset[int]
+    ) -> None:
+        self.inject_steps = inject_steps
+        self.skip = False
+        self._bad: torch.Tensor | None = None
+        self._step = 0
+        self._inject_now = False
+        params = [p for p in model.parameters() if p.requires_grad]
+        for index, param in enumerate(params):
+            param.register_hook(self._hook(first=index == 0))
+        step = optimizer.step
+
+        def guarded_step(*args: Any, **kwargs: Any) -> Any:
+            # ZeRO may call the optimizer once per parameter sub-group; all are skipped alike.
+            return None if self.skip else step(*args, **kwargs)
+
+        optimizer.step = guarded_step
+
+    def _hook(self, *, first: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+        def hook(grad: torch.Tensor) -> torch.Tensor:
+            if first and self._inject_now:
+                self._inject_now = False
+                grad = grad.clone()
+                grad.view(-1)[0] = float("inf")
+            self._note(torch.isfinite(grad).all())
+            return grad
+
+        return hook
+
+    def _note(self, finite: torch.Tensor) -> None:
+        bad = ~finite
+        self._bad = bad if self._bad is None else self._bad | bad
+
+    def begin_step(self, step: int) -> None:
+        """Start watching optimizer step ``step`` (1-based)."""
+        self._bad = None
+        self.skip = False
+        self._step = step
+        self._inject_now = step in self.inject_steps
+
+    def observe_loss(self, loss: torch.Tensor) -> None:
+        self._note(torch.isfinite(loss.detach()).all())
+
+    def decide(self, device: torch.device) -> bool:
+        """Whether this step's update is applied; collective, call on every rank before the
+        optimizer step."""
+        local = 0.0 if self._bad is None else float(self._bad.item())
+        flag = torch.tensor([local], dtype=torch.float32, device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        self.skip = bool(flag.item())
+        return not self.skip
