@@ -58,16 +58,23 @@ class NonFiniteGuard:
     """
 
     def __init__(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer, *, inject_steps: frozenset[int]
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        watch_gradients: bool,
+        inject_steps: frozenset[int],
     ) -> None:
+        """``watch_gradients`` False leaves gradients to fp16 loss scaling, which skips overflowing
+        steps itself (and overflows by design while it calibrates); the loss is still watched."""
         self.inject_steps = inject_steps
         self.skip = False
         self._bad: torch.Tensor | None = None
-        self._step = 0
         self._inject_now = False
         params = [p for p in model.parameters() if p.requires_grad]
         for index, param in enumerate(params):
-            param.register_hook(self._hook(first=index == 0))
+            if watch_gradients or (index == 0 and inject_steps):
+                param.register_hook(self._hook(first=index == 0, watch=watch_gradients))
         step = optimizer.step
 
         def guarded_step(*args: Any, **kwargs: Any) -> Any:
@@ -76,13 +83,14 @@ class NonFiniteGuard:
 
         optimizer.step = guarded_step
 
-    def _hook(self, *, first: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    def _hook(self, *, first: bool, watch: bool) -> Callable[[torch.Tensor], torch.Tensor]:
         def hook(grad: torch.Tensor) -> torch.Tensor:
             if first and self._inject_now:
                 self._inject_now = False
                 grad = grad.clone()
                 grad.view(-1)[0] = float("inf")
-            self._note(torch.isfinite(grad).all())
+            if watch:
+                self._note(torch.isfinite(grad).all())
             return grad
 
         return hook
@@ -95,7 +103,6 @@ class NonFiniteGuard:
         """Start watching optimizer step ``step`` (1-based)."""
         self._bad = None
         self.skip = False
-        self._step = step
         self._inject_now = step in self.inject_steps
 
     def observe_loss(self, loss: torch.Tensor) -> None:

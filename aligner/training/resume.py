@@ -63,7 +63,8 @@ def data_fingerprint(phases: Sequence[tuple[str, Sequence[int]]]) -> str:
     """A hash of each training phase's name and sample lengths: changed data changes it."""
     digest = hashlib.sha256()
     for name, lengths in phases:
-        digest.update(json.dumps([name, list(lengths)]).encode())
+        digest.update(name.encode() + b"\0")
+        digest.update(np.asarray(lengths, dtype=np.int64).tobytes())
     return digest.hexdigest()[:16]
 
 
@@ -215,8 +216,8 @@ class CheckpointManager:
 
     ``plan`` holds the settings the data order and the saved partitions depend on (world size,
     seed, batch sizes, data fingerprint...); a checkpoint saved under another plan is refused.
-    Marker writing and rotation happen on each node's local rank 0, so that nodes without a
-    shared file system each commit their own files.
+    Every rank reads what rank 0 writes, so the output folder must be on a file system that all
+    nodes share (as DeepSpeed's own checkpoints require).
     """
 
     def __init__(
@@ -224,7 +225,6 @@ class CheckpointManager:
         output_dir: str | Path,
         *,
         rank: int,
-        local_rank: int,
         device: torch.device,
         keep: int,
         plan: dict[str, Any],
@@ -233,7 +233,6 @@ class CheckpointManager:
             raise ValueError("a run keeps at least one checkpoint")
         self.root = Path(output_dir) / CHECKPOINTS_DIR
         self.rank = rank
-        self.local_rank = local_rank
         self.device = device
         self.keep = keep
         self.plan = plan
@@ -243,7 +242,7 @@ class CheckpointManager:
 
     def clear(self) -> None:
         """Remove the checkpoints of an earlier run in this folder (a fresh start). Collective."""
-        if self.local_rank == 0:
+        if self.rank == 0:
             for _, folder in _step_folders(self.root):
                 if _is_ours(folder):
                     _remove(folder)
@@ -258,7 +257,7 @@ class CheckpointManager:
         from aligner.training.faults import kill_self
 
         folder = self.folder(state.step)
-        if self.local_rank == 0 and folder.exists() and _is_ours(folder):
+        if self.rank == 0 and folder.exists() and _is_ours(folder):
             # A stale save of this step (an interrupted one, or one from before a resume).
             _remove(folder)
         dist.barrier()
@@ -272,7 +271,7 @@ class CheckpointManager:
             kill_self()
         # Every rank's files are in place before any node calls the checkpoint complete.
         dist.barrier()
-        if self.local_rank == 0:
+        if self.rank == 0:
             marker = {
                 "format": FORMAT_VERSION,
                 "plan": self.plan,

@@ -1,0 +1,214 @@
+"""Resume building blocks: checkpoint discovery and rotation, RNG states, the output-folder guard,
+secret masking, the non-finite step guard and the tracker's continuation of a resumed run."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+
+from aligner.training import faults, resume
+from aligner.training.resume import (
+    CheckpointManager,
+    ResumeError,
+    check_output_dir,
+    complete_checkpoints,
+    find_checkpoint,
+    write_run_file,
+)
+from aligner.training.secrets import REDACTED, redact, secret_values
+from aligner.training.tracking import Tracker, read_metrics
+
+
+def _checkpoint(output: Path, step: int, *, complete: bool, extra: str | None = None) -> Path:
+    folder = output / resume.CHECKPOINTS_DIR / f"step-{step}"
+    folder.mkdir(parents=True)
+    (folder / "mp_rank_00_model_states.pt").write_bytes(b"weights")
+    (folder / "trainer_state_rank0.pt").write_bytes(b"rng")
+    if extra:
+        (folder / extra).write_text("a file the toolkit never writes")
+    if complete:
+        marker = {"format": resume.FORMAT_VERSION, "step": step, "plan": {}}
+        (folder / resume.MARKER_FILE).write_text(json.dumps(marker))
+    return folder
+
+
+def test_auto_takes_the_newest_complete_checkpoint(tmp_path: Path) -> None:
+    _checkpoint(tmp_path, 2, complete=True)
+    newest = _checkpoint(tmp_path, 10, complete=True)
+    _checkpoint(tmp_path, 12, complete=False)  # a save killed halfway
+    assert find_checkpoint(tmp_path, "auto") == newest
+    assert find_checkpoint(tmp_path, None) is None
+    assert find_checkpoint(tmp_path / "elsewhere", "auto") is None
+    with pytest.raises(ResumeError, match="not a complete checkpoint"):
+        find_checkpoint(tmp_path, str(tmp_path / "checkpoints" / "step-12"))
+
+
+def test_rotation_keeps_the_newest_and_what_it_did_not_write(tmp_path: Path) -> None:
+    for step in (2, 4, 6):
+        _checkpoint(tmp_path, step, complete=True)
+    _checkpoint(tmp_path, 3, complete=False)
+    _checkpoint(tmp_path, 8, complete=False)  # newer than every complete one: maybe in progress
+    _checkpoint(tmp_path, 1, complete=True, extra="notes.txt")
+    manager = CheckpointManager(tmp_path, rank=0, device=torch.device("cpu"), keep=2, plan={})
+    manager._rotate()
+    left = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert left == ["step-1", "step-4", "step-6", "step-8"]
+    assert [p.name for p in complete_checkpoints(tmp_path)] == ["step-1", "step-4", "step-6"]
+
+
+def test_rotation_never_deletes_the_only_complete_checkpoint(tmp_path: Path) -> None:
+    _checkpoint(tmp_path, 5, complete=True)
+    CheckpointManager(tmp_path, rank=0, device=torch.device("cpu"), keep=1, plan={})._rotate()
+    assert [p.name for p in complete_checkpoints(tmp_path)] == ["step-5"]
+
+
+def test_rng_states_round_trip_through_weights_only_load(tmp_path: Path) -> None:
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    torch.save({"rng": resume.capture_rng()}, tmp_path / "state.pt")
+    expected = (random.random(), np.random.rand(), torch.rand(3))
+    random.seed(9)
+    np.random.seed(9)
+    torch.manual_seed(9)
+    resume.restore_rng(torch.load(tmp_path / "state.pt", weights_only=True)["rng"])
+    assert random.random() == expected[0]
+    assert np.random.rand() == expected[1]
+    assert torch.equal(torch.rand(3), expected[2])
+
+
+def test_data_fingerprint_changes_with_the_data() -> None:
+    base = resume.data_fingerprint([("correction", [3, 4, 5])])
+    assert base == resume.data_fingerprint([("correction", np.array([3, 4, 5]))])
+    assert base != resume.data_fingerprint([("correction", [3, 4, 6])])
+    assert base != resume.data_fingerprint([("warmup", [3, 4, 5])])
+
+
+def test_output_dir_guard(tmp_path: Path) -> None:
+    fresh = tmp_path / "fresh"
+    check_output_dir(fresh, resume=None, overwrite=False)
+    fresh.mkdir()
+    (fresh / "stdout.log").write_text("written by the launcher script")
+    check_output_dir(fresh, resume=None, overwrite=False)
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("someone's work")
+    for spec in (None, "auto"):
+        with pytest.raises(ResumeError, match="holds no aligner run"):
+            check_output_dir(foreign, resume=spec, overwrite=False)
+    check_output_dir(foreign, resume=None, overwrite=True)
+
+    ours = tmp_path / "ours"
+    write_run_file(ours, "run")
+    (ours / "metrics.jsonl").write_text("")
+    with pytest.raises(ResumeError, match="--resume_from_checkpoint auto"):
+        check_output_dir(ours, resume=None, overwrite=False)
+    check_output_dir(ours, resume="auto", overwrite=False)
+    check_output_dir(ours, resume=None, overwrite=True)
+
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    with pytest.raises(ResumeError, match="not a folder"):
+        check_output_dir(a_file, resume=None, overwrite=True)
+
+
+def test_redact_masks_secret_variables_everywhere() -> None:
+    env = {"WANDB_API_KEY": "wandb-secret", "MY_SERVICE_TOKEN": "tok-123", "HOME": "/home/me"}
+    assert secret_values(env) == ["wandb-secret", "tok-123"]
+    value = {"name": "run-tok-123", "list": ["x wandb-secret y"], "n": 3, "home": "/home/me"}
+    assert redact(value, env) == {
+        "name": f"run-{REDACTED}",
+        "list": [f"x {REDACTED} y"],
+        "n": 3,
+        "home": "/home/me",
+    }
+    assert secret_values({"HF_TOKEN": "", "AWS_KEY": "no"}) == []
+
+
+def test_fault_steps_parse_rank_and_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(faults.FAULT_INF_GRAD_ENV, "1:3,4")
+    assert faults.fault_steps(faults.FAULT_INF_GRAD_ENV, 1) == {3, 4}
+    assert faults.fault_steps(faults.FAULT_INF_GRAD_ENV, 0) == frozenset()
+    assert faults.fault_steps(faults.FAULT_KILL_ENV, 1) == frozenset()
+    monkeypatch.setenv(faults.FAULT_KILL_ENV, "step 3")
+    with pytest.raises(ValueError, match="RANK:STEP"):
+        faults.fault_steps(faults.FAULT_KILL_ENV, 0)
+
+
+@pytest.fixture
+def one_rank_group():
+    dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
+    yield
+    dist.destroy_process_group()
+
+
+@pytest.mark.usefixtures("one_rank_group")
+def test_guard_skips_the_update_of_a_step_with_an_infinite_gradient() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    guard = faults.NonFiniteGuard(
+        model, optimizer, watch_gradients=True, inject_steps=frozenset({1})
+    )
+    before = [p.detach().clone() for p in model.parameters()]
+
+    def step(number: int) -> bool:
+        guard.begin_step(number)
+        loss = model(torch.ones(4, 3)).sum()
+        guard.observe_loss(loss)
+        loss.backward()
+        applied = guard.decide(torch.device("cpu"))
+        optimizer.step()
+        optimizer.zero_grad()
+        return applied
+
+    assert not step(1)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert not optimizer.state  # Adam's moments were not fed the infinity
+    assert step(2)
+    assert not torch.equal(before[0], model.weight)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.usefixtures("one_rank_group")
+def test_guard_sees_a_non_finite_loss_without_watching_gradients() -> None:
+    model = torch.nn.Linear(3, 1)
+    guard = faults.NonFiniteGuard(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        watch_gradients=False,
+        inject_steps=frozenset(),
+    )
+    guard.begin_step(1)
+    guard.observe_loss(torch.tensor(float("nan")))
+    assert not guard.decide(torch.device("cpu"))
+    guard.begin_step(2)
+    guard.observe_loss(torch.tensor(1.0))
+    assert guard.decide(torch.device("cpu"))
+
+
+def test_tracker_continues_a_resumed_run_after_the_checkpoint_step(tmp_path: Path) -> None:
+    kwargs = {"log_type": "none", "log_dir": None, "project": "p", "run_name": "r", "config": {}}
+    tracker = Tracker(tmp_path, **kwargs)
+    for step in (1, 2, 3, 4):  # killed after step 4; the last checkpoint was step 2
+        tracker.log({"train_loss": float(step)}, step)
+    tracker._metrics.close()
+    tracker = Tracker(tmp_path, resume_step=2, **kwargs)
+    for step in (3, 4, 5):
+        tracker.log({"train_loss": 10.0 + step}, step)
+    tracker.close()
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert [(r["step"], r["train_loss"]) for r in rows] == [
+        (1, 1.0),
+        (2, 2.0),
+        (3, 13.0),
+        (4, 14.0),
+        (5, 15.0),
+    ]
