@@ -7,7 +7,9 @@ Usage:
 
 Test hooks (environment): ALIGNER_FAULT_RANK=R with ALIGNER_FAULT_STEP=S makes rank R raise
 before optimizer step S; ALIGNER_PROBE_LOGITS=FILE makes rank 0 save the engine's logits on the
-first two training samples after the final save.
+first two training samples after the final save; ALIGNER_FAULT_KILL, ALIGNER_FAULT_SAVE and
+ALIGNER_FAULT_INF_GRAD (see aligner.training.faults) kill a rank after a step, kill it during a
+checkpoint save, and give it an infinite gradient.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import torch
 from aligner.datasets import DataError
 from aligner.prompts import TemplateError
 from aligner.training.arguments import ArgumentError, parse_arguments
+from aligner.training.faults import TooManySkippedSteps
+from aligner.training.resume import ResumeError, check_output_dir, find_checkpoint
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -91,6 +95,8 @@ def setup(
     from aligner.training.trainer import Runtime
 
     _ensure_process_env()
+    check_output_dir(args.output_dir, resume=args.resume_from_checkpoint, overwrite=args.overwrite)
+    find_checkpoint(args.output_dir, args.resume_from_checkpoint)  # a PATH must be complete
     from deepspeed.accelerator import get_accelerator
 
     accelerator = get_accelerator()
@@ -134,11 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_arguments(sys.argv[1:] if argv is None else argv)
         runtime, tokenizer, template, *data = setup(args)
-    except (ArgumentError, DataError, TemplateError) as error:
+    except (ArgumentError, DataError, TemplateError, ResumeError) as error:
         # Every rank fails the same way; one copy of the message is enough.
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"aligner train: error: {error}", file=sys.stderr, flush=True)
-        return 2 if isinstance(error, ArgumentError) else 1
+        return 2 if isinstance(error, (ArgumentError, ResumeError)) else 1
 
     import deepspeed
     import torch.distributed as dist
@@ -147,7 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     from aligner.training.trainer import Trainer
 
     accelerator = get_accelerator()
-    if not runtime.on_cpu:
+    if runtime.on_cpu:
+        # DeepSpeed's shared-memory all-reduce serves inference only. Marking it unavailable
+        # skips compiling it and probing every op with the compiler, which on a small CPU
+        # machine cost a minute or more per launch.
+        deepspeed.ops.__compatible_ops__ = {}
+    else:
         accelerator.set_device(runtime.local_rank)
     deepspeed.init_distributed(
         dist_backend=accelerator.communication_backend_name(),
@@ -156,6 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         Trainer(args, runtime, tokenizer, template, *data).train()
         dist.barrier()
+    except (ResumeError, TooManySkippedSteps) as error:
+        # Raised on every rank alike (the checks and the skip decisions are collective).
+        if runtime.rank == 0:
+            print(f"aligner train: error: {error}", file=sys.stderr, flush=True)
+        return 1
     finally:
         # Without this a rank can abort at interpreter exit after a successful run.
         dist.destroy_process_group()
