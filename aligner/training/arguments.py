@@ -13,6 +13,8 @@ from aligner.datasets.arguments import add_data_arguments
 from aligner.training.ds_config import OFFLOAD_CHOICES
 from aligner.training.secrets import redact
 
+ATTN_IMPLEMENTATIONS = ("sdpa", "flash_attention_2", "eager")
+
 SECRET_MARKERS = ("token", "key", "secret", "password")
 """Argument names holding any of these are never written to the output folder."""
 
@@ -53,7 +55,69 @@ def build_parser() -> argparse.ArgumentParser:
         default=False,
         help="allow the model folder's own Python code to run",
     )
+    model.add_argument(
+        "--attn_implementation",
+        choices=ATTN_IMPLEMENTATIONS,
+        default="sdpa",
+        help="attention kernel; flash_attention_2 needs the flash-attn package and a GPU, and "
+        "is the one that skips the masked work of packed rows",
+    )
+    _add_bool(
+        model,
+        "--use_liger",
+        default=False,
+        help="compute the LM head and cross-entropy in Liger's fused kernel (liger-kernel, GPU)",
+    )
     add_data_arguments(parser)
+
+    layout = parser.add_argument_group("batch layout")
+    _add_bool(
+        layout,
+        "--packing",
+        default=False,
+        help="padding-free packing: concatenate whole samples into micro-batches of at most "
+        "--packing_max_tokens tokens; attention never crosses samples",
+    )
+    layout.add_argument(
+        "--packing_max_tokens",
+        type=int,
+        default=None,
+        help="token budget of a packed micro-batch (default: per_device_train_batch_size x "
+        "max_length; at least max_length)",
+    )
+    _add_bool(
+        layout,
+        "--group_by_length",
+        default=False,
+        help="form global batches of similar lengths (seeded), so padded batches waste little",
+    )
+
+    lora = parser.add_argument_group("LoRA")
+    lora.add_argument(
+        "--lora_r", type=int, default=0, help="LoRA rank; 0 trains every weight instead"
+    )
+    lora.add_argument("--lora_alpha", type=float, default=16.0, help="LoRA scaling numerator")
+    lora.add_argument("--lora_dropout", type=float, default=0.05)
+    lora.add_argument(
+        "--lora_target_modules",
+        nargs="+",
+        default=["all-linear"],
+        metavar="NAME",
+        help="module names that get adapters (e.g. q_proj v_proj); all-linear: every linear "
+        "layer but the output layer",
+    )
+    _add_bool(
+        lora,
+        "--lora_merge",
+        default=False,
+        help="save the base weights with the adapter merged in, instead of the adapter alone",
+    )
+    _add_bool(
+        lora,
+        "--load_in_4bit",
+        default=False,
+        help="QLoRA: load the base model in 4-bit NF4 (needs --lora_r, bitsandbytes and a GPU)",
+    )
 
     train = parser.add_argument_group("training")
     train.add_argument("--epochs", "--num_train_epochs", dest="epochs", type=int, default=3)
@@ -218,6 +282,7 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
         raise ArgumentError(
             f"--max_consecutive_skips must be at least 1, got {args.max_consecutive_skips}"
         )
+    _validate_layout_and_lora(args)
     if args.need_eval and not (args.eval_datasets or args.eval_split_ratio > 0):
         raise ArgumentError("--need_eval needs --eval_datasets or --eval_split_ratio")
     if args.deepspeed_config is not None:
@@ -231,6 +296,22 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
     else:
         args.deepspeed_overrides = None
     return args
+
+
+def _validate_layout_and_lora(args: argparse.Namespace) -> None:
+    if args.packing_max_tokens is None:
+        args.packing_max_tokens = args.per_device_train_batch_size * args.max_length
+    if args.packing_max_tokens < args.max_length:
+        raise ArgumentError(
+            f"--packing_max_tokens {args.packing_max_tokens} must be at least --max_length "
+            f"{args.max_length}, so that every sample fits"
+        )
+    if args.lora_r < 0 or args.lora_alpha <= 0 or not 0 <= args.lora_dropout < 1:
+        raise ArgumentError("--lora_r must be >= 0, --lora_alpha > 0, --lora_dropout in [0, 1)")
+    if args.lora_r == 0 and (args.lora_merge or args.load_in_4bit):
+        raise ArgumentError("--lora_merge and --load_in_4bit need --lora_r > 0")
+    if args.load_in_4bit and args.zero_stage == 3:
+        raise ArgumentError("--load_in_4bit works with --zero_stage 0, 1 or 2, not 3")
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:

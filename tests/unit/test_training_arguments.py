@@ -90,3 +90,29 @@ def test_saved_arguments_are_json_values_without_credentials() -> None:
     assert all(
         isinstance(v, (str, int, float, bool, list, dict, type(None))) for v in saved.values()
     )
+
+
+def test_packing_budget_defaults_to_a_padded_micro_batch_and_fits_every_sample() -> None:
+    args = parse("--packing", "--per_device_train_batch_size", "3", "--max_length", "512")
+    assert args.packing is True and args.packing_max_tokens == 3 * 512
+    with pytest.raises(ArgumentError, match="--packing_max_tokens 100 must be at least"):
+        parse("--packing", "--packing_max_tokens", "100", "--max_length", "512")
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--lora_merge"], "need --lora_r > 0"),
+        (["--load_in_4bit"], "need --lora_r > 0"),
+        (["--lora_r", "8", "--load_in_4bit", "--zero_stage", "3"], "not 3"),
+        (["--lora_r", "-1"], "--lora_r must be >= 0"),
+        (["--attn_implementation", "flash"], None),
+    ],
+)
+def test_bad_lora_and_kernel_flags_are_refused(flags: list[str], message: str | None) -> None:
+    if message is None:
+        with pytest.raises(SystemExit):
+            parse(*flags)
+    else:
+        with pytest.raises(ArgumentError, match=message):
+            parse(*flags)
