@@ -310,6 +310,8 @@ def _validate_layout_and_lora(args: argparse.Namespace) -> None:
         raise ArgumentError("--lora_r must be >= 0, --lora_alpha > 0, --lora_dropout in [0, 1)")
     if args.lora_r == 0 and (args.lora_merge or args.load_in_4bit):
         raise ArgumentError("--lora_merge and --load_in_4bit need --lora_r > 0")
+    if args.lora_merge and args.load_in_4bit:
+        raise ArgumentError("--lora_merge cannot merge into 4-bit weights; drop --load_in_4bit")
     if args.load_in_4bit and args.zero_stage == 3:
         raise ArgumentError("--load_in_4bit works with --zero_stage 0, 1 or 2, not 3")
 

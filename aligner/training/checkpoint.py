@@ -18,24 +18,32 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from aligner.prompts import PromptTemplate
+from aligner.training.lora import ADAPTER_CONFIG_FILE, merge_lora_state
 
 TRAINING_ARGS_FILE = "training_args.json"
 CONFIG_FILE = "config.json"
+_LAST_FILES = (CONFIG_FILE, ADAPTER_CONFIG_FILE)
+"""What makes a folder look like a loadable model (or adapter): written last, removed first."""
 _MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")
 
 
-def gather_state_dict(model: nn.Module, *, fp32_master: bool, rank: int) -> dict[str, torch.Tensor]:
+def gather_state_dict(
+    model: nn.Module, *, fp32_master: bool, rank: int, trainable_only: bool = False
+) -> dict[str, torch.Tensor]:
     """The full state dict on rank 0 (empty elsewhere), one parameter at a time.
 
     ``fp32_master`` takes the optimizer's fp32 master weights (exact under bf16/fp16 training);
     otherwise the module's own weights in the training precision. Under ZeRO-3 each parameter
     is gathered in turn, so rank 0 never holds more than the state dict plus one parameter.
+    ``trainable_only`` leaves out frozen parameters and buffers (a LoRA adapter's save).
     """
     import deepspeed
     from deepspeed.utils import safe_get_full_fp32_param
 
     state: dict[str, torch.Tensor] = {}
     for name, param in model.named_parameters():
+        if trainable_only and not param.requires_grad:
+            continue
         value = safe_get_full_fp32_param(param) if fp32_master else None
         if value is None:
             with deepspeed.zero.GatheredParameters([param], enabled=hasattr(param, "ds_id")):
@@ -44,7 +52,7 @@ def gather_state_dict(model: nn.Module, *, fp32_master: bool, rank: int) -> dict
             state[name] = value.to("cpu", torch.float32 if fp32_master else value.dtype)
     persistent = model.state_dict().keys()
     for name, buffer in model.named_buffers():
-        if rank == 0 and name in persistent:
+        if rank == 0 and name in persistent and not trainable_only:
             state[name] = buffer.detach().to("cpu", copy=True)
     return state
 
@@ -58,12 +66,24 @@ def save_model(
     training_args: dict[str, Any],
     fp32_master: bool,
     rank: int,
+    merge_adapter: bool = False,
 ) -> Path:
-    """Write ``model`` with its tokenizer, prompt template and training arguments."""
-    state = gather_state_dict(model, fp32_master=fp32_master, rank=rank)
+    """Write ``model`` with its tokenizer, prompt template and training arguments.
+
+    A peft model is saved as its adapter alone (``adapter_config.json`` naming the base model),
+    or with ``merge_adapter`` as the base model's weights with the adapter merged in.
+    """
+    peft = hasattr(model, "peft_config")
+    adapter_only = peft and not merge_adapter
+    state = gather_state_dict(
+        model, fp32_master=fp32_master, rank=rank, trainable_only=adapter_only
+    )
     output_dir = Path(output_dir)
     if rank != 0:
         return output_dir
+    if peft and merge_adapter:
+        state = merge_lora_state(state, model.peft_config["default"])
+        model = model.get_base_model()
     staging = output_dir.parent / f".{output_dir.name}.saving-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     dtype = next(iter(state.values())).dtype
@@ -84,11 +104,12 @@ def _publish(staging: Path, output_dir: Path) -> None:
     """Move a finished model folder's files into place, the config last."""
     output_dir.mkdir(parents=True, exist_ok=True)
     # An earlier model in the folder stops looking complete before its files are replaced.
-    (output_dir / CONFIG_FILE).unlink(missing_ok=True)
+    for marker in _LAST_FILES:
+        (output_dir / marker).unlink(missing_ok=True)
     for stale in output_dir.iterdir():
         if stale.is_file() and stale.name.endswith(_MODEL_FILE_SUFFIXES):
             stale.unlink()
-    files = sorted(staging.iterdir(), key=lambda path: path.name == CONFIG_FILE)
+    files = sorted(staging.iterdir(), key=lambda path: path.name in _LAST_FILES)
     for path in files:
         os.replace(path, output_dir / path.name)
     staging.rmdir()
