@@ -92,6 +92,7 @@ def setup(
     from aligner.datasets.arguments import build_datasets_from_args, build_warmup_from_args
     from aligner.prompts import get_template
     from aligner.tokenizer import load_tokenizer
+    from aligner.training.model import check_model_flags
     from aligner.training.trainer import Runtime
 
     _ensure_process_env()
@@ -103,6 +104,7 @@ def setup(
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", max(args.local_rank, 0)))
     precision = resolve_precision(args, accelerator, rank)
+    check_model_flags(args, on_cpu=accelerator.device_name() == "cpu")
     set_seed(args.seed)
     try:
         tokenizer = load_tokenizer(
