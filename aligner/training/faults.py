@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -77,11 +78,12 @@ class NonFiniteGuard:
                 param.register_hook(self._hook(first=index == 0, watch=watch_gradients))
         step = optimizer.step
 
-        def guarded_step(*args: Any, **kwargs: Any) -> Any:
+        def guarded_step(_optimizer: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> Any:
             # ZeRO may call the optimizer once per parameter sub-group; all are skipped alike.
             return None if self.skip else step(*args, **kwargs)
 
-        optimizer.step = guarded_step
+        # A bound method, as torch's LR schedulers expect to find when they wrap it in turn.
+        optimizer.step = types.MethodType(guarded_step, optimizer)
 
     def _hook(self, *, first: bool, watch: bool) -> Callable[[torch.Tensor], torch.Tensor]:
         def hook(grad: torch.Tensor) -> torch.Tensor:
