@@ -393,3 +393,31 @@ def test_merge_gathers_rank_shards_once_each_in_input_order(tmp_path: Path) -> N
 
 def dumps_lines(records: list[dict]) -> str:
     return "".join(json.dumps(r) + "\n" for r in records)
+
+
+def test_correct_loads_an_adapter_only_lora_checkpoint(
+    tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    # Random adapter weights (not the zero init), so the adapter visibly changes the output.
+    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    lora = get_peft_model(base, config).eval()
+    adapter = tmp_path / "adapter"
+    lora.save_pretrained(adapter)  # adapter_config.json names the base model's folder
+    tokenizer = load_tokenizer(str(tiny_llama_dir))
+    tokenizer.save_pretrained(adapter)
+    get_template().save(adapter)
+
+    source = write_jsonl(tmp_path / "in.jsonl", QUESTIONS[:3])
+    args = ["--model_name_or_path", adapter, "--input", source, "--max_new_tokens", 8]
+    assert run_correct(*args, "--output", tmp_path / "out.jsonl") == 0
+    prompts = [get_template().render(r["question"], r["answer"]) for r in QUESTIONS[:3]]
+    options = GenerationOptions(max_new_tokens=8)
+    expected = generate(lora, tokenizer, prompts, options)
+    with lora.disable_adapter():
+        assert generate(lora, tokenizer, prompts, options) != expected
+    assert [r["correction"] for r in read_written(tmp_path / "out.jsonl")] == expected
