@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import time
 
 import torch
+
+from aligner.training.distributed import ensure_process_env, init_process_group
 
 PEAK_BF16_FLOPS = 989e12
 """Dense bf16 peak of an H100 / H200 SXM, per GPU."""
@@ -58,13 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     if on_gpu and not torch.cuda.is_available():
         print("gpu_check: no CUDA device (--cpu_smoke checks the script on CPU)", file=sys.stderr)
         return 1
-    if "RANK" not in os.environ:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        os.environ.update(
-            RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
-        )
+    ensure_process_env()
 
     import deepspeed
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -74,10 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     from aligner.training.loss import CorrectionLM
     from aligner.training.optim import build_optimizer
 
-    if on_gpu:
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     device = torch.device("cuda" if on_gpu else "cpu")
-    deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
+    init_process_group(on_cpu=not on_gpu, local_rank=int(os.environ["LOCAL_RANK"]), timeout_s=600)
     world_size = torch.distributed.get_world_size()
     rank = torch.distributed.get_rank()
     ds_config = get_deepspeed_train_config(
@@ -104,9 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     with init or device:
         lm = LlamaForCausalLM._from_config(config, dtype=torch.bfloat16)
     params = sum(getattr(p, "ds_numel", p.numel()) for p in lm.parameters())
-    if args.gradient_checkpointing:
-        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = CorrectionLM(lm)
+    if args.gradient_checkpointing:
+        model.enable_activation_checkpointing()
     optimizer = build_optimizer(
         model, lr=1e-5, weight_decay=0.0, betas=(0.9, 0.95), eps=1e-8, cpu_adam=False
     )

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
-from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import torch
@@ -26,6 +24,7 @@ import torch
 from aligner.datasets import DataError
 from aligner.prompts import TemplateError
 from aligner.training.arguments import ArgumentError, parse_arguments
+from aligner.training.distributed import ensure_process_env, init_process_group
 from aligner.training.faults import TooManySkippedSteps
 from aligner.training.resume import ResumeError, check_output_dir, find_checkpoint
 
@@ -35,18 +34,6 @@ if TYPE_CHECKING:
 
     from aligner.prompts import PromptTemplate
     from aligner.training.trainer import Runtime
-
-
-def _ensure_process_env() -> None:
-    """Give a process started without a launcher the environment of a one-rank job."""
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        return
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    os.environ.update(
-        RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
-    )
 
 
 def resolve_precision(args: argparse.Namespace, accelerator: object, rank: int) -> str:
@@ -95,7 +82,7 @@ def setup(
     from aligner.training.model import check_model_flags
     from aligner.training.trainer import Runtime
 
-    _ensure_process_env()
+    ensure_process_env()
     check_output_dir(args.output_dir, resume=args.resume_from_checkpoint, overwrite=args.overwrite)
     find_checkpoint(args.output_dir, args.resume_from_checkpoint)  # a PATH must be complete
     from deepspeed.accelerator import get_accelerator
@@ -148,23 +135,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"aligner train: error: {error}", file=sys.stderr, flush=True)
         return 2 if isinstance(error, (ArgumentError, ResumeError)) else 1
 
-    import deepspeed
     import torch.distributed as dist
-    from deepspeed.accelerator import get_accelerator
 
     from aligner.training.trainer import Trainer
 
-    accelerator = get_accelerator()
-    if runtime.on_cpu:
-        # DeepSpeed's shared-memory all-reduce serves inference only. Marking it unavailable
-        # skips compiling it and probing every op with the compiler, which on a small CPU
-        # machine cost a minute or more per launch.
-        deepspeed.ops.__compatible_ops__ = {}
-    else:
-        accelerator.set_device(runtime.local_rank)
-    deepspeed.init_distributed(
-        dist_backend=accelerator.communication_backend_name(),
-        timeout=timedelta(seconds=args.dist_timeout),
+    init_process_group(
+        on_cpu=runtime.on_cpu, local_rank=runtime.local_rank, timeout_s=args.dist_timeout
     )
     try:
         Trainer(args, runtime, tokenizer, template, *data).train()

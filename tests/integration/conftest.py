@@ -60,10 +60,6 @@ def clean_env(work: Path) -> dict[str, str]:
         HF_HUB_OFFLINE="1",
         TRANSFORMERS_OFFLINE="1",
         TOKENIZERS_PARALLELISM="false",
-        # DeepSpeed compiles its CPU communication op once; keep the build across test homes.
-        TORCH_EXTENSIONS_DIR=os.environ.get(
-            "TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions")
-        ),
     )
     return env
 
