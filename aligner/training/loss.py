@@ -96,6 +96,15 @@ class CorrectionLM(nn.Module):
             raise ValueError("--use_liger: this model's LM head has a bias")
         self.fused_loss = FusedLinearTokenLoss() if use_liger else None
 
+    def enable_activation_checkpointing(self) -> None:
+        """Recompute each layer's activations in the backward pass (non-reentrant)."""
+        options = {"use_reentrant": False}
+        # transformers 5 renamed gradient_checkpointing_enable and deprecated the old name.
+        if hasattr(self.lm, "activation_checkpointing_enable"):
+            self.lm.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+        else:
+            self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
+
     def forward(
         self,
         input_ids: torch.Tensor,  # (B, L)

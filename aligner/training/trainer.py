@@ -110,7 +110,7 @@ class Trainer:
         self.phases = [Phase("correction", train_dataset, args.epochs)]
         if warmup_dataset is not None:
             self.phases.insert(0, Phase("warmup", warmup_dataset, 1))
-        self.lengths = {phase.name: phase.dataset["length"] for phase in self.phases}
+        self.lengths = {p.name: np.asarray(p.dataset["length"]) for p in self.phases}
         self.global_batch_size = (
             args.per_device_train_batch_size * args.gradient_accumulation_steps * runtime.world_size
         )
@@ -149,9 +149,9 @@ class Trainer:
             dtype=self.rt.dtype,
             trust_remote_code=args.trust_remote_code,
         )
-        if args.gradient_checkpointing:
-            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model = CorrectionLM(lm)
+        if args.gradient_checkpointing:
+            model.enable_activation_checkpointing()
         optimizer = build_optimizer(
             model,
             lr=args.lr,
@@ -281,14 +281,16 @@ class Trainer:
         scale = rt.world_size * args.gradient_accumulation_steps / global_targets
         lr = engine.get_lr()[0]
         engine.train()
-        loss_sum = correct = 0.0
+        # Summed on the device and read once per step: no host sync between micro-batches.
+        totals = torch.tensor([0.0, 0.0, local_tokens], dtype=torch.float64, device=rt.device)
         for micro in micro_batches:
             out: TokenLoss = engine(**micro)
             engine.backward(out.loss_sum * scale)
             engine.step()
-            loss_sum += out.loss_sum.item()
-            correct += out.correct.item()
-        loss_sum, correct, tokens = self._all_reduce([loss_sum, correct, local_tokens])
+            totals[0] += out.loss_sum.detach()
+            totals[1] += out.correct
+        dist.all_reduce(totals)
+        loss_sum, correct, tokens = totals.tolist()
         seconds = time.perf_counter() - started
         row = {
             "phase": planned.phase.name,

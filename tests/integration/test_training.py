@@ -23,7 +23,8 @@ RUNS = {
         "zero2": "--zero_stage 2 --per_device_train_batch_size 2 --gradient_accumulation_steps 2 "
         "--save_interval 2",
         "zero3": f"--zero_stage 3 {MICRO_4}",
-        "zero3-offload": f"--zero_stage 3 --offload optimizer {MICRO_4}",
+        "zero3-offload": f"--zero_stage 3 --offload optimizer {MICRO_4} "
+        "--gradient_checkpointing True",
         "single": "--zero_stage 3 --per_device_train_batch_size 8 --gradient_accumulation_steps 1 "
         "--need_eval --eval_datasets {train_file} --eval_strategy steps --eval_interval 2",
     }.items()

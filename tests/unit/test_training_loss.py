@@ -83,3 +83,25 @@ def test_no_labels_returns_the_logits(lm: LlamaForCausalLM) -> None:
     input_ids, attention_mask, _ = _batch()
     logits = CorrectionLM(lm)(input_ids, attention_mask)
     assert logits.shape == (3, 12, 300)
+
+
+def test_activation_checkpointing_keeps_the_gradients() -> None:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=300,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+    )
+    plain, checkpointed = LlamaForCausalLM(config), LlamaForCausalLM(config)
+    checkpointed.load_state_dict(plain.state_dict())
+    wrapped = CorrectionLM(checkpointed)
+    wrapped.enable_activation_checkpointing()
+    input_ids, attention_mask, labels = _batch()
+    for model in (CorrectionLM(plain), wrapped):
+        model.train()
+        model(input_ids, attention_mask, labels).loss_sum.backward()
+    assert checkpointed.model.layers[0].gradient_checkpointing
+    for a, b in zip(plain.parameters(), checkpointed.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6)
