@@ -35,6 +35,7 @@ OFFLOAD="none"
 NUM_GPUS=""
 MASTER_PORT="${MASTER_PORT:-}"
 DEMO=0
+DEVICES_CHOSEN=0
 TRAIN_DATASETS=()
 LAUNCHER_ARGS=()
 TRAINER_ARGS=()
@@ -74,7 +75,13 @@ while [[ $# -gt 0 ]]; do
 	--offload) need_value "$@"; OFFLOAD="$2"; shift 2 ;;
 	--num_gpus) need_value "$@"; NUM_GPUS="$2"; shift 2 ;;
 	--master_port) need_value "$@"; MASTER_PORT="$2"; shift 2 ;;
-	--hostfile | --include | --exclude | --num_nodes | --node_rank | --master_addr)
+	--hostfile | --include | --exclude)
+		need_value "$@"
+		LAUNCHER_ARGS+=("$1" "$2")
+		DEVICES_CHOSEN=1
+		shift 2
+		;;
+	--num_nodes | --node_rank | --master_addr)
 		need_value "$@"
 		LAUNCHER_ARGS+=("$1" "$2")
 		shift 2
@@ -120,7 +127,7 @@ if [[ -z "${MASTER_PORT}" ]]; then
 fi
 
 GPU_COUNT="$("${PYTHON}" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)"
-if [[ "${GPU_COUNT}" == 0 ]]; then
+if [[ "${GPU_COUNT}" == 0 && "${DEVICES_CHOSEN}" == 0 ]]; then
 	# CPU ranks talk over gloo; split the cores between them so they do not oversubscribe.
 	CORES="$(nproc)"
 	NUM_GPUS="${NUM_GPUS:-$((CORES >= 2 ? 2 : 1))}"
