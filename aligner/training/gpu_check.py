@@ -37,6 +37,18 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--micro_batch_size", type=int, default=4)
     parser.add_argument("--prompt_share", type=float, default=0.6, help="masked share of tokens")
     parser.add_argument("--gradient_checkpointing", action="store_true")
+    parser.add_argument(
+        "--packing",
+        action="store_true",
+        help="feed one padding-free row of micro_batch_size x max_length tokens made of samples "
+        "of random lengths (restarting position_ids) instead of full-length rows",
+    )
+    parser.add_argument(
+        "--attn_implementation", choices=("sdpa", "flash_attention_2", "eager"), default="sdpa"
+    )
+    parser.add_argument(
+        "--lora_r", type=int, default=0, help="train LoRA adapters of this rank (0: every weight)"
+    )
     parser.add_argument("--warmup_steps", type=int, default=5)
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--json", default=None, help="also append the result to this file")
@@ -48,9 +60,24 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def flops_per_token(params: int, layers: int, hidden: int, seq: int) -> float:
-    """6 x parameters (LM head included) plus the attention term 12 x layers x hidden x seq."""
-    return 6 * params + 12 * layers * hidden * seq
+def flops_per_token(
+    params: int, layers: int, hidden: int, seq: float, *, frozen_weights: bool = False
+) -> float:
+    """6 x parameters (LM head included) plus the attention term 12 x layers x hidden x seq.
+
+    With frozen weights (LoRA) the backward pass skips their weight gradients: 4 x parameters.
+    Under packing, ``seq`` is the token-weighted mean sample length, sum(len^2) / sum(len).
+    """
+    return (4 if frozen_weights else 6) * params + 12 * layers * hidden * seq
+
+
+def packed_lengths(total: int, max_length: int, generator: torch.Generator) -> list[int]:
+    """Sample lengths, uniform in [max_length / 8, max_length], that fill ``total`` tokens."""
+    lengths: list[int] = []
+    while sum(lengths) < total:
+        draw = int(torch.randint(max_length // 8, max_length + 1, (1,), generator=generator))
+        lengths.append(min(draw, total - sum(lengths)))
+    return lengths
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,13 +117,17 @@ def main(argv: list[str] | None = None) -> int:
         num_key_value_heads=args.num_kv_heads,
         max_position_embeddings=args.max_length,
         tie_word_embeddings=False,
-        attn_implementation="sdpa",
+        attn_implementation=args.attn_implementation,
     )
     torch.manual_seed(0)
     init = deepspeed.zero.Init(config_dict_or_path=ds_config) if args.zero_stage == 3 else None
     with init or device:
         lm = LlamaForCausalLM._from_config(config, dtype=torch.bfloat16)
     params = sum(getattr(p, "ds_numel", p.numel()) for p in lm.parameters())
+    if args.lora_r:
+        from aligner.training.lora import LoraSettings, add_lora
+
+        lm = add_lora(lm, LoraSettings(r=args.lora_r, alpha=2 * args.lora_r, dropout=0.0))
     model = CorrectionLM(lm)
     if args.gradient_checkpointing:
         model.enable_activation_checkpointing()
@@ -106,17 +137,33 @@ def main(argv: list[str] | None = None) -> int:
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
 
     batch, seq = args.micro_batch_size, args.max_length
-    generator = torch.Generator(device=device).manual_seed(rank)
-    input_ids = torch.randint(0, args.vocab_size, (batch, seq), device=device, generator=generator)
-    attention_mask = torch.ones_like(input_ids)
-    labels = input_ids.clone()
-    labels[:, : int(seq * args.prompt_share)] = IGNORE_INDEX
+    generator = torch.Generator().manual_seed(rank)
+    if args.packing:
+        # One row of batch x seq tokens; each sample's first prompt_share is masked.
+        lengths = packed_lengths(batch * seq, seq, generator)
+        input_ids = torch.randint(0, args.vocab_size, (1, batch * seq), generator=generator)
+        labels = input_ids.clone()
+        position_ids = torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0)
+        starts = torch.tensor([0, *lengths[:-1]]).cumsum(0)
+        for start, length in zip(starts.tolist(), lengths, strict=True):
+            labels[0, start : start + max(1, int(length * args.prompt_share))] = IGNORE_INDEX
+        inputs = {"input_ids": input_ids, "position_ids": position_ids, "labels": labels}
+        attention_seq = sum(n * n for n in lengths) / sum(lengths)
+    else:
+        input_ids = torch.randint(0, args.vocab_size, (batch, seq), generator=generator)
+        labels = input_ids.clone()
+        labels[:, : int(seq * args.prompt_share)] = IGNORE_INDEX
+        inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+        inputs["labels"] = labels
+        attention_seq = seq
+    inputs = {key: value.to(device) for key, value in inputs.items()}
+    labels = inputs["labels"]
     targets = torch.tensor(float((labels[:, 1:] != IGNORE_INDEX).sum()), device=device)
     torch.distributed.all_reduce(targets)
     scale = world_size / targets.item()
 
     def step() -> float:
-        out = engine(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+        out = engine(**inputs)
         engine.backward(out.loss_sum * scale)
         engine.step()
         return out.loss_sum.item() / out.tokens.item()
@@ -130,7 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     losses = [step() for _ in range(args.steps)]  # .item() waits for each step to finish
     seconds = (time.perf_counter() - started) / args.steps
     tokens_per_s = batch * seq / seconds
-    flops = flops_per_token(params, args.num_layers, args.hidden_size, seq)
+    flops = flops_per_token(
+        params, args.num_layers, args.hidden_size, attention_seq, frozen_weights=args.lora_r > 0
+    )
     result = {
         "zero_stage": args.zero_stage,
         "device": torch.cuda.get_device_name() if on_gpu else "cpu",
@@ -138,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
         "params_b": round(params / 1e9, 3),
         "micro_batch": batch,
         "seq": seq,
+        "packing": args.packing,
+        "attn": args.attn_implementation,
+        "lora_r": args.lora_r,
         "gradient_checkpointing": args.gradient_checkpointing,
         "step_s": round(seconds, 4),
         "tokens_per_s_per_gpu": round(tokens_per_s),
