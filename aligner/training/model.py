@@ -70,6 +70,7 @@ def load_model_to_train(
     settings = lora_settings(args)
     if settings is not None:
         lm = add_lora(lm, settings, quantized=args.load_in_4bit)
+    model = CorrectionLM(lm, use_liger=args.use_liger)
     if args.gradient_checkpointing:
-        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return CorrectionLM(lm, use_liger=args.use_liger)
+        model.enable_activation_checkpointing()
+    return model

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import resource
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,16 +17,18 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
-from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from aligner.constants import IGNORE_INDEX
-from aligner.datasets.collate import Batch, PaddingCollator
+from aligner.datasets.collate import Batch, PackedBatch, PaddingCollator
 from aligner.prompts import PromptTemplate
 from aligner.training.arguments import arguments_for_saving
-from aligner.training.batching import epoch_order, global_batches, rank_micro_batches, split_evenly
+from aligner.training.batching import global_batches, split_evenly
 from aligner.training.checkpoint import save_model
 from aligner.training.ds_config import get_deepspeed_train_config
-from aligner.training.loss import CorrectionLM, TokenLoss
+from aligner.training.layout import BatchLayout, real_tokens
+from aligner.training.loss import TokenLoss
+from aligner.training.model import load_model_to_train
 from aligner.training.optim import build_optimizer, build_scheduler
 from aligner.training.tracking import Tracker
 
@@ -111,9 +114,17 @@ class Trainer:
         if warmup_dataset is not None:
             self.phases.insert(0, Phase("warmup", warmup_dataset, 1))
         self.lengths = {p.name: np.asarray(p.dataset["length"]) for p in self.phases}
-        self.global_batch_size = (
-            args.per_device_train_batch_size * args.gradient_accumulation_steps * runtime.world_size
+        self.layout = BatchLayout(
+            micro_batch_size=args.per_device_train_batch_size,
+            accumulation_steps=args.gradient_accumulation_steps,
+            world_size=runtime.world_size,
+            rank=runtime.rank,
+            pad_token_id=tokenizer.pad_token_id,
+            packing=args.packing,
+            max_tokens=args.packing_max_tokens,
+            group_by_length=args.group_by_length,
         )
+        self.global_batch_size = self.layout.global_batch_size
         self.total_steps = sum(
             phase.epochs * math.ceil(len(phase.dataset) / self.global_batch_size)
             for phase in self.phases
@@ -144,14 +155,7 @@ class Trainer:
             # While this object lives, from_pretrained loads each weight straight into its
             # ZeRO-3 partition instead of materialising the whole model on every rank.
             self._hf_ds_config = HfDeepSpeedConfig(self.ds_config)
-        lm = AutoModelForCausalLM.from_pretrained(
-            args.model_name_or_path,
-            dtype=self.rt.dtype,
-            trust_remote_code=args.trust_remote_code,
-        )
-        model = CorrectionLM(lm)
-        if args.gradient_checkpointing:
-            model.enable_activation_checkpointing()
+        model = load_model_to_train(args, self.rt.dtype, self.rt.local_rank)
         optimizer = build_optimizer(
             model,
             lr=args.lr,
@@ -188,16 +192,20 @@ class Trainer:
 
     # ---- batches -----------------------------------------------------------------------------
 
-    def _batch(self, dataset: datasets.Dataset, indices: list[int], fallback: int) -> Batch:
-        """Collate ``indices``; an empty slot becomes one fully masked sample (zero loss)."""
+    def _batch(
+        self, dataset: datasets.Dataset, indices: list[int], fallback: int, *, train: bool = False
+    ) -> Batch | PackedBatch:
+        """Collate ``indices`` (in the training layout when ``train``, else padded); an empty
+        slot becomes one fully masked sample (zero loss)."""
+        collate = self.layout.collate if train else self.collate
         if indices:
             rows = dataset.select(indices)
-            batch = self.collate(list(rows))
+            batch = collate(list(rows))
         else:
             # The rank still runs forward and backward so that every collective is matched.
-            batch = self.collate([dataset[fallback]])
+            batch = collate([dataset[fallback]])
             batch["labels"].fill_(IGNORE_INDEX)
-        return Batch(**{key: value.to(self.rt.device) for key, value in batch.items()})
+        return {key: value.to(self.rt.device) for key, value in batch.items()}
 
     def _all_reduce(self, values: list[float]) -> list[float]:
         tensor = torch.tensor(values, dtype=torch.float64, device=self.rt.device)
@@ -210,7 +218,8 @@ class Trainer:
         """Every optimizer step's global batch, in order."""
         for number, phase in enumerate(self.phases):
             for epoch in range(phase.epochs):
-                order = epoch_order(len(phase.dataset), self.args.seed, epoch, stream=number)
+                lengths = self.lengths[phase.name]
+                order = self.layout.epoch_order(lengths, self.args.seed, epoch, stream=number)
                 batches = global_batches(order, self.global_batch_size)
                 for index, batch in enumerate(batches):
                     yield PlannedStep(phase, epoch, index, len(batches), batch)
@@ -254,6 +263,7 @@ class Trainer:
             self._evaluate(step)
         progress.close()
         self._say(f"trained {step} steps in {time.perf_counter() - started:.1f}s")
+        self._log_peak_memory(step)
         self._save(Path(args.output_dir))
         self._probe_logits()
         if self.tracker is not None:
@@ -263,18 +273,12 @@ class Trainer:
         args, rt, engine = self.args, self.rt, self.engine
         started = time.perf_counter()
         dataset, batch = planned.phase.dataset, planned.batch
-        slots = rank_micro_batches(
-            batch,
-            self.lengths[planned.phase.name],
-            micro_batch_size=args.per_device_train_batch_size,
-            accumulation_steps=args.gradient_accumulation_steps,
-            world_size=rt.world_size,
-            rank=rt.rank,
-        )
-        micro_batches = [self._batch(dataset, slot, int(batch[0])) for slot in slots]
+        slots = self.layout.micro_batches(batch, self.lengths[planned.phase.name])
+        micro_batches = [self._batch(dataset, slot, int(batch[0]), train=True) for slot in slots]
         # The loss is a mean over the global batch's target tokens, so count them all first.
         local_targets = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro_batches)
-        local_tokens = sum(int(b["attention_mask"].sum()) for b in micro_batches)
+        local_tokens = sum(real_tokens(b) for b in micro_batches)
+        local_positions = sum(b["input_ids"].numel() for b in micro_batches)
         (global_targets,) = self._all_reduce([local_targets])
         # engine.backward divides by the accumulation steps and the gradient all-reduce averages
         # over ranks; this factor undoes both so the gradient is d(sum of losses)/global_targets.
@@ -282,15 +286,20 @@ class Trainer:
         lr = engine.get_lr()[0]
         engine.train()
         # Summed on the device and read once per step: no host sync between micro-batches.
-        totals = torch.tensor([0.0, 0.0, local_tokens], dtype=torch.float64, device=rt.device)
-        for micro in micro_batches:
+        totals = torch.tensor(
+            [0.0, 0.0, local_tokens, local_positions], dtype=torch.float64, device=rt.device
+        )
+        for number, micro in enumerate(micro_batches, start=1):
+            # A packed step may hold more micro-batches than the configured accumulation steps:
+            # the optimizer steps after the global batch's last one, however many there are.
+            engine.set_gradient_accumulation_boundary(number == len(micro_batches))
             out: TokenLoss = engine(**micro)
             engine.backward(out.loss_sum * scale)
             engine.step()
             totals[0] += out.loss_sum.detach()
             totals[1] += out.correct
         dist.all_reduce(totals)
-        loss_sum, correct, tokens = totals.tolist()
+        loss_sum, correct, tokens, positions = totals.tolist()
         seconds = time.perf_counter() - started
         row = {
             "phase": planned.phase.name,
@@ -300,6 +309,7 @@ class Trainer:
             "lr": lr,
             "target_tokens": int(global_targets),
             "tokens_per_s": tokens / seconds,
+            "padding_share": 1 - tokens / positions,
             "step_time": seconds,
         }
         grad_norm = engine.get_global_grad_norm()
@@ -342,6 +352,7 @@ class Trainer:
             training_args=arguments_for_saving(self.args),
             fp32_master=not self.args.save_16bit,
             rank=self.rt.rank,
+            merge_adapter=self.args.lora_merge,
         )
         self._say(f"saved model to {directory}")
 
@@ -355,6 +366,20 @@ class Trainer:
         logits = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         if self.rt.rank == 0:
             torch.save({**batch, "logits": logits.float().cpu()}, path)
+
+    def _log_peak_memory(self, step: int) -> None:
+        """Each rank's peak memory so far: accelerator memory on a GPU, resident memory on CPU."""
+        if self.rt.on_cpu:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+        else:
+            peak = torch.cuda.max_memory_allocated(self.rt.device)
+        mine = torch.tensor([peak / 2**20], dtype=torch.float64, device=self.rt.device)
+        peaks = [torch.zeros_like(mine) for _ in range(self.rt.world_size)]
+        dist.all_gather(peaks, mine)
+        mib = [round(float(p), 1) for p in peaks]
+        self._log({"peak_memory_mib": mib}, step)
+        kind = "resident" if self.rt.on_cpu else "GPU"
+        self._say(f"peak {kind} memory per rank (MiB): {', '.join(f'{m:,.0f}' for m in mib)}")
 
     def _fault_step(self) -> int | None:
         if os.environ.get(FAULT_RANK_ENV) == str(self.rt.rank):
