@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import os
 import resource
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import datasets
@@ -26,10 +27,20 @@ from aligner.training.arguments import arguments_for_saving
 from aligner.training.batching import global_batches, split_evenly
 from aligner.training.checkpoint import save_model
 from aligner.training.ds_config import get_deepspeed_train_config
+from aligner.training.faults import (
+    FAULT_INF_GRAD_ENV,
+    FAULT_KILL_ENV,
+    FAULT_SAVE_ENV,
+    NonFiniteGuard,
+    TooManySkippedSteps,
+    fault_steps,
+    kill_self,
+)
 from aligner.training.layout import BatchLayout, real_tokens
 from aligner.training.loss import TokenLoss
 from aligner.training.model import load_model_to_train
 from aligner.training.optim import build_optimizer, build_scheduler
+from aligner.training.resume import CheckpointManager, TrainState, data_fingerprint, write_run_file
 from aligner.training.tracking import Tracker
 
 # Test hooks, read from the environment so that no user-facing flag exists for them.
@@ -143,7 +154,28 @@ class Trainer:
             overrides=args.deepspeed_overrides,
         )
         self.engine = self._build_engine()
+        self.checkpoints = CheckpointManager(
+            args.output_dir,
+            rank=runtime.rank,
+            device=runtime.device,
+            keep=args.save_total_limit,
+            plan=self._resume_plan(),
+        )
+        folder = self.checkpoints.find(args.resume_from_checkpoint)
+        self.resumed = folder is not None
+        if self.resumed:
+            self.state = self.checkpoints.load(self.engine, folder)
+            self._say(f"resuming from {folder} after step {self.state.step}")
+        else:
+            run_name = args.log_run_name or time.strftime("sft-%Y%m%d-%H%M%S")
+            self.state = TrainState(step=0, run_name=run_name)
+            # An earlier run's checkpoints in this folder must never be resumed into this one.
+            self.checkpoints.clear()
+            if runtime.rank == 0:
+                write_run_file(args.output_dir, run_name)
         self.tracker = self._build_tracker() if runtime.rank == 0 else None
+        if self.tracker is not None:
+            self.state = replace(self.state, tracker_run_id=self.tracker.run_id)
 
     # ---- setup -------------------------------------------------------------------------------
 
@@ -164,6 +196,12 @@ class Trainer:
             eps=args.adam_epsilon,
             cpu_adam=args.offload in ("optimizer", "all") and not self.rt.on_cpu,
         )
+        self.guard = NonFiniteGuard(
+            model,
+            optimizer,
+            watch_gradients=self.rt.precision != "fp16",
+            inject_steps=fault_steps(FAULT_INF_GRAD_ENV, self.rt.rank),
+        )
         engine, *_ = deepspeed.initialize(
             model=model,
             optimizer=optimizer,
@@ -180,15 +218,34 @@ class Trainer:
 
     def _build_tracker(self) -> Tracker:
         args = self.args
-        run_name = args.log_run_name or time.strftime("sft-%Y%m%d-%H%M%S")
         return Tracker(
             args.output_dir,
             log_type=args.log_type,
             log_dir=args.log_dir,
             project=args.log_project,
-            run_name=run_name,
+            run_name=self.state.run_name,
             config=arguments_for_saving(args),
+            resume_step=self.state.step if self.resumed else None,
+            run_id=self.state.tracker_run_id,
         )
+
+    def _resume_plan(self) -> dict[str, int | str | bool]:
+        """What a checkpoint's data position and ZeRO partitions depend on: resuming under other
+        values would silently train on other batches or fail to load, so they must match."""
+        args, rt = self.args, self.rt
+        return {
+            "world_size": rt.world_size,
+            "seed": args.seed,
+            "per_device_train_batch_size": args.per_device_train_batch_size,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
+            "total_steps": self.total_steps,
+            "zero_stage": args.zero_stage,
+            "precision": rt.precision,
+            "packing": args.packing,
+            "packing_max_tokens": args.packing_max_tokens,
+            "group_by_length": args.group_by_length,
+            "data": data_fingerprint([(p.name, self.lengths[p.name]) for p in self.phases]),
+        }
 
     # ---- batches -----------------------------------------------------------------------------
 
@@ -235,17 +292,34 @@ class Trainer:
         fault_step = self._fault_step()
         evaluating = self.eval_dataset is not None
         every = args.eval_interval if evaluating and args.eval_strategy == "steps" else 0
-        last_eval = self._evaluate(step=0) if evaluating else None
+        step = self.state.step
+        last_eval = self._evaluate(step=0) if evaluating and step == 0 else None
         progress = tqdm(
-            total=self.total_steps, desc="train", disable=rt.rank != 0, dynamic_ncols=True
+            total=self.total_steps,
+            initial=step,
+            desc="train",
+            disable=rt.rank != 0,
+            dynamic_ncols=True,
         )
-        step, started = 0, time.perf_counter()
-        for planned in self._plan():
+        kill_steps = fault_steps(FAULT_KILL_ENV, rt.rank)
+        save_fault_steps = fault_steps(FAULT_SAVE_ENV, rt.rank)
+        started = time.perf_counter()
+        # The data order is a pure function of (seed, step): a resumed run skips what it trained.
+        for planned in itertools.islice(self._plan(), step, None):
+            if step >= self.total_steps:
+                break
             if step == fault_step:
                 raise InjectedFault(f"rank {rt.rank}: injected fault at step {step}")
-            row = self._train_step(planned)
+            row = self._train_step(planned, step + 1)
             step += 1
+            self._count_skips(row, step)
             self._log(row, step)
+            if self.state.consecutive_skips >= args.max_consecutive_skips:
+                raise TooManySkippedSteps(
+                    f"{self.state.consecutive_skips} optimizer steps in a row had a non-finite "
+                    f"loss or gradient (--max_consecutive_skips {args.max_consecutive_skips}); "
+                    "stopped, the last complete checkpoint is kept"
+                )
             progress.update()
             progress.set_postfix(
                 loss=f"{row['train_loss']:.4f}",
@@ -257,8 +331,13 @@ class Trainer:
                 last_eval = self._evaluate(step)
             if args.save_interval and step % args.save_interval == 0:
                 self._save(Path(args.output_dir) / f"checkpoint-{step}")
-            if step >= self.total_steps:
-                break
+            if step in kill_steps:
+                kill_self()
+            if args.checkpoint_interval and step % args.checkpoint_interval == 0:
+                self.state = replace(self.state, phase=planned.phase.name, epoch=row["epoch"])
+                self.checkpoints.save(
+                    self.engine, self.state, fault_after_write=step in save_fault_steps
+                )
         if evaluating and last_eval != step:
             self._evaluate(step)
         progress.close()
@@ -269,7 +348,25 @@ class Trainer:
         if self.tracker is not None:
             self.tracker.close()
 
-    def _train_step(self, planned: PlannedStep) -> dict[str, float | str]:
+    def _count_skips(self, row: dict[str, float | str], step: int) -> None:
+        state = self.state
+        if row["skipped"]:
+            state = replace(
+                state,
+                skipped_steps=state.skipped_steps + 1,
+                consecutive_skips=state.consecutive_skips + 1,
+            )
+            self._say(
+                f"step {step}: non-finite loss or gradient, update skipped "
+                f"({state.consecutive_skips} in a row, {state.skipped_steps} in all)"
+            )
+        else:
+            state = replace(state, consecutive_skips=0)
+        self.state = replace(state, step=step)
+        row["skipped_steps"] = state.skipped_steps
+
+    def _train_step(self, planned: PlannedStep, step: int) -> dict[str, float | str]:
+        """Train optimizer step ``step`` (1-based) on ``planned``'s global batch."""
         args, rt, engine = self.args, self.rt, self.engine
         started = time.perf_counter()
         dataset, batch = planned.phase.dataset, planned.batch
@@ -289,17 +386,28 @@ class Trainer:
         totals = torch.tensor(
             [0.0, 0.0, local_tokens, local_positions], dtype=torch.float64, device=rt.device
         )
+        self.guard.begin_step(step)
         for number, micro in enumerate(micro_batches, start=1):
             # A packed step may hold more micro-batches than the configured accumulation steps:
             # the optimizer steps after the global batch's last one, however many there are.
-            engine.set_gradient_accumulation_boundary(number == len(micro_batches))
+            boundary = number == len(micro_batches)
+            engine.set_gradient_accumulation_boundary(boundary)
             out: TokenLoss = engine(**micro)
+            self.guard.observe_loss(out.loss_sum)
             engine.backward(out.loss_sum * scale)
+            if boundary:
+                # Before the step that applies the update, every rank agrees whether to apply it.
+                applied = self.guard.decide(rt.device)
+                deepspeed_skips = engine.skipped_steps
             engine.step()
             totals[0] += out.loss_sum.detach()
             totals[1] += out.correct
         dist.all_reduce(totals)
         loss_sum, correct, tokens, positions = totals.tolist()
+        if not applied and engine.skipped_steps > deepspeed_skips:
+            # DeepSpeed saw the overflow too and held the LR schedule back; a skipped step still
+            # moves the schedule on, whichever of the two skipped it.
+            engine.lr_scheduler.step()
         seconds = time.perf_counter() - started
         row = {
             "phase": planned.phase.name,
@@ -311,6 +419,7 @@ class Trainer:
             "tokens_per_s": tokens / seconds,
             "padding_share": 1 - tokens / positions,
             "step_time": seconds,
+            "skipped": int(not applied),
         }
         grad_norm = engine.get_global_grad_norm()
         if grad_norm is not None:
