@@ -107,7 +107,7 @@ if [[ "${DEMO}" == 1 ]]; then
 	# A random tiny model needs a large learning rate; ZeRO-2 is the fastest sharded stage here.
 	ZERO_STAGE="${ZERO_STAGE:-2}"
 	DEMO_ARGS=(
-		--eval_datasets "${DEMO_EVAL}" --epochs 8 --lr 3e-3 --lr_warmup_ratio 0.05
+		--eval_datasets "${DEMO_EVAL}" --epochs 6 --lr 3e-3 --lr_warmup_ratio 0.05
 		--per_device_train_batch_size 16 --gradient_accumulation_steps 1 --max_length 256
 		--gradient_checkpointing False --per_device_eval_batch_size 32
 	)
