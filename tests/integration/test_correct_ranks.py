@@ -27,6 +27,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.timeout(420)  # the launch below may take 300 s; a hang fails here
 def test_two_ranks_resume_and_match_one_process(tiny_checkpoint_dir: Path, tmp_path: Path):
     source = tmp_path / "in.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in QUESTIONS))
