@@ -150,6 +150,16 @@ def one_rank_group():
 
 
 @pytest.mark.usefixtures("one_rank_group")
+def test_a_fresh_start_clears_only_our_own_checkpoints(tmp_path: Path) -> None:
+    _checkpoint(tmp_path, 3, complete=True)
+    _checkpoint(tmp_path, 6, complete=False)
+    _checkpoint(tmp_path, 9, complete=True, extra="notes.txt")
+    CheckpointManager(tmp_path, rank=0, device=torch.device("cpu"), keep=2, plan={}).clear()
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-9"]
+    assert (tmp_path / "checkpoints" / "step-9" / "notes.txt").is_file()
+
+
+@pytest.mark.usefixtures("one_rank_group")
 def test_guard_skips_the_update_of_a_step_with_an_infinite_gradient() -> None:
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 2)
