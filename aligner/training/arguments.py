@@ -82,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--packing_max_tokens",
         type=int,
         default=None,
-        help="token budget of a packed micro-batch (default: per_device_train_batch_size x "
-        "max_length; at least max_length)",
+        metavar="TOKENS",
+        help="token budget of a packed micro-batch, at least max_length (None: "
+        "per_device_train_batch_size x max_length)",
     )
     _add_bool(
         layout,
@@ -97,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--lora_r", type=int, default=0, help="LoRA rank; 0 trains every weight instead"
     )
     lora.add_argument("--lora_alpha", type=float, default=16.0, help="LoRA scaling numerator")
-    lora.add_argument("--lora_dropout", type=float, default=0.05)
+    lora.add_argument(
+        "--lora_dropout", type=float, default=0.05, help="dropout on the adapters' inputs"
+    )
     lora.add_argument(
         "--lora_target_modules",
         nargs="+",
