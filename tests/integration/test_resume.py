@@ -42,6 +42,7 @@ SECRETS = {
     "MY_SERVICE_TOKEN": "sentinel-service-6e4d",
 }
 RUN_TIMEOUT = 300
+"""Seconds one launch may take; each test's timeout covers the launches it may trigger itself."""
 
 
 @pytest.fixture(scope="module")
@@ -155,10 +156,9 @@ def test_killed_runs_resume_to_the_uninterrupted_losses_and_weights(
     killed, finished = interrupted[1].run, interrupted[2].run
     assert killed.returncode != 0
     assert "resuming from" in killed.output and "after step 3" in killed.output
-    # The resumed run saved step 6 again (complete now) and died at step 7 or 8, before step 9;
-    # its metrics hold the steps before the kill, those after the checkpoint to be replaced.
+    # The resumed run saved step 6 again (complete now) and died at step 7 or 8, before step 9.
     assert interrupted[1].checkpoints == {"step-3": True, "step-6": True}, killed.output[-3000:]
-    assert interrupted[1].steps_logged[:7] == list(range(1, 8))
+    assert interrupted[1].steps_logged[:6] == list(range(1, 7))
     _succeeded(finished)
     assert "after step 6" in finished.output
     _assert_same_training(finished.output_dir, reference)
@@ -168,7 +168,24 @@ def test_killed_runs_resume_to_the_uninterrupted_losses_and_weights(
     assert (finished.output_dir / "config.json").is_file()
 
 
-@pytest.mark.timeout(RUN_TIMEOUT + 60)
+@pytest.mark.timeout(4 * RUN_TIMEOUT)
+def test_resuming_with_another_world_size_or_seed_is_refused(
+    setup, interrupted: list[Stage]
+) -> None:
+    _, launch = setup
+    output_dir = interrupted[-1].run.output_dir
+    before = {p: p.stat().st_mtime_ns for p in output_dir.rglob("*") if p.is_file()}
+    run = launch(output_dir, "--resume_from_checkpoint", "auto", "--seed", "7", single_process=True)
+    assert run.returncode == 1
+    errors = [line for line in run.output.splitlines() if "aligner train: error:" in line]
+    assert len(errors) == 1, run.output[-3000:]
+    assert "cannot resume from" in errors[0] and "step-9" in errors[0]
+    assert "world_size was 2, now 1" in errors[0] and "seed was 42, now 7" in errors[0]
+    after = {p: p.stat().st_mtime_ns for p in output_dir.rglob("*") if p.is_file()}
+    assert after == before
+
+
+@pytest.mark.timeout(2 * RUN_TIMEOUT + 60)
 def test_infinite_gradient_on_one_rank_skips_the_step_everywhere(setup, reference: Run) -> None:
     work, launch = setup
     run = launch(
@@ -195,7 +212,7 @@ def test_infinite_gradient_on_one_rank_skips_the_step_everywhere(setup, referenc
     assert not (run.output_dir / "config.json").exists()
 
 
-@pytest.mark.timeout(2 * RUN_TIMEOUT)
+@pytest.mark.timeout(3 * RUN_TIMEOUT)
 def test_output_folder_of_someone_else_or_a_finished_run_is_refused(setup, reference: Run) -> None:
     work, launch = setup
     foreign = work / "foreign"
@@ -216,7 +233,7 @@ def test_output_folder_of_someone_else_or_a_finished_run_is_refused(setup, refer
     assert sorted(p.name for p in reference.output_dir.iterdir()) == before
 
 
-@pytest.mark.timeout(4 * RUN_TIMEOUT)
+@pytest.mark.timeout(5 * RUN_TIMEOUT)
 def test_secrets_appear_in_no_file_and_no_output(reference: Run, interrupted: list[Stage]) -> None:
     runs = [reference, *(stage.run for stage in interrupted)]
     assert list((reference.output_dir / "wandb").glob("offline-run-*"))
@@ -233,7 +250,7 @@ def test_secrets_appear_in_no_file_and_no_output(reference: Run, interrupted: li
 # ---- two nodes on one machine --------------------------------------------------------------------
 
 
-@pytest.mark.timeout(2 * RUN_TIMEOUT + 120)
+@pytest.mark.timeout(3 * RUN_TIMEOUT + 180)
 def test_two_node_rehearsal_survives_a_node_kill_and_resumes_to_a_clean_finish(
     setup, tiny_llama_dir: Path, reference: Run
 ) -> None:
@@ -246,9 +263,10 @@ def test_two_node_rehearsal_survives_a_node_kill_and_resumes_to_a_clean_finish(
     env = clean_env(work) | {"OMP_NUM_THREADS": "1"}
     output_dir = work / "two-nodes"
 
+    started: list[subprocess.Popen] = []
+
     def both(*flags: str) -> list[subprocess.Popen]:
         port = _free_port()
-        nodes = []
         for node_rank in (0, 1):
             command = [
                 "bash", str(SCRIPT), "--hostfile", str(hostfile), "--no_ssh",
@@ -258,39 +276,40 @@ def test_two_node_rehearsal_survives_a_node_kill_and_resumes_to_a_clean_finish(
                 "--train_datasets", str(work / "train.jsonl"), "--output_dir", str(output_dir),
                 *FLAGS, *flags,
             ]  # fmt: skip
-            log = (work / f"node{node_rank}-{port}.log").open("w")
-            nodes.append(
-                subprocess.Popen(
-                    command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-                )
-            )
-        return nodes
+            with (work / f"node{node_rank}-{port}.log").open("w") as log:
+                started.append(
+                    subprocess.Popen(
+                        command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
+                )  # fmt: skip
+        return started[-2:]
 
-    nodes = both()
-    metrics = output_dir / "metrics.jsonl"
-    deadline = time.monotonic() + RUN_TIMEOUT
-    while time.monotonic() < deadline and _steps_logged(metrics) < 4:
-        if any(node.poll() is not None for node in nodes):
-            break
-        time.sleep(0.2)
-    assert _steps_logged(metrics) >= 4, _logs(work)
-    os.killpg(nodes[1].pid, signal.SIGKILL)  # node 1 loses power: launcher and rank at once
-    killed_at = time.monotonic()
-    assert nodes[0].wait(timeout=120) != 0, _logs(work)
-    assert time.monotonic() - killed_at < 120
-    nodes[1].wait()
-    assert complete_checkpoints(output_dir), _logs(work)
+    try:
+        nodes = both()
+        metrics = output_dir / "metrics.jsonl"
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while time.monotonic() < deadline and _steps_logged(metrics) < 4:
+            if any(node.poll() is not None for node in nodes):
+                break
+            time.sleep(0.2)
+        assert _steps_logged(metrics) >= 4, _logs(work)
+        os.killpg(nodes[1].pid, signal.SIGKILL)  # node 1 loses power: launcher and rank at once
+        killed_at = time.monotonic()
+        # The survivor's next collective fails on the dead peer's closed connections.
+        assert nodes[0].wait(timeout=120) != 0, _logs(work)
+        assert time.monotonic() - killed_at < 120
+        assert complete_checkpoints(output_dir), _logs(work)
 
-    resumed = both("--resume_from_checkpoint", "auto")
-    codes = []
-    for node in resumed:
-        try:
-            codes.append(node.wait(timeout=RUN_TIMEOUT))
-        except subprocess.TimeoutExpired:
-            os.killpg(node.pid, signal.SIGKILL)
-            codes.append(node.wait())
-    assert codes == [0, 0], _logs(work)
-    _assert_same_training(output_dir, reference)
+        resumed = both("--resume_from_checkpoint", "auto")
+        assert [node.wait(timeout=RUN_TIMEOUT) for node in resumed] == [0, 0], _logs(work)
+        _assert_same_training(output_dir, reference)
+    finally:
+        # A failed or timed-out test leaves no launcher or rank behind.
+        for process in started:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
 
 
 def _free_port() -> int:
