@@ -172,8 +172,8 @@ def test_bad_data_is_a_one_line_error(train, tmp_path) -> None:
 @pytest.mark.timeout(600)
 def test_demo_trains_offline_with_identity_warmup(tmp_path) -> None:
     output_dir = tmp_path / "demo"
-    flags = ["--max_steps", "3", "--identity_warmup_ratio", "0.1", "--epochs", "1"]
-    command = ["bash", str(SCRIPT), "--demo", "--output_dir", str(output_dir), *flags]
+    flags = "--max_steps 3 --identity_warmup_ratio 0.1 --epochs 1 --per_device_train_batch_size 16"
+    command = ["bash", str(SCRIPT), "--demo", "--output_dir", str(output_dir), *flags.split()]
     run = run_command(command, clean_env(tmp_path), output_dir, timeout=500)
     _assert_succeeded(run)
     rows = [row for row in run.metrics() if "train_loss" in row]
@@ -182,6 +182,9 @@ def test_demo_trains_offline_with_identity_warmup(tmp_path) -> None:
     assert (output_dir / "model" / "config.json").is_file()
     assert (output_dir / "config.json").is_file()
     assert (output_dir / "stdout.log").read_text().strip()
+    # The demo ends by correcting its held-out set and scoring it.
+    report = json.loads((output_dir / "demo-report.json").read_text())
+    assert report["all"]["answers"] == 64
 
 
 @pytest.mark.timeout(300)
