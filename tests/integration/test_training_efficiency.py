@@ -1,4 +1,4 @@
-"""Packing, length grouping and LoRA through scripts/sft-correction.sh on 2 CPU ranks."""
+"""Packing, length grouping, resume and LoRA through scripts/sft-correction.sh on 2 CPU ranks."""
 
 from __future__ import annotations
 
@@ -8,6 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from tests.integration.test_resume import (  # the resume tests' launcher and checks
+    RUN_TIMEOUT,
+    _assert_same_training,
+    _succeeded,
+    setup,  # noqa: F401 (a fixture)
+)
 from tests.integration.test_training import LOSS_RTOL, RUNS, Run, _assert_succeeded
 
 pytestmark = pytest.mark.integration
@@ -67,3 +73,21 @@ def test_lora_run_saves_an_adapter_or_merged_model_that_reloads(
     with torch.no_grad():
         before = base(input_ids=probe["input_ids"], attention_mask=probe["attention_mask"]).logits
     assert not torch.allclose(before, probe["logits"], atol=1e-3)
+
+
+@pytest.mark.timeout(3 * RUN_TIMEOUT + 60)
+def test_packed_and_grouped_run_resumes_to_the_uninterrupted_losses_and_weights(
+    setup,  # noqa: F811 (the fixture imported above, requested by name)
+) -> None:
+    # Global batch 4 of samples <= 128 tokens: 2 packed bins, one micro-step per rank where
+    # padding takes the 2 accumulation steps.
+    work, launch = setup
+    flags = ("--packing", "--packing_max_tokens", "256", "--group_by_length")
+    reference = _succeeded(launch(work / "packed-reference", *flags))
+    output_dir = work / "packed-resumed"
+    resume = (*flags, "--resume_from_checkpoint", "auto")
+    killed = launch(output_dir, *resume, env={"ALIGNER_FAULT_KILL": "1:7"})
+    assert killed.returncode != 0
+    finished = _succeeded(launch(output_dir, *resume))
+    assert "after step 6" in finished.output
+    _assert_same_training(output_dir, reference)
