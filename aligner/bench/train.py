@@ -101,14 +101,14 @@ class StepLog:
 # ---- the modes that run inside a child process ---------------------------------------------
 
 
-def _tokenized(work: Path, max_length: int):
+def _tokenized(work: Path, max_length: int, records: str = "records.jsonl"):
     from aligner.datasets.pipeline import build_dataset
     from aligner.prompts import get_template
     from aligner.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(str(work / "model"))
     dataset, _ = build_dataset(
-        [str(work / "records.jsonl")],
+        [str(work / records)],
         tokenizer,
         get_template(),
         max_length=max_length,
@@ -288,6 +288,37 @@ def peak_memory(work: Path, stage: int, max_length: int) -> list[float]:
     return row["peak_memory_mib"]
 
 
+def plan_padding(lengths: list[int], world_size: int = 2) -> dict[str, float]:
+    """Padding share of one epoch's micro-batches as the trainer would lay them out on
+    ``world_size`` ranks (micro-batch 4, 8 accumulation steps): a plan, no training."""
+    import numpy as np
+
+    from aligner.training.batching import global_batches
+    from aligner.training.layout import BatchLayout
+
+    shares = {}
+    for name, flags in {
+        "padded": {},
+        "grouped": {"group_by_length": True},
+        "packed": {"packing": True, "max_tokens": MICRO_BATCH * max(lengths)},
+    }.items():
+        layouts = [
+            BatchLayout(MICRO_BATCH, 8, world_size, r, 0, **flags) for r in range(world_size)
+        ]
+        real = positions = 0
+        sizes = np.asarray(lengths)
+        for batch in global_batches(layouts[0].epoch_order(lengths, SEED, 0), 32 * world_size):
+            for layout in layouts:
+                for micro in filter(None, layout.micro_batches(batch, lengths)):
+                    real += sizes[micro].sum()
+                    width = (
+                        sizes[micro].sum() if layout.packing else sizes[micro].max() * len(micro)
+                    )
+                    positions += width
+        shares[name] = 1 - real / positions
+    return shares
+
+
 def print_table(results: list[Measured], lengths: list[int]) -> None:
     import numpy as np
 
@@ -325,6 +356,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run (32 records)")
     parser.add_argument("--skip_trl", action="store_true", help="leave out TRL's SFTTrainer")
     parser.add_argument("--skip_memory", action="store_true", help="leave out the 2-rank runs")
+    parser.add_argument(
+        "--plan_records",
+        type=int,
+        default=4096,
+        help="records of the padding-share plan at a realistic dataset size (0: skip)",
+    )
     parser.add_argument("--work", default=None, help="working folder (default: a temporary one)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -367,6 +404,16 @@ def main(argv: list[str] | None = None) -> int:
         print_table(results, dataset["length"])
         if not args.skip_trl and not trl_installed:
             print("TRL's SFTTrainer: not measured (pip install 'aligner[bench]' or trl)")
+        if args.plan_records:
+            records = synthetic_records(args.plan_records, seed=SEED + 1)
+            (work / "plan.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+            _, planned = _tokenized(work, args.max_length, "plan.jsonl")
+            shares = plan_padding(planned["length"])
+            print(
+                f"\npadding share of one epoch over {len(planned)} records, 2 ranks x 8 "
+                "micro-batches of 4 (the trainer's layout, no training): "
+                + ", ".join(f"{name} {share:.1%}" for name, share in shares.items())
+            )
         if not args.skip_memory:
             print("\npeak resident memory per rank, 2 CPU ranks, 3 steps of the trainer:")
             for stage in (0, 3):
