@@ -109,8 +109,9 @@ if [[ "${DEMO}" == 1 ]]; then
 	# A random tiny model needs a large learning rate; ZeRO-2 is the fastest sharded stage here.
 	# 6 epochs of 32 steps of 16 records (8 per rank on 2) learn the lookups and the copying.
 	ZERO_STAGE="${ZERO_STAGE:-2}"
+	# The demo always starts over (--overwrite): its folder holds only what the demo wrote.
 	DEMO_ARGS=(
-		--eval_datasets "${DEMO_EVAL}" --epochs 6 --lr 3e-3 --lr_warmup_ratio 0.05
+		--overwrite --eval_datasets "${DEMO_EVAL}" --epochs 6 --lr 3e-3 --lr_warmup_ratio 0.05
 		--per_device_train_batch_size 8 --gradient_accumulation_steps 1 --max_length 128
 		--gradient_checkpointing False --per_device_eval_batch_size 32
 	)
