@@ -10,17 +10,20 @@ from aligner.constants import IGNORE_INDEX
 from aligner.training.loss import CorrectionLM, target_positions
 
 
-@pytest.fixture(scope="module")
-def lm() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
+def tiny_config() -> LlamaConfig:
+    return LlamaConfig(
         vocab_size=300,
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
         num_attention_heads=4,
     )
-    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def lm() -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    return LlamaForCausalLM(tiny_config()).eval()
 
 
 def _batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -87,13 +90,7 @@ def test_no_labels_returns_the_logits(lm: LlamaForCausalLM) -> None:
 
 def test_activation_checkpointing_keeps_the_gradients() -> None:
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=300,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-    )
+    config = tiny_config()
     plain, checkpointed = LlamaForCausalLM(config), LlamaForCausalLM(config)
     checkpointed.load_state_dict(plain.state_dict())
     wrapped = CorrectionLM(checkpointed)
