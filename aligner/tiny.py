@@ -1,8 +1,9 @@
-"""Tiny offline assets: a real Llama-family tokenizer and a small random model from a config.
+"""Tiny offline assets: real tokenizers of two families and a small random model from a config.
 
-Nothing here downloads anything. The tokenizer is the SentencePiece model that the PyPI package
-``mistral-common`` ships (the 32k-token Llama/Mistral v1 vocabulary); the model is a randomly
-initialised Llama of a few million parameters. The demo and the tests build on these.
+Nothing here downloads anything. Both tokenizers ship in the PyPI package ``mistral-common``: the
+SentencePiece model of the 32k-token Llama/Mistral v1 vocabulary, and Tekken, a 131k-token
+tiktoken-style byte-level BPE of the kind Llama 3, Qwen and Mistral NeMo use. The model is a
+randomly initialised Llama of a few million parameters. The demo and the tests build on these.
 """
 
 from __future__ import annotations
@@ -23,13 +24,35 @@ TOKENIZER_CONFIG = {
 }
 
 
-def sentencepiece_model_path() -> Path:
+TEKKEN_TOKENIZER_CONFIG = {
+    # transformers reads tekken.json itself; the special tokens it holds must be named here.
+    "bos_token": "<s>",
+    "eos_token": "</s>",
+    "unk_token": "<unk>",
+    "model_max_length": 131072,
+}
+
+MISTRAL_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ raise_exception('this template has no system role') }}"
+    "{% elif message['role'] == 'user' %}{{ '[INST]' + message['content'] + '[/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token }}"
+    "{% endif %}{% endfor %}"
+)
+"""A Mistral-style chat template: ``[INST]``/``[/INST]`` around user turns, EOS after replies."""
+
+
+def _mistral_common_file(name: str) -> Path:
     import mistral_common
 
-    path = Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1"
+    path = Path(mistral_common.__file__).parent / "data" / name
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: mistral-common no longer ships tokenizer.model.v1")
+        raise FileNotFoundError(f"{path}: mistral-common no longer ships {name}")
     return path
+
+
+def sentencepiece_model_path() -> Path:
+    return _mistral_common_file("tokenizer.model.v1")
 
 
 def write_llama_tokenizer(directory: str | Path) -> Path:
@@ -43,6 +66,27 @@ def write_llama_tokenizer(directory: str | Path) -> Path:
         (directory / "tokenizer_config.json").write_text(json.dumps(TOKENIZER_CONFIG, indent=2))
         # Converting the SentencePiece model takes seconds; save the fast tokenizer once.
         AutoTokenizer.from_pretrained(directory).save_pretrained(directory)
+    return directory
+
+
+def write_tekken_tokenizer(
+    directory: str | Path, *, chat_template: str | None = MISTRAL_CHAT_TEMPLATE
+) -> Path:
+    """Write a loadable Tekken tokenizer folder (131k byte-level BPE), with a chat template."""
+    from transformers import AutoTokenizer
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if not (directory / "tokenizer.json").is_file():
+        shutil.copyfile(_mistral_common_file("tekken_240911.json"), directory / "tekken.json")
+        config = dict(TEKKEN_TOKENIZER_CONFIG)
+        if chat_template is not None:
+            config["chat_template"] = chat_template
+        (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+        # Converting tekken.json takes seconds; save the fast tokenizer once, then drop the
+        # source so that later loads read tokenizer.json.
+        AutoTokenizer.from_pretrained(directory).save_pretrained(directory)
+        (directory / "tekken.json").unlink()
     return directory
 
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: real tokenizers (Llama SentencePiece, byte-level BPE) and a tiny model."""
+"""Shared fixtures: real tokenizers (Llama SentencePiece, Tekken BPE, a trained byte-level BPE)
+and a tiny model."""
 
 from __future__ import annotations
 
@@ -44,6 +45,21 @@ def llama_tokenizer(llama_tokenizer_dir: Path):
 
 
 @pytest.fixture(scope="session")
+def tekken_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The 131k Tekken byte-level BPE (no BOS added by default), with a Mistral chat template."""
+    from aligner.tiny import write_tekken_tokenizer
+
+    return write_tekken_tokenizer(tmp_path_factory.mktemp("tekken-tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def tekken_tokenizer(tekken_tokenizer_dir: Path):
+    from aligner.tokenizer import load_tokenizer
+
+    return load_tokenizer(str(tekken_tokenizer_dir))
+
+
+@pytest.fixture(scope="session")
 def bpe_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A byte-level BPE tokenizer trained here: no BOS, no pad token, EOS only."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -71,7 +87,7 @@ def bpe_tokenizer(bpe_tokenizer_dir: Path):
     return load_tokenizer(str(bpe_tokenizer_dir))
 
 
-@pytest.fixture(scope="session", params=["llama", "bpe"])
+@pytest.fixture(scope="session", params=["llama", "tekken", "bpe"])
 def any_tokenizer(request: pytest.FixtureRequest):
     return request.getfixturevalue(f"{request.param}_tokenizer")
 
