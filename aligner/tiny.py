@@ -33,13 +33,16 @@ TEKKEN_TOKENIZER_CONFIG = {
 }
 
 MISTRAL_CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}"
-    "{% if message['role'] == 'system' %}{{ raise_exception('this template has no system role') }}"
-    "{% elif message['role'] == 'user' %}{{ '[INST]' + message['content'] + '[/INST]' }}"
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}"
+    "{% set system = messages[0]['content'] + '\\n\\n' %}{% set messages = messages[1:] %}"
+    "{% else %}{% set system = '' %}{% endif %}{% for message in messages %}"
+    "{% if message['role'] == 'user' %}"
+    "{{ '[INST]' + (system if loop.first else '') + message['content'] + '[/INST]' }}"
     "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token }}"
     "{% endif %}{% endfor %}"
 )
-"""A Mistral-style chat template: ``[INST]``/``[/INST]`` around user turns, EOS after replies."""
+"""A Mistral-style chat template: ``[INST]``/``[/INST]`` around user turns (a system message
+opens the first one), EOS after replies."""
 
 
 def _mistral_common_file(name: str) -> Path:

@@ -59,6 +59,29 @@ def tekken_tokenizer(tekken_tokenizer_dir: Path):
     return load_tokenizer(str(tekken_tokenizer_dir))
 
 
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+"""A Qwen-style ChatML template: its end of turn is ``<|im_end|>`` and a newline."""
+
+
+@pytest.fixture(scope="session")
+def chatml_tokenizer_dir(
+    llama_tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The Llama SentencePiece tokenizer with ChatML's two control tokens added and its template."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(llama_tokenizer_dir)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.chat_template = CHATML_TEMPLATE
+    directory = tmp_path_factory.mktemp("chatml-tokenizer")
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
 @pytest.fixture(scope="session")
 def bpe_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A byte-level BPE tokenizer trained here: no BOS, no pad token, EOS only."""

@@ -11,7 +11,7 @@ from transformers import PreTrainedTokenizerBase
 
 from aligner.datasets.base import DataError
 from aligner.datasets.pipeline import DataStats, build_dataset
-from aligner.prompts import DEFAULT_TEMPLATE, PromptTemplate
+from aligner.prompts import DEFAULT_TEMPLATE, Template
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -50,7 +50,13 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     group.add_argument(
         "--prompt_template",
         default=DEFAULT_TEMPLATE,
-        help="a template name (correction, aligner-v1) or a .json/.yaml template file",
+        help="a template name (correction, aligner-v1, or chat: the tokenizer's own chat "
+        "template) or a .json/.yaml template file",
+    )
+    group.add_argument(
+        "--system_prompt",
+        default=None,
+        help="with --prompt_template chat: the aligner's system message (default: none)",
     )
     group.add_argument(
         "--max_length", type=int, default=2048, help="maximum tokens per sample (prompt + target)"
@@ -100,7 +106,7 @@ def _pipeline_options(args: argparse.Namespace) -> dict[str, object]:
 
 
 def build_datasets_from_args(
-    args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase, template: PromptTemplate
+    args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase, template: Template
 ) -> tuple[datasets.Dataset, datasets.Dataset | None, DataReport]:
     """The training set, the evaluation set (or None), and what happened to the records."""
     if args.max_length < 2:
@@ -127,7 +133,7 @@ def build_datasets_from_args(
 
 
 def build_warmup_from_args(
-    args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase, template: PromptTemplate
+    args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase, template: Template
 ) -> datasets.Dataset | None:
     """The identity warm-up set: a seeded ``--identity_warmup_ratio`` share of the training
     records, each with its answer as the target; None when the ratio is 0."""

@@ -12,18 +12,28 @@ from typing import TYPE_CHECKING, ClassVar, TypedDict
 if TYPE_CHECKING:
     import datasets
 
-SAMPLE_FIELDS = ("question", "answer", "correction", "input")
+SAMPLE_FIELDS = ("question", "messages", "answer", "correction", "input")
 
 
 class DataError(ValueError):
     """Bad input a user can fix: the message is one line naming the file, record and field."""
 
 
+class Turn(TypedDict):
+    role: str
+    """``system``, ``user`` or ``assistant``."""
+    content: str
+
+
 class RawSample(TypedDict, total=False):
-    """One correction record: ``question`` + ``answer`` (or a formatted ``input``) + target."""
+    """One correction record: ``question`` (or ``messages``) + ``answer`` (or a formatted
+    ``input``) + target."""
 
     question: str
     """The user's question."""
+    messages: list[Turn]
+    """A conversation instead of ``question``: the turns up to and including the user turn that
+    ``answer`` replies to."""
     answer: str
     """The upstream model's answer, to be corrected."""
     correction: str
@@ -94,7 +104,7 @@ class RawDataset:
 
         from aligner.datasets.validation import check_sample
 
-        rows: dict[str, list[str | None]] = {f: [] for f in SAMPLE_FIELDS}
+        rows: dict[str, list[object]] = {f: [] for f in SAMPLE_FIELDS}
         skipped: list[str] = []
         for index in range(len(self)):
             sample = self[index]
@@ -107,7 +117,10 @@ class RawDataset:
             for field in SAMPLE_FIELDS:
                 rows[field].append(sample.get(field))
         used = {f: v for f, v in rows.items() if any(x is not None for x in v)}
-        features = datasets.Features({f: datasets.Value("string") for f in used})
+        turn = {"role": datasets.Value("string"), "content": datasets.Value("string")}
+        features = datasets.Features(
+            {f: [turn] if f == "messages" else datasets.Value("string") for f in used}
+        )
         return datasets.Dataset.from_dict(used, features=features), skipped
 
 

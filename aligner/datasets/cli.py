@@ -16,7 +16,7 @@ import numpy as np
 
 from aligner.datasets.arguments import DataReport, add_data_arguments, build_datasets_from_args
 from aligner.datasets.base import DataError
-from aligner.prompts import TemplateError, get_template
+from aligner.prompts import TemplateError, get_template, resolve_template
 from aligner.tokenizer import load_tokenizer
 
 
@@ -65,6 +65,12 @@ def format_report(report: DataReport, train, batch_size: int, seed: int) -> str:
         )
         if s.first_invalid:
             lines.append(f"    first invalid: {s.first_invalid}")
+        if s.truncated:
+            lines.append(
+                f"    truncated: {s.turns_dropped} lost their oldest turns, "
+                f"{s.answer_shortened} a shortened answer, "
+                f"{s.question_shortened} a shortened question"
+            )
         if s.selected != kept:
             lines.append(f"    proportion: {kept} kept -> {s.selected} selected")
         if s.split_boundary:
@@ -108,9 +114,13 @@ def dump_samples(train, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        template = get_template(args.prompt_template)
         tokenizer = load_tokenizer(
             args.model_name_or_path, trust_remote_code=args.trust_remote_code
+        )
+        template = resolve_template(
+            get_template(args.prompt_template, args.system_prompt),
+            tokenizer,
+            args.model_name_or_path,
         )
         train, _, report = build_datasets_from_args(args, tokenizer, template)
     except (DataError, TemplateError) as error:
@@ -122,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    print(f"prompt template: {template.name}")
+    print(f"prompt template: {template.name} ({template.kind})")
     print(format_report(report, train, args.per_device_train_batch_size, args.seed))
     if args.dump:
         dump_samples(train, args.dump)

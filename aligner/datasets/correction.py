@@ -7,9 +7,9 @@ from pathlib import Path
 
 import datasets
 
-from aligner.datasets.base import DataError, RawDataset, RawSample
+from aligner.datasets.base import SAMPLE_FIELDS, DataError, RawDataset, RawSample
 from aligner.datasets.loading import read_records, validate_records
-from aligner.datasets.validation import CORRECTION_FIELDS
+from aligner.datasets.validation import CORRECTION_FIELDS, record_columns
 
 
 class _ArrowCorrectionDataset(RawDataset):
@@ -24,7 +24,8 @@ class _ArrowCorrectionDataset(RawDataset):
         self, *, lenient: bool = False, cache_dir: str | None = None
     ) -> tuple[datasets.Dataset, list[str]]:
         dataset, skipped = self._load(lenient=lenient, cache_dir=cache_dir)
-        return dataset.select_columns(list(CORRECTION_FIELDS)), skipped
+        columns = record_columns(dataset.column_names, CORRECTION_FIELDS)
+        return dataset.select_columns(columns), skipped
 
     def _records(self) -> datasets.Dataset:
         if self._loaded is None:
@@ -36,9 +37,7 @@ class _ArrowCorrectionDataset(RawDataset):
 
     def __getitem__(self, index: int) -> RawSample:
         row = self._records()[index]
-        return RawSample(
-            question=row["question"], answer=row["answer"], correction=row["correction"]
-        )
+        return RawSample(**{k: v for k, v in row.items() if k in SAMPLE_FIELDS and v is not None})
 
 
 class CorrectionFileDataset(_ArrowCorrectionDataset):

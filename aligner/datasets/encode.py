@@ -1,143 +1,362 @@
-"""Tokenize and mask: prompt + correction + EOS, with labels on the correction and EOS only.
+"""Tokenize and mask: prompt + correction + end of turn, with labels on the target only.
 
-The common case is one batched pass of the fast tokenizer over ``prompt + correction``; the
-prompt/target boundary is found from character offsets, so the prompt is tokenized exactly as
-it would be alone at inference. Where a token crosses the boundary (a tokenizer merging the
-prompt's last characters with the correction's first), the two parts are tokenized separately
-and concatenated, so the masked tokens are always exactly the prompt. Too-long samples shorten
-the upstream answer inside the prompt (then the question), never the correction.
+A record becomes a ``Request`` (a conversation ending with a user turn and the upstream answer to
+it, or an already formatted user input), which a template renders into pieces (see
+``aligner.prompts`` and ``aligner.chat``). The common case is one batched pass of the tokenizer
+over ``prompt + correction + suffix``; the boundaries are found from character offsets, so the
+prompt is tokenized exactly as it is alone at inference. Where a token crosses a boundary (a
+tokenizer merging the prompt's last characters with the correction's first), the parts are
+tokenized separately and concatenated, so the masked tokens are always exactly the prompt.
+
+The target is the correction and what follows it: EOS for a string template; for a chat
+template, what the template writes after a reply (its end-of-turn), plus EOS only if that holds
+no control token. Record text is tokenized as plain text (``aligner.tokenizer.PieceEncoder``).
+
+Too-long samples drop the conversation's oldest exchanges first, then shorten the upstream
+answer, then the question (or the input); the correction is never cut. A sample whose correction
+alone does not fit is dropped.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
+from aligner.chat import ChatRenderer
 from aligner.constants import IGNORE_INDEX
-from aligner.prompts import PromptTemplate
+from aligner.datasets.base import DataError
+from aligner.prompts import (
+    ChatTemplate,
+    Piece,
+    PromptTemplate,
+    Template,
+    Turn,
+    resolve_template,
+    serialize_conversation,
+)
+from aligner.tokenizer import PieceEncoder, special_prefix
 
 KEPT, TRUNCATED, DROPPED = 0, 1, 2
 """Values of the ``status`` column: as is, prompt shortened, correction alone too long."""
+TURNS_DROPPED, ANSWER_SHORTENED, QUESTION_SHORTENED = 1, 2, 4
+"""Bits of the ``shortened`` column: what truncation took from the prompt."""
 
-TOKENIZED_COLUMNS = ("input_ids", "labels", "length", "prompt_length", "status", "split_boundary")
+TOKENIZED_COLUMNS = (
+    "input_ids",
+    "labels",
+    "length",
+    "prompt_length",
+    "status",
+    "shortened",
+    "split_boundary",
+)
 
 
-def special_prefix(tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """The ids the tokenizer puts before a text (BOS, if any); EOS is appended separately."""
-    plain = tokenizer("x", add_special_tokens=False)["input_ids"]
-    full = tokenizer("x", add_special_tokens=True)["input_ids"]
-    for start in range(len(full) - len(plain) + 1):
-        if full[start : start + len(plain)] == plain:
-            return list(full[:start])
-    return []
+@dataclass(frozen=True)
+class Request:
+    """What the aligner is asked to correct.
+
+    ``turns`` is the conversation up to and including the user turn that ``answer`` replies to
+    (a single-turn record is one user turn); ``user_input`` is an already formatted user turn (the
+    original toolkit's form), used instead of both.
+    """
+
+    turns: tuple[Turn, ...] = ()
+    answer: str | None = None
+    user_input: str | None = None
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Request:
+        """From a record's ``question`` or ``messages``, ``answer``, or ``input``."""
+        if record.get("messages") is not None:
+            turns = tuple(
+                {"role": turn["role"], "content": turn["content"]} for turn in record["messages"]
+            )
+        elif record.get("question") is not None:
+            turns = ({"role": "user", "content": record["question"]},)
+        else:
+            return cls(user_input=record["input"])
+        return cls(turns=turns, answer=record.get("answer"))
+
+    def capped(self, limit: int) -> Request:
+        """Every text cut to ``limit`` characters: more than that never fits anyway."""
+        if self.user_input is not None:
+            return replace(self, user_input=self.user_input[:limit])
+        turns = tuple({**turn, "content": turn["content"][:limit]} for turn in self.turns)
+        answer = None if self.answer is None else self.answer[:limit]
+        return replace(self, turns=turns, answer=answer)
+
+    def without_oldest_exchange(self) -> Request | None:
+        """The request without its oldest user turn and the replies to it (system messages and
+        the last user turn stay), or None when there is nothing left to drop."""
+        users = [i for i, turn in enumerate(self.turns) if turn["role"] == "user"]
+        if len(users) < 2:
+            return None
+        first, second = users[0], users[1]
+        kept = [turn for i, turn in enumerate(self.turns) if not first <= i < second]
+        return replace(self, turns=tuple(kept))
+
+    @property
+    def shrinkable(self) -> tuple[tuple[str, int], ...]:
+        """The texts truncation may shorten, in order, with the bit that records it."""
+        if self.user_input is not None:
+            return (("user_input", QUESTION_SHORTENED),)
+        return (("answer", ANSWER_SHORTENED), ("question", QUESTION_SHORTENED))
+
+    def text(self, field: str) -> str:
+        if field == "question":
+            return self.turns[-1]["content"]
+        return getattr(self, field) or ""
+
+    def with_text(self, field: str, value: str) -> Request:
+        if field == "question":
+            return replace(self, turns=(*self.turns[:-1], {**self.turns[-1], "content": value}))
+        return replace(self, **{field: value})
+
+    def minimal(self) -> Request:
+        """The shortest prompt truncation can reach: no history and empty texts."""
+        request = self
+        while (shorter := request.without_oldest_exchange()) is not None:
+            request = shorter
+        for field, _ in self.shrinkable:
+            request = request.with_text(field, "")
+        return request
+
+
+@dataclass(frozen=True)
+class Rendered:
+    prompt: list[Piece]
+    target: str
+    """The correction as the template writes it."""
+    suffix: list[Piece]
+    """The template's text after the correction."""
+
+
+class StringRenderer:
+    """Requests through a string template; the conversation fills the question slot."""
+
+    add_prefix = True
+    """String templates hold no BOS: the tokenizer's special prefix goes before them."""
+
+    def __init__(self, template: PromptTemplate) -> None:
+        self.template = template
+        self.template_text = "".join(
+            (template.begin, template.user, template.assistant, template.instruction)
+        )
+
+    def render(self, request: Request, correction: str | None) -> Rendered:
+        if request.user_input is not None:
+            prompt = self.template.input_pieces([(request.user_input, True)])
+        else:
+            question = serialize_conversation(list(request.turns))
+            prompt = self.template.pieces(question, request.answer or "")
+        return Rendered([piece for piece in prompt if piece[0]], correction or "", [])
+
+
+class ChatRequestRenderer:
+    """Requests through the tokenizer's chat template; every turn is a turn of the template."""
+
+    add_prefix = False
+    """Chat templates write their own BOS."""
+
+    def __init__(self, template: ChatTemplate, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.chat = ChatRenderer(template, tokenizer)
+        self.template_text = template.chat_template or ""
+
+    def render(self, request: Request, correction: str | None) -> Rendered:
+        messages = self.chat.messages(list(request.turns), request.answer, request.user_input)
+        rendering = self.chat.render(messages, correction)
+        suffix = [(rendering.suffix, False)] if rendering.suffix else []
+        return Rendered(rendering.prompt, rendering.correction, suffix)
+
+
+def _longest_token_chars(tokenizer: PreTrainedTokenizerBase) -> int:
+    """An upper bound on the characters one token covers."""
+    return max((len(token) for token in tokenizer.get_vocab()), default=1)
 
 
 class SampleEncoder:
-    """Turns columns of records into ``input_ids`` / ``labels``; a ``datasets.map`` function."""
+    """Turns columns of records into ``input_ids`` / ``labels``; a ``datasets.map`` function.
+
+    The same object gives inference its prompt ids (``prompt_ids``) and stop tokens, so that
+    training and inference tokenize alike.
+    """
 
     def __init__(
-        self, tokenizer: PreTrainedTokenizerBase, template: PromptTemplate, max_length: int
+        self, tokenizer: PreTrainedTokenizerBase, template: Template, max_length: int
     ) -> None:
-        self.backend = tokenizer.backend_tokenizer
-        self.template = template
-        self.max_length = max_length
-        self.prefix = special_prefix(tokenizer)
-        self.eos = tokenizer.eos_token_id
-        self.min_prompt = {
-            False: self._prompt_length(template.render("", "")),
-            True: self._prompt_length(template.render_input("")),
-        }
-
-    def _prompt_length(self, prompt: str) -> int:
-        return len(self.prefix) + len(self.backend.encode(prompt, add_special_tokens=False).ids)
-
-    def render(self, fields: dict[str, str]) -> str:
-        if "question" in fields:
-            return self.template.render(fields["question"], fields["answer"])
-        return self.template.render_input(fields["input"])
-
-    def _encode_parts(self, prompt: str, correction: str) -> tuple[list[int], int]:
-        prompt_ids = self.backend.encode(prompt, add_special_tokens=False).ids
-        target_ids = self.backend.encode(correction, add_special_tokens=False).ids
-        return prompt_ids + target_ids, len(prompt_ids)
-
-    def _encode(
-        self, prompt: str, correction: str, encoding: Any = None
-    ) -> tuple[list[int], int, bool]:
-        """Token ids of prompt + correction + EOS, the prompt's token count, and whether the
-        boundary needed the two-part fallback."""
-        if encoding is None:
-            encoding = self.backend.encode(prompt + correction, add_special_tokens=False)
-        boundary = len(prompt)
-        token = encoding.char_to_token(boundary)
-        split = False
-        # token_to_chars, not .offsets: building every token's offsets costs more than the
-        # two lookups the boundary needs.
-        if (
-            token is None
-            or encoding.token_to_chars(token)[0] != boundary
-            or (token > 0 and encoding.token_to_chars(token - 1)[1] > boundary)
-        ):
-            # The boundary character belongs to no token (e.g. dropped whitespace) or to one
-            # that starts inside the prompt: fall back to tokenizing the two parts.
-            ids, n_prompt = self._encode_parts(prompt, correction)
-            split = True
+        self.tokenizer = tokenizer
+        self.template = resolve_template(template, tokenizer)
+        if isinstance(self.template, ChatTemplate):
+            self.renderer: StringRenderer | ChatRequestRenderer = ChatRequestRenderer(
+                self.template, tokenizer
+            )
         else:
-            ids, n_prompt = encoding.ids, token
-        ids = [*self.prefix, *ids, self.eos]
-        return ids, len(self.prefix) + n_prompt, split
+            self.renderer = StringRenderer(self.template)
+        self.pieces = PieceEncoder(tokenizer, self.renderer.template_text)
+        self.max_length = max_length
+        self.prefix = special_prefix(tokenizer) if self.renderer.add_prefix else []
+        self.eos = tokenizer.eos_token_id
+        # Text beyond this many characters cannot fit in max_length tokens: cutting it before
+        # tokenizing keeps time and memory proportional to max_length, not to the record. The
+        # factor 2 keeps the cut far from any token that truncation could keep.
+        self.max_chars = 2 * max_length * _longest_token_chars(tokenizer) + 64
 
-    def _truncate(
-        self, fields: dict[str, str], correction: str
-    ) -> tuple[list[int], int, bool] | None:
-        """Shorten the answer, then the question (or the input), until the sample fits."""
-        shrinkable = ("answer", "question") if "question" in fields else ("input",)
-        fields = dict(fields)
-        for name in shrinkable:
-            while True:
-                ids, n_prompt, split = self._encode(self.render(fields), correction)
-                excess = len(ids) - self.max_length
-                if excess <= 0:
-                    return ids, n_prompt, split
-                if not fields[name]:
-                    break
-                pieces = self.backend.encode(fields[name], add_special_tokens=False)
-                keep = len(pieces.ids) - excess
-                fields[name] = fields[name][: pieces.offsets[keep][0]] if keep > 0 else ""
-        return None
+    # ---- pieces to ids --------------------------------------------------------------------------
 
-    def __call__(self, batch: dict[str, Sequence[str | None]]) -> dict[str, list[Any]]:
-        names = [n for n in ("question", "answer", "input") if n in batch]
-        rows = [
-            {n: batch[n][i] for n in names if batch[n][i] is not None}
-            for i in range(len(batch["correction"]))
-        ]
-        prompts = [self.render(fields) for fields in rows]
-        corrections = list(batch["correction"])
-        encodings = self.backend.encode_batch(
-            [p + c for p, c in zip(prompts, corrections, strict=True)], add_special_tokens=False
+    def _ends_eos(self, rendered: Rendered) -> bool:
+        """Whether EOS follows the suffix: when the template ends a reply with no control token
+        (always so for a string template, whose suffix is empty)."""
+        return not any(self.pieces.template_text(text) != text for text, _ in rendered.suffix)
+
+    def prompt_ids(self, request: Request) -> list[int]:
+        """The ids inference feeds the model for ``request``: what training masks as the prompt."""
+        rendered = self.renderer.render(request, None)
+        encoding = self.pieces.encode(self.pieces.join(rendered.prompt))
+        return [*self.prefix, *self.pieces.ids(encoding)]
+
+    def stop_token_ids(self) -> list[int]:
+        """The ids that end a generated correction: EOS, and the template's end-of-turn token."""
+        rendered = self.renderer.render(
+            Request(turns=({"role": "user", "content": "x"},), answer="y"), "z"
         )
+        stops = [self.eos]
+        for text, _ in rendered.suffix:
+            ids = self.pieces.ids(self.pieces.encode(self.pieces.template_text(text)))
+            controls = [token for token in ids if token in self.pieces.control_ids]
+            if controls and controls[0] not in stops:
+                stops.insert(0, controls[0])
+        return stops
+
+    @staticmethod
+    def _clean(encoding: Any, boundary: int, length: int) -> bool:
+        """Whether no token crosses character ``boundary``."""
+        if boundary >= length:
+            return True
+        token = encoding.char_to_token(boundary)
+        # token_to_chars, not .offsets: building every token's offsets costs more than the
+        # two lookups a boundary needs.
+        return (
+            token is not None
+            and encoding.token_to_chars(token)[0] == boundary
+            and (token == 0 or encoding.token_to_chars(token - 1)[1] <= boundary)
+        )
+
+    def encode_rendered(
+        self, rendered: Rendered, encoding: Any = None
+    ) -> tuple[list[int], int, bool]:
+        """Token ids of the whole sample, the prompt's token count, and whether the boundaries
+        needed the part-by-part fallback."""
+        prompt = self.pieces.join(rendered.prompt)
+        suffix = self.pieces.join(rendered.suffix)
+        full = prompt + rendered.target + suffix
+        if encoding is None:
+            encoding = self.pieces.encode(full)
+        boundaries = (len(prompt), len(prompt) + len(rendered.target))
+        split = not all(self._clean(encoding, b, len(full)) for b in boundaries)
+        if split:
+            # A token starts inside the prompt and ends in the correction (or the correction's
+            # in the suffix): tokenize the parts alone, so that the prompt is what inference sees.
+            parts = [
+                self.pieces.ids(self.pieces.encode(text))
+                for text in (prompt, rendered.target, suffix)
+                if text
+            ]
+            n_prompt = len(parts[0]) if prompt else 0
+            ids = [token for part in parts for token in part]
+        else:
+            ids = self.pieces.ids(encoding)
+            n_prompt = (
+                len(ids) if boundaries[0] >= len(full) else encoding.char_to_token(boundaries[0])
+            )
+        eos = [self.eos] if self._ends_eos(rendered) else []
+        return [*self.prefix, *ids, *eos], len(self.prefix) + n_prompt, split
+
+    # ---- truncation -----------------------------------------------------------------------------
+
+    def _fit(self, request: Request, correction: str) -> tuple[list[int], int, bool, int] | None:
+        """Shorten the request until the sample fits: oldest exchanges, then the answer, then the
+        question (or input). None when even the shortest prompt leaves no room."""
+        minimal = self.encode_rendered(self.renderer.render(request.minimal(), correction))
+        if len(minimal[0]) > self.max_length:
+            return None
+        shortened = 0
+        while True:
+            ids, n_prompt, split = self.encode_rendered(self.renderer.render(request, correction))
+            excess = len(ids) - self.max_length
+            if excess <= 0:
+                return ids, n_prompt, split, shortened
+            shorter = request.without_oldest_exchange()
+            if shorter is not None:
+                request, shortened = shorter, shortened | TURNS_DROPPED
+                continue
+            for field, bit in request.shrinkable:
+                text = request.text(field)
+                if not text:
+                    continue
+                tokens = self.pieces.encode(text)
+                keep = len(tokens.ids) - excess
+                cut = text[: tokens.offsets[keep][0]] if keep > 0 else ""
+                request, shortened = request.with_text(field, cut), shortened | bit
+                break
+            else:
+                return None
+
+    # ---- datasets.map ---------------------------------------------------------------------------
+
+    def _requests(self, batch: Mapping[str, Sequence[Any]]) -> list[Request]:
+        names = [n for n in ("question", "messages", "answer", "input") if n in batch]
+        requests = []
+        for i in range(len(batch["correction"])):
+            record = {n: batch[n][i] for n in names if batch[n][i] is not None}
+            requests.append(Request.from_record(record).capped(self.max_chars))
+        return requests
+
+    def _check_text(self, request: Request, correction: str) -> None:
+        texts = [turn["content"] for turn in request.turns]
+        texts += [request.answer or "", request.user_input or "", correction]
+        for text in texts:
+            character = self.pieces.reserved_character(text)
+            if character is not None:
+                raise DataError(
+                    f"a record's text holds the private-use character {character}, which "
+                    "aligner reserves for the template's control tokens"
+                )
+
+    def __call__(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
+        requests = self._requests(batch)
+        corrections = list(batch["correction"])
+        rendered = []
+        for request, correction in zip(requests, corrections, strict=True):
+            self._check_text(request, correction)
+            fits = len(correction) <= self.max_chars
+            rendered.append(self.renderer.render(request, correction) if fits else None)
+        texts = [
+            self.pieces.join(r.prompt) + r.target + self.pieces.join(r.suffix)
+            for r in rendered
+            if r is not None
+        ]
+        encodings = iter(self.pieces.encode_batch(texts))
         out: dict[str, list[Any]] = {column: [] for column in TOKENIZED_COLUMNS}
-        for fields, prompt, correction, encoding in zip(
-            rows, prompts, corrections, encodings, strict=True
-        ):
-            ids, n_prompt, split = self._encode(prompt, correction, encoding)
-            status = KEPT
-            if len(ids) > self.max_length:
-                target = len(ids) - n_prompt
-                fitted = None
-                if target + self.min_prompt["question" not in fields] <= self.max_length:
-                    fitted = self._truncate(fields, correction)
-                if fitted is None:
-                    ids, n_prompt, status = [], 0, DROPPED
-                else:
-                    (ids, n_prompt, split), status = fitted, TRUNCATED
+        for request, correction, sample in zip(requests, corrections, rendered, strict=True):
+            status, shortened, ids, n_prompt, split = DROPPED, 0, [], 0, False
+            if sample is not None:
+                ids, n_prompt, split = self.encode_rendered(sample, next(encodings))
+                status = KEPT
+                if len(ids) > self.max_length:
+                    fitted = self._fit(request, correction)
+                    if fitted is None:
+                        status, ids, n_prompt, split = DROPPED, [], 0, False
+                    else:
+                        (ids, n_prompt, split, shortened), status = fitted, TRUNCATED
             out["input_ids"].append(ids)
             out["labels"].append([IGNORE_INDEX] * n_prompt + ids[n_prompt:])
             out["length"].append(len(ids))
             out["prompt_length"].append(n_prompt)
             out["status"].append(status)
+            out["shortened"].append(shortened)
             out["split_boundary"].append(split)
         return out

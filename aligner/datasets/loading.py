@@ -20,7 +20,9 @@ import pyarrow.compute as pc
 from aligner.datasets.base import DataError
 from aligner.datasets.validation import (
     CORRECTION_FIELDS,
+    MESSAGES_FIELD,
     NON_EMPTY_FIELDS,
+    check_messages,
     check_record,
     scan_json,
     utf8_problem,
@@ -66,23 +68,44 @@ def _load_arrow(path: Path, fmt: str, cache_dir: str | None) -> datasets.Dataset
     )
 
 
+def _bad_strings(table: pa.Table, dataset: datasets.Dataset, field: str) -> np.ndarray:
+    """Rows whose ``field`` is null, not a string, or (where it must not be) empty."""
+    column = table.column(field)
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        # Mixed types in one column (JSON): check the values one by one.
+        return np.array([not isinstance(v, str) for v in dataset[field]], dtype=bool)
+    bad = pc.is_null(column).to_numpy(zero_copy_only=False)
+    if field in NON_EMPTY_FIELDS:
+        empty = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(column)), 0)
+        bad = bad | pc.fill_null(empty, True).to_numpy(zero_copy_only=False)
+    return bad
+
+
+def _bad_contexts(table: pa.Table, dataset: datasets.Dataset) -> np.ndarray:
+    """Rows without exactly one valid ``question`` or ``messages``."""
+    questions = dataset["question"] if "question" in table.column_names else [None] * len(dataset)
+    return np.array(
+        [
+            (messages is None and not isinstance(question, str))
+            or (messages is not None and (question is not None or check_messages(messages)))
+            for question, messages in zip(questions, dataset[MESSAGES_FIELD], strict=True)
+        ],
+        dtype=bool,
+    )
+
+
 def _bad_rows(dataset: datasets.Dataset, fields: Sequence[str]) -> np.ndarray:
     """A boolean mask of the rows with a missing, null, non-string or empty field."""
     table = dataset.data.table if dataset._indices is None else dataset.with_format("arrow")[:]
     bad = np.zeros(len(dataset), dtype=bool)
     for field in fields:
-        if field not in table.column_names:
+        if field == "question" and MESSAGES_FIELD in table.column_names:
+            bad |= _bad_contexts(table, dataset)
+        elif field not in table.column_names:
             bad[:] = True
             break
-        column = table.column(field)
-        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-            # Mixed types in one column (JSON): check the values one by one.
-            bad |= np.array([not isinstance(v, str) for v in dataset[field]], dtype=bool)
-            continue
-        bad |= pc.is_null(column).to_numpy(zero_copy_only=False)
-        if field in NON_EMPTY_FIELDS:
-            empty = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(column)), 0)
-            bad |= pc.fill_null(empty, True).to_numpy(zero_copy_only=False)
+        else:
+            bad |= _bad_strings(table, dataset, field)
     return bad
 
 

@@ -16,13 +16,25 @@ from filelock import FileLock
 from transformers import PreTrainedTokenizerBase
 
 from aligner.datasets.base import DataError, RawDataset, get_dataset_class, load_dataset_modules
-from aligner.datasets.encode import DROPPED, TRUNCATED, SampleEncoder
+from aligner.datasets.encode import (
+    ANSWER_SHORTENED,
+    DROPPED,
+    QUESTION_SHORTENED,
+    TRUNCATED,
+    TURNS_DROPPED,
+    SampleEncoder,
+)
 from aligner.datasets.spec import DatasetSpec, parse_dataset_spec, sample_indices
-from aligner.prompts import PromptTemplate
+from aligner.datasets.validation import record_columns
+from aligner.prompts import Template
 from aligner.tokenizer import tokenizer_fingerprint
 
-PIPELINE_VERSION = "1"
+PIPELINE_VERSION = "2"
 """Part of every cache key: bump it when the encoding of a sample changes."""
+
+
+PROGRESS_MIN_RECORDS = 10_000
+"""Tokenizing this many records shows a progress bar."""
 
 
 def default_cache_dir() -> Path:
@@ -41,6 +53,12 @@ class SourceStats:
     """Records skipped as invalid (lenient mode)."""
     truncated: int = 0
     """Samples whose prompt was shortened to fit ``max_length``."""
+    turns_dropped: int = 0
+    """Of those, samples that lost their conversation's oldest exchanges."""
+    answer_shortened: int = 0
+    """Of those, samples whose upstream answer was shortened."""
+    question_shortened: int = 0
+    """Of those, samples whose question (the last user turn, or the input) was shortened."""
     dropped_too_long: int = 0
     """Samples dropped because the correction + EOS alone does not fit."""
     split_boundary: int = 0
@@ -74,7 +92,8 @@ def _content_key(dataset: datasets.Dataset) -> str:
 
 def identity_records(raw: datasets.Dataset, source: str) -> datasets.Dataset:
     """The records with their answer as the target: (question, answer, answer)."""
-    table = raw.select_columns(["question", "answer"]).with_format("arrow")[:]
+    columns = record_columns(raw.column_names, ("question", "answer"))
+    table = raw.select_columns(columns).with_format("arrow")[:]
     answers = table.column("answer")
     usable = pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(answers)), 0), False)
     table = table.filter(usable)
@@ -116,6 +135,9 @@ def tokenize_source(
     # The first process to take the lock tokenizes; the others then read its cache file.
     with FileLock(str(cache_dir / f"tokenized-{key}.lock")):
         from_cache = meta_file.is_file()
+        progress = not from_cache and len(raw) >= PROGRESS_MIN_RECORDS
+        if progress:
+            datasets.enable_progress_bars()
         tokenized = raw.map(
             encoder,
             batched=True,
@@ -127,6 +149,8 @@ def tokenize_source(
             new_fingerprint=key,
             desc="tokenizing",
         )
+        if progress:
+            datasets.disable_progress_bars()
         if not from_cache:
             # Written last: the cache counts only once the Arrow file is complete. It also
             # records which template and tokenizer the processed data was made with.
@@ -137,7 +161,7 @@ def tokenize_source(
 def build_dataset(
     specs: Sequence[str],
     tokenizer: PreTrainedTokenizerBase,
-    template: PromptTemplate,
+    template: Template,
     *,
     max_length: int,
     seed: int = 42,
@@ -176,6 +200,7 @@ def build_dataset(
             raw, source_key, encoder, tokenizer_id, cache_dir, num_proc
         )
         status = np.asarray(tokenized.data.column("status"))
+        shortened = np.asarray(tokenized.data.column("shortened"))
         kept = tokenized.select(np.flatnonzero(status != DROPPED))
         if len(kept) == 0:
             raise DataError(
@@ -189,6 +214,9 @@ def build_dataset(
                 read=len(raw) + len(skipped),
                 invalid=len(skipped),
                 truncated=int((status == TRUNCATED).sum()),
+                turns_dropped=int((shortened & TURNS_DROPPED > 0).sum()),
+                answer_shortened=int((shortened & ANSWER_SHORTENED > 0).sum()),
+                question_shortened=int((shortened & QUESTION_SHORTENED > 0).sum()),
                 dropped_too_long=int((status == DROPPED).sum()),
                 split_boundary=int(np.asarray(tokenized.data.column("split_boundary")).sum()),
                 selected=len(chosen),
@@ -196,6 +224,6 @@ def build_dataset(
                 first_invalid=skipped[0] if skipped else None,
             )
         )
-        parts.append(chosen.remove_columns(["status", "split_boundary"]))
+        parts.append(chosen.remove_columns(["status", "shortened", "split_boundary"]))
     mixed = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
     return mixed, stats

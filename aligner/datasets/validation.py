@@ -5,12 +5,16 @@ from __future__ import annotations
 import codecs
 import json
 from collections.abc import Iterator, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 CORRECTION_FIELDS = ("question", "answer", "correction")
 INPUT_FIELDS = ("input", "correction")
 NON_EMPTY_FIELDS = frozenset({"correction"})
+MESSAGES_FIELD = "messages"
+"""A conversation in place of ``question``: turns up to and including the user turn answered."""
+ROLES = ("system", "user", "assistant")
 
 
 def _type_name(value: object) -> str:
@@ -19,26 +23,84 @@ def _type_name(value: object) -> str:
     )
 
 
-def check_record(record: object, where: str, fields: Sequence[str]) -> str | None:
-    """The problem with one record as a one-line message, or None when it is valid."""
-    if not isinstance(record, Mapping):
-        return f"{where}: record is not an object (got {_type_name(record)})"
-    for field in fields:
-        if field not in record:
-            return f"{where}: missing field {field!r}"
-        value = record[field]
-        if value is None:
-            return f"{where}: field {field!r} is null"
-        if not isinstance(value, str):
-            return f"{where}: field {field!r} must be a string, got {_type_name(value)}"
-        if field in NON_EMPTY_FIELDS and not value.strip():
-            return f"{where}: field {field!r} is empty"
+def check_messages(messages: object) -> str | None:
+    """The problem with a ``messages`` value, as ``field path: what``, or None when valid."""
+    if not isinstance(messages, (list, tuple)):
+        return f"field 'messages' must be an array of turns, got {_type_name(messages)}"
+    if not messages:
+        return "field 'messages' is empty"
+    for index, turn in enumerate(messages):
+        path = f"messages[{index}]"
+        if not isinstance(turn, Mapping):
+            return f"field '{path}' must be an object with role and content"
+        role, content = turn.get("role"), turn.get("content")
+        if role not in ROLES:
+            return f"field '{path}.role' must be one of {', '.join(ROLES)}, got {role!r}"
+        if not isinstance(content, str):
+            return f"field '{path}.content' must be a string, got {_type_name(content)}"
+    if messages[-1].get("role") != "user":
+        last = len(messages) - 1
+        return (
+            f"field 'messages[{last}].role' is {messages[-1].get('role')!r}: the last turn must "
+            "be the user turn that the answer replies to"
+        )
     return None
 
 
+def _check_context(record: Mapping[str, Any], where: str) -> str | None:
+    """``question`` or ``messages``: exactly one of them, and valid."""
+    has_messages = record.get(MESSAGES_FIELD) is not None
+    if has_messages and record.get("question") is not None:
+        return f"{where}: record has both 'question' and 'messages'; give one of them"
+    if not has_messages:
+        return _check_string(record, "question", where)
+    problem = check_messages(record[MESSAGES_FIELD])
+    return f"{where}: {problem}" if problem else None
+
+
+def _check_string(record: Mapping[str, Any], field: str, where: str) -> str | None:
+    if field not in record:
+        return f"{where}: missing field {field!r}"
+    value = record[field]
+    if value is None:
+        return f"{where}: field {field!r} is null"
+    if not isinstance(value, str):
+        return f"{where}: field {field!r} must be a string, got {_type_name(value)}"
+    if field in NON_EMPTY_FIELDS and not value.strip():
+        return f"{where}: field {field!r} is empty"
+    return None
+
+
+def check_record(record: object, where: str, fields: Sequence[str]) -> str | None:
+    """The problem with one record as a one-line message, or None when it is valid.
+
+    A ``question`` in ``fields`` may be given as a ``messages`` conversation instead.
+    """
+    if not isinstance(record, Mapping):
+        return f"{where}: record is not an object (got {_type_name(record)})"
+    for field in fields:
+        check = _check_context if field == "question" else partial(_check_string, field=field)
+        problem = check(record, where=where)
+        if problem is not None:
+            return problem
+    return None
+
+
+def record_columns(columns: Sequence[str], fields: Sequence[str]) -> list[str]:
+    """The columns that hold ``fields``: ``messages`` besides (or instead of) ``question``."""
+    wanted = list(fields)
+    if "question" in wanted and MESSAGES_FIELD in columns:
+        wanted.insert(wanted.index("question") + 1, MESSAGES_FIELD)
+        if "question" not in columns:
+            wanted.remove("question")
+    return wanted
+
+
 def sample_fields(record: Mapping[str, Any]) -> tuple[str, ...]:
-    """The fields a training sample needs: question/answer/correction, or input/correction."""
-    if "input" in record and "question" not in record and "answer" not in record:
+    """The fields a training sample needs: question (or messages)/answer/correction, or
+    input/correction."""
+    context = ("question", "answer", MESSAGES_FIELD)
+    if "input" in record and not any(record.get(field) is not None for field in context):
         return INPUT_FIELDS
     return CORRECTION_FIELDS
 

@@ -17,16 +17,17 @@ Under a launcher the records are spread over the ranks, one GPU each:
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 from transformers import set_seed
 
+from aligner.datasets.encode import Request, SampleEncoder
 from aligner.datasets.loading import load_records
 from aligner.inference.distributed import Ranks, shard_path, shard_paths
 from aligner.inference.generate import GenerationOptions, generate
@@ -39,13 +40,16 @@ from aligner.inference.output import (
     write_atomically,
 )
 from aligner.inference.preference import FORMATS, write_preferences
-from aligner.prompts import PromptTemplate
+from aligner.prompts import Template
 from aligner.tokenizer import load_tokenizer
 
 CORRECTION_FIELD = "correction"
 REFERENCE_FIELD = "reference_correction"
 """Where an input's own ``correction`` (a reference, e.g. from a test split) is kept."""
 ROUNDS_FIELD = "correction_rounds"
+CONTEXT_FIELDS = ("question", "messages")
+INFERENCE_MAX_LENGTH = 1 << 30
+"""Prompts are not truncated at inference: the model sees the record whole."""
 
 Record = dict[str, Any]
 
@@ -75,8 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     io.add_argument(
         "--template",
+        "--prompt_template",
+        dest="template",
         default=None,
-        help="prompt template name or file; default: the checkpoint's prompt_template.json",
+        help="prompt template name (correction, aligner-v1, chat) or file; default: the "
+        "checkpoint's prompt_template.json",
+    )
+    io.add_argument(
+        "--system_prompt",
+        default=None,
+        help="the aligner's system message with a chat template; default: the checkpoint's",
     )
     io.add_argument(
         "--rounds",
@@ -145,6 +157,8 @@ def prepare_records(rows: list[Record], source: str) -> list[Record]:
     """Give each record its id (its own, else its index) and keep a given correction aside."""
     records, seen = [], {}
     for index, row in enumerate(rows):
+        # A file mixing question and messages records gives every row both columns.
+        row = {k: v for k, v in row.items() if v is not None or k not in CONTEXT_FIELDS}
         record = dict(row) if row.get("id") is not None else {"id": index, **row}
         if CORRECTION_FIELD in record:
             record[REFERENCE_FIELD] = record.pop(CORRECTION_FIELD)
@@ -160,27 +174,23 @@ def prepare_records(rows: list[Record], source: str) -> list[Record]:
 
 
 def correct_batch(
-    generate_fn: Callable[[list[str]], list[str]],
-    template: PromptTemplate,
-    records: list[Record],
-    rounds: int,
+    generate_fn: Callable[[list[Request]], list[str]], records: list[Record], rounds: int
 ) -> list[list[str]]:
     """Each record's corrections, one per round that ran.
 
     Each round corrects the previous round's correction. A record whose round returned its
     answer unchanged is done: the aligner has nothing left to correct.
     """
-    answers = [record["answer"] for record in records]
+    requests = [Request.from_record(record) for record in records]
     history: list[list[str]] = [[] for _ in records]
     active = list(range(len(records)))
     for _ in range(rounds):
-        prompts = [template.render(records[i]["question"], answers[i]) for i in active]
         still_active = []
-        for i, correction in zip(active, generate_fn(prompts), strict=True):
+        for i, correction in zip(active, generate_fn([requests[i] for i in active]), strict=True):
             history[i].append(correction)
-            if not is_copy(correction, answers[i]):
+            if not is_copy(correction, requests[i].answer or ""):
                 still_active.append(i)
-            answers[i] = correction
+            requests[i] = replace(requests[i], answer=correction)
         active = still_active
         if not active:
             break
@@ -196,13 +206,12 @@ def corrected(record: Record, history: list[str], rounds: int) -> Record:
 
 def correct_pending(
     args: argparse.Namespace,
-    template: PromptTemplate,
+    encoder: SampleEncoder,
     pending: list[Record],
     output: Path,
     ranks: Ranks,
 ) -> None:
     """Generate the corrections of ``pending`` and append them to ``output``."""
-    tokenizer = load_tokenizer(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
     model = load_model(args, ranks.local_rank)
     set_seed(args.seed)
     options = GenerationOptions(
@@ -212,7 +221,12 @@ def correct_pending(
         top_p=args.top_p,
         top_k=args.top_k,
     )
-    generate_fn = functools.partial(generate, model, tokenizer, options=options)
+    stops = encoder.stop_token_ids()
+
+    def generate_fn(requests: list[Request]) -> list[str]:
+        prompts = [encoder.prompt_ids(request) for request in requests]
+        return generate(model, encoder.tokenizer, prompts, options, stops)
+
     size = args.batch_size
     desc = "correct" if ranks.world_size == 1 else f"correct (rank 0 of {ranks.world_size})"
     with (
@@ -221,7 +235,7 @@ def correct_pending(
     ):
         for start in range(0, len(pending), size):
             batch = pending[start : start + size]
-            histories = correct_batch(generate_fn, template, batch, args.rounds)
+            histories = correct_batch(generate_fn, batch, args.rounds)
             pairs = zip(batch, histories, strict=True)
             append_durably(handle, [corrected(r, h, args.rounds) for r, h in pairs])
             bar.update(len(batch))
@@ -256,15 +270,15 @@ def merge_written(output: Path, records: list[Record]) -> list[Record]:
     return ordered
 
 
-def by_prompt_length(records: list[Record], template: PromptTemplate) -> list[Record]:
+def by_prompt_length(records: list[Record], encoder: SampleEncoder) -> list[Record]:
     # Longest prompts first: neighbours of similar length waste little compute on padding, and
     # a batch too large for memory fails in the first minute rather than hours in.
-    return sorted(
-        records, key=lambda r: len(template.render(r["question"], r["answer"])), reverse=True
-    )
+    lengths = [len(encoder.prompt_ids(Request.from_record(record))) for record in records]
+    order = sorted(range(len(records)), key=lambda i: lengths[i], reverse=True)
+    return [records[i] for i in order]
 
 
-def run_settings(args: argparse.Namespace, template: PromptTemplate) -> dict[str, Any]:
+def run_settings(args: argparse.Namespace, template: Template) -> dict[str, Any]:
     """What decides the corrections; a resumed run must match it (batch size does not)."""
     model = Path(args.model_name_or_path)
     return {
@@ -282,7 +296,10 @@ def run_settings(args: argparse.Namespace, template: PromptTemplate) -> dict[str
 
 def run(args: argparse.Namespace) -> int:
     check_args(args)
-    template = checkpoint_template(args.model_name_or_path, args.template)
+    tokenizer = load_tokenizer(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
+    template = checkpoint_template(args.model_name_or_path, args.template, args.system_prompt)
+    encoder = SampleEncoder(tokenizer, template, max_length=INFERENCE_MAX_LENGTH)
+    template = encoder.template
     rows = load_records(args.input, fields=("question", "answer")).to_list()
     records = prepare_records(rows, args.input)
     output = Path(args.output)
@@ -300,10 +317,10 @@ def run(args: argparse.Namespace) -> int:
         if done and ranks.is_main:
             print(f"{output}: {len(done)} records already corrected, skipped")
         # Dealt round-robin from longest to shortest, so every rank gets a similar load.
-        mine = by_prompt_length(pending, template)[ranks.rank :: ranks.world_size]
+        mine = by_prompt_length(pending, encoder)[ranks.rank :: ranks.world_size]
         if mine:
             shard = output if ranks.world_size == 1 else shard_path(output, ranks.rank)
-            correct_pending(args, template, mine, shard, ranks)
+            correct_pending(args, encoder, mine, shard, ranks)
         ranks.barrier()
         if not ranks.is_main:
             return 0

@@ -63,7 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="correction datasets (question, answer, correction), as for training",
     )
     loss.add_argument(
-        "--template", default=None, help="prompt template; default: the checkpoint's own"
+        "--template",
+        "--prompt_template",
+        dest="template",
+        default=None,
+        help="prompt template; default: the checkpoint's own",
+    )
+    loss.add_argument(
+        "--system_prompt",
+        default=None,
+        help="the aligner's system message with a chat template; default: the checkpoint's",
     )
     loss.add_argument(
         "--max_length",
@@ -151,7 +160,7 @@ def target_loss(
 
 
 def checkpoint_loss(args: argparse.Namespace) -> dict[str, Any]:
-    template = checkpoint_template(args.model_name_or_path, args.template)
+    template = checkpoint_template(args.model_name_or_path, args.template, args.system_prompt)
     tokenizer = load_tokenizer(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
     dataset, stats = build_dataset(
         args.eval_datasets,

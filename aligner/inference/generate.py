@@ -1,4 +1,4 @@
-"""Batched, left-padded generation of corrections from rendered prompts."""
+"""Batched, left-padded generation of corrections from prompt token ids."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ from dataclasses import dataclass
 
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
-
-from aligner.datasets.encode import special_prefix
 
 
 @dataclass(frozen=True)
@@ -53,20 +51,10 @@ def left_pad(sequences: list[list[int]], pad_token_id: int) -> tuple[torch.Tenso
     return input_ids, attention_mask
 
 
-def prompt_token_ids(tokenizer: PreTrainedTokenizerBase, prompts: list[str]) -> list[list[int]]:
-    """Token ids of each prompt exactly as training has them before the correction.
-
-    That is the tokenizer's leading special tokens (BOS) and the prompt text, and nothing a
-    tokenizer may append (an EOS here would tell the model the text is over).
-    """
-    prefix = special_prefix(tokenizer)
-    encoded = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    return [[*prefix, *ids] for ids in encoded]
-
-
-def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """The tokenizer's EOS (which training appends to every correction) and the model's own."""
-    ids = [tokenizer.eos_token_id]
+def stop_token_ids(model: PreTrainedModel, template_stops: list[int]) -> list[int]:
+    """What ends a correction: the template's end of turn and EOS (which training puts at the end
+    of every target), and the model's own EOS."""
+    ids = list(template_stops)
     configured = model.generation_config.eos_token_id
     for token_id in configured if isinstance(configured, list) else [configured]:
         if token_id is not None and token_id not in ids:
@@ -74,10 +62,10 @@ def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) ->
     return ids
 
 
-def cut_at_eos(ids: list[int], eos_ids: list[int]) -> list[int]:
-    """The generated ids before the first EOS (what follows it is padding)."""
+def cut_at_stop(ids: list[int], stop_ids: list[int]) -> list[int]:
+    """The generated ids before the first stop token (what follows it is padding)."""
     for position, token_id in enumerate(ids):
-        if token_id in eos_ids:
+        if token_id in stop_ids:
             return ids[:position]
     return ids
 
@@ -86,25 +74,26 @@ def cut_at_eos(ids: list[int], eos_ids: list[int]) -> list[int]:
 def generate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    prompts: list[str],
+    prompts: list[list[int]],
     options: GenerationOptions,
+    template_stops: list[int],
 ) -> list[str]:
-    """Generate one continuation per prompt, in one left-padded batch, without its EOS.
+    """Generate one continuation per prompt, in one left-padded batch, without its stop token.
 
-    Prompts are tokenized as in training (see ``prompt_token_ids``).
+    ``prompts`` are token ids as training has them before the target
+    (``SampleEncoder.prompt_ids``); ``template_stops`` end a continuation
+    (``SampleEncoder.stop_token_ids``).
     """
     if not prompts:
         return []
-    input_ids, attention_mask = left_pad(
-        prompt_token_ids(tokenizer, prompts), tokenizer.pad_token_id
-    )
-    eos_ids = eos_token_ids(model, tokenizer)
+    input_ids, attention_mask = left_pad(prompts, tokenizer.pad_token_id)
+    stops = stop_token_ids(model, template_stops)
     output = model.generate(
         input_ids=input_ids.to(model.device),
         attention_mask=attention_mask.to(model.device),
-        generation_config=options.generation_config(tokenizer.pad_token_id, eos_ids),
+        generation_config=options.generation_config(tokenizer.pad_token_id, stops),
     )  # (B, L + new)
     new_tokens = output[:, input_ids.shape[1] :].tolist()
     return [
-        tokenizer.decode(cut_at_eos(ids, eos_ids), skip_special_tokens=True) for ids in new_tokens
+        tokenizer.decode(cut_at_stop(ids, stops), skip_special_tokens=True) for ids in new_tokens
     ]

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from aligner.prompts import TEMPLATE_FILENAME, PromptTemplate, TemplateError, get_template
+from aligner.prompts import TEMPLATE_FILENAME, Template, TemplateError, get_template
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -39,21 +39,24 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
-def checkpoint_template(model_name_or_path: str, override: str | None = None) -> PromptTemplate:
-    """The template to render prompts with: ``override`` if given, else the checkpoint's own.
+def checkpoint_template(
+    model_name_or_path: str, override: str | None = None, system_prompt: str | None = None
+) -> Template:
+    """The template to render prompts with: ``override`` if given, else the checkpoint's own;
+    ``system_prompt`` replaces a chat template's system message.
 
     A checkpoint without a saved template is an error rather than a silent default, because
     a prompt that differs from the training prompt makes an aligner ramble or repeat itself.
     """
     if override:
-        return get_template(override)
+        return get_template(override, system_prompt)
     path = Path(model_name_or_path) / TEMPLATE_FILENAME
     if not path.is_file():
         raise TemplateError(
             f"{model_name_or_path} has no {TEMPLATE_FILENAME}: pass --template NAME_OR_FILE "
             "(e.g. --template aligner-v1 for the released aligner-7b-v1.0)"
         )
-    return get_template(str(path))
+    return get_template(str(path), system_prompt)
 
 
 def add_model_arguments(group: argparse._ArgumentGroup) -> None:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from aligner.prompts import PromptTemplate
+from aligner.prompts import Template
 from aligner.training.lora import ADAPTER_CONFIG_FILE, merge_lora_state
 
 TRAINING_ARGS_FILE = "training_args.json"
@@ -62,7 +62,7 @@ def save_model(
     output_dir: str | Path,
     *,
     tokenizer: PreTrainedTokenizerBase,
-    template: PromptTemplate,
+    template: Template,
     training_args: dict[str, Any],
     fp32_master: bool,
     rank: int,

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from datasets import Dataset
     from transformers import PreTrainedTokenizerBase
 
-    from aligner.prompts import PromptTemplate
+    from aligner.prompts import Template
     from aligner.training.trainer import Runtime
 
 
@@ -66,9 +66,7 @@ def resolve_precision(args: argparse.Namespace, accelerator: object, rank: int) 
 
 def setup(
     args: argparse.Namespace,
-) -> tuple[
-    Runtime, PreTrainedTokenizerBase, PromptTemplate, Dataset, Dataset | None, Dataset | None
-]:
+) -> tuple[Runtime, PreTrainedTokenizerBase, Template, Dataset, Dataset | None, Dataset | None]:
     """Everything a user can get wrong is checked here, before any process-group work.
 
     Returns the runtime, tokenizer, template, and the training, evaluation and identity
@@ -77,7 +75,7 @@ def setup(
     from transformers import set_seed
 
     from aligner.datasets.arguments import build_datasets_from_args, build_warmup_from_args
-    from aligner.prompts import get_template
+    from aligner.prompts import get_template, resolve_template
     from aligner.tokenizer import load_tokenizer
     from aligner.training.model import check_model_flags
     from aligner.training.trainer import Runtime
@@ -102,7 +100,9 @@ def setup(
         raise ArgumentError(
             f"--model_name_or_path {args.model_name_or_path}: {first_line}"
         ) from None
-    template = get_template(args.prompt_template)
+    template = resolve_template(
+        get_template(args.prompt_template, args.system_prompt), tokenizer, args.model_name_or_path
+    )
     train_dataset, eval_dataset, report = build_datasets_from_args(args, tokenizer, template)
     warmup_dataset = build_warmup_from_args(args, tokenizer, template)
     if args.need_eval and eval_dataset is None:

@@ -22,7 +22,7 @@ from transformers import PreTrainedTokenizerBase
 
 from aligner.constants import IGNORE_INDEX
 from aligner.datasets.collate import Batch, PackedBatch, PaddingCollator
-from aligner.prompts import PromptTemplate
+from aligner.prompts import Template
 from aligner.training.arguments import arguments_for_saving
 from aligner.training.batching import global_batches, split_evenly
 from aligner.training.checkpoint import save_model
@@ -108,7 +108,7 @@ class Trainer:
         args: argparse.Namespace,
         runtime: Runtime,
         tokenizer: PreTrainedTokenizerBase,
-        template: PromptTemplate,
+        template: Template,
         train_dataset: datasets.Dataset,
         eval_dataset: datasets.Dataset | None,
         warmup_dataset: datasets.Dataset | None = None,

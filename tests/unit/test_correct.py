@@ -9,14 +9,9 @@ import pytest
 import torch
 
 from aligner.datasets.collate import PaddingCollator
-from aligner.datasets.encode import SampleEncoder
+from aligner.datasets.encode import Request, SampleEncoder
 from aligner.inference import correct
-from aligner.inference.generate import (
-    GenerationOptions,
-    generate,
-    left_pad,
-    prompt_token_ids,
-)
+from aligner.inference.generate import GenerationOptions, generate, left_pad
 from aligner.inference.output import OutputError, read_written
 from aligner.inference.preference import write_preferences
 from aligner.prompts import PromptTemplate, get_template
@@ -62,25 +57,89 @@ def memorised_checkpoint(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPath
     from transformers import AutoModelForCausalLM
 
     tokenizer = load_tokenizer(str(tiny_llama_dir))
-    columns = {key: [r[key] for r in MEMORISED] for key in MEMORISED[0]}
-    encoded = SampleEncoder(tokenizer, TERSE, max_length=256)(columns)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    directory = tmp_path_factory.mktemp("memorised") / "checkpoint"
+    return memorise(model, tokenizer, TERSE, MEMORISED, directory)
+
+
+def memorise(
+    model, tokenizer, template, records: list[dict], directory: Path, steps: int = 40
+) -> Path:
+    """Train ``model`` on ``records`` (full batch) until it reproduces their corrections, then
+    save it as a checkpoint with ``template``."""
+    encoder = SampleEncoder(tokenizer, template, max_length=256)
+    fields = ("question", "messages", "answer", "correction")
+    names = [name for name in fields if any(name in record for record in records)]
+    encoded = encoder({name: [r.get(name) for r in records] for name in names})
     pairs = zip(encoded["input_ids"], encoded["labels"], strict=True)
     rows = [{"input_ids": ids, "labels": labels} for ids, labels in pairs]
     batch = PaddingCollator(tokenizer.pad_token_id)(rows)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(40):
+    for _ in range(steps):
         loss = model(**batch).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     assert loss.item() < 0.1
-    directory = tmp_path_factory.mktemp("memorised") / "checkpoint"
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
-    TERSE.save(directory)
+    encoder.template.save(directory)
     return directory
+
+
+CHAT_MEMORISED = [
+    {
+        "messages": [
+            {"role": "user", "content": "Boiling point of water?"},
+            {"role": "assistant", "content": "100 °C."},
+            {"role": "user", "content": "On Everest?"},
+        ],
+        "answer": "Also 100 °C.",
+        "correction": "About 70 °C.",
+    },
+    {
+        "question": "How do I end a text?",
+        "answer": "[INST]",
+        "correction": "Write </s> at the end.",
+    },
+    {"question": "Capital of Italy?", "answer": "Milan.", "correction": "Rome, not Milan."},
+]
+
+
+@pytest.fixture(scope="module")
+def chat_checkpoint(chatml_tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama on the ChatML tokenizer that memorised CHAT_MEMORISED through its chat
+    template: single- and multi-turn records, one correction spelling ``</s>``."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    tokenizer = load_tokenizer(str(chatml_tokenizer_dir))
+    config = AutoConfig.for_model(
+        "llama",
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    directory = tmp_path_factory.mktemp("chat-memorised") / "checkpoint"
+    return memorise(model, tokenizer, get_template("chat"), CHAT_MEMORISED, directory, steps=60)
+
+
+def test_chat_corrections_end_at_the_end_of_turn(chat_checkpoint: Path, tmp_path: Path) -> None:
+    source = write_jsonl(tmp_path / "in.jsonl", CHAT_MEMORISED)
+    args = ["--model_name_or_path", chat_checkpoint, "--input", source, "--max_new_tokens", 40]
+    assert run_correct(*args, "--output", tmp_path / "out.jsonl") == 0
+    written = read_written(tmp_path / "out.jsonl")
+    # Exactly the corrections: the model stopped at the template's end of turn, wrote no marker,
+    # and a "</s>" in a correction came back as text.
+    assert [r["correction"] for r in written] == [r["correction"] for r in CHAT_MEMORISED]
+    assert json.loads((chat_checkpoint / "prompt_template.json").read_text())["kind"] == "chat"
 
 
 def test_correct_renders_the_checkpoint_template(memorised_checkpoint: Path, tmp_path: Path):
@@ -99,14 +158,17 @@ def test_correct_renders_the_checkpoint_template(memorised_checkpoint: Path, tmp
     )
 
 
+def prompt_ids(encoder: SampleEncoder, records: list[dict]) -> list[list[int]]:
+    return [encoder.prompt_ids(Request.from_record(record)) for record in records]
+
+
 def test_prompts_are_tokenized_as_in_training(any_tokenizer) -> None:
-    template = get_template()
     columns = {key: [r[key] for r in MEMORISED] for key in MEMORISED[0]}
-    encoded = SampleEncoder(any_tokenizer, template, max_length=512)(columns)
-    prompts = [template.render(r["question"], r["answer"]) for r in MEMORISED]
+    encoder = SampleEncoder(any_tokenizer, get_template(), max_length=512)
+    encoded = encoder(columns)
     pairs = zip(encoded["input_ids"], encoded["prompt_length"], strict=True)
     trained = [ids[:n] for ids, n in pairs]
-    assert prompt_token_ids(any_tokenizer, prompts) == trained
+    assert prompt_ids(encoder, MEMORISED) == trained
 
 
 def test_prompts_never_end_with_an_eos_the_tokenizer_appends(bpe_tokenizer_dir: Path) -> None:
@@ -118,8 +180,10 @@ def test_prompts_never_end_with_an_eos_the_tokenizer_appends(bpe_tokenizer_dir: 
         single=f"$A {eos}", special_tokens=[(eos, tokenizer.eos_token_id)]
     )
     assert tokenizer("hello")["input_ids"][-1] == tokenizer.eos_token_id
-    plain = tokenizer("hello", add_special_tokens=False)["input_ids"]
-    assert prompt_token_ids(tokenizer, ["hello"]) == [plain]
+    prompt = get_template().render("hello", "world")
+    plain = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    encoder = SampleEncoder(tokenizer, get_template(), max_length=512)
+    assert prompt_ids(encoder, [{"question": "hello", "answer": "world"}]) == [plain]
 
 
 def test_left_pad_masks_by_length_even_where_a_prompt_holds_the_pad_id() -> None:
@@ -133,13 +197,12 @@ def test_batched_generation_matches_one_by_one(tiny_checkpoint_dir: Path) -> Non
 
     tokenizer = load_tokenizer(str(tiny_checkpoint_dir))
     model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint_dir).eval()
-    template = get_template()
-    prompts = [template.render(r["question"], r["answer"]) for r in QUESTIONS]
-    lengths = {len(tokenizer(p)["input_ids"]) for p in prompts}
-    assert len(lengths) == len(prompts)  # every row of the batch has its own amount of padding
-    options = GenerationOptions(max_new_tokens=12)
-    batched = generate(model, tokenizer, prompts, options)
-    alone = [generate(model, tokenizer, [prompt], options)[0] for prompt in prompts]
+    encoder = SampleEncoder(tokenizer, get_template(), max_length=512)
+    prompts = prompt_ids(encoder, QUESTIONS)
+    assert len({len(p) for p in prompts}) == len(prompts)  # each row has its own padding
+    options, stops = GenerationOptions(max_new_tokens=12), encoder.stop_token_ids()
+    batched = generate(model, tokenizer, prompts, options, stops)
+    alone = [generate(model, tokenizer, [prompt], options, stops)[0] for prompt in prompts]
     assert batched == alone
     assert all(batched)
 
@@ -258,17 +321,15 @@ def test_torn_last_line_is_cut_but_a_bad_middle_line_is_an_error(tmp_path: Path)
 
 
 def test_rounds_correct_the_previous_correction_until_unchanged() -> None:
-    template = get_template()
-
-    def add_mark_up_to_two(prompts: list[str]) -> list[str]:
-        # Reads the answer back out of the prompt; marks it, at most twice in all.
-        answers = [p.split("##Answer: ")[1].split("\n##Correction:")[0] for p in prompts]
+    def add_mark_up_to_two(requests: list[Request]) -> list[str]:
+        # Marks each request's answer, at most twice in all.
+        answers = [request.answer for request in requests]
         return [a if a.count("!") >= 2 else a + "!" for a in answers]
 
     records = [{"question": "q", "answer": "a"}, {"question": "q", "answer": "b!"}]
-    histories = correct.correct_batch(add_mark_up_to_two, template, records, rounds=4)
+    histories = correct.correct_batch(add_mark_up_to_two, records, rounds=4)
     assert histories == [["a!", "a!!", "a!!"], ["b!!", "b!!"]]
-    assert correct.correct_batch(add_mark_up_to_two, template, records, rounds=1) == [
+    assert correct.correct_batch(add_mark_up_to_two, records, rounds=1) == [
         ["a!"],
         ["b!!"],
     ]
@@ -415,9 +476,10 @@ def test_correct_loads_an_adapter_only_lora_checkpoint(
     source = write_jsonl(tmp_path / "in.jsonl", QUESTIONS[:3])
     args = ["--model_name_or_path", adapter, "--input", source, "--max_new_tokens", 8]
     assert run_correct(*args, "--output", tmp_path / "out.jsonl") == 0
-    prompts = [get_template().render(r["question"], r["answer"]) for r in QUESTIONS[:3]]
+    encoder = SampleEncoder(tokenizer, get_template(), max_length=512)
+    prompts, stops = prompt_ids(encoder, QUESTIONS[:3]), encoder.stop_token_ids()
     options = GenerationOptions(max_new_tokens=8)
-    expected = generate(lora, tokenizer, prompts, options)
+    expected = generate(lora, tokenizer, prompts, options, stops)
     with lora.disable_adapter():
-        assert generate(lora, tokenizer, prompts, options) != expected
+        assert generate(lora, tokenizer, prompts, options, stops) != expected
     assert [r["correction"] for r in read_written(tmp_path / "out.jsonl")] == expected

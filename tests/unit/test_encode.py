@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from aligner.constants import IGNORE_INDEX
-from aligner.datasets.encode import DROPPED, KEPT, TRUNCATED, SampleEncoder
+from aligner.datasets.encode import DROPPED, KEPT, TRUNCATED, Request, SampleEncoder
 from aligner.prompts import PromptTemplate, get_template
 
 TRICKY = [
@@ -82,8 +82,10 @@ def test_labels_are_exactly_correction_and_eos(any_tokenizer) -> None:
         target = target_ids(row)
         assert target[-1] == any_tokenizer.eos_token_id and len(target) >= 2
         # The prompt tokens are exactly what inference feeds the model for this prompt.
-        prompt = encoder.render({"question": question, "answer": answer})
+        prompt = encoder.template.render(question, answer)
         assert row["input_ids"][:n] == any_tokenizer(prompt)["input_ids"]
+        request = Request.from_record({"question": question, "answer": answer})
+        assert row["input_ids"][:n] == encoder.prompt_ids(request)
         # Prompt tokens followed by target tokens spell prompt + correction + EOS.
         full = any_tokenizer.decode(row["input_ids"])
         assert full.endswith(correction + any_tokenizer.eos_token)

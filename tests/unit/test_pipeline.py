@@ -15,7 +15,7 @@ from aligner.datasets.encode import SampleEncoder
 from aligner.datasets.pipeline import build_dataset
 from aligner.prompts import get_template
 
-from ..conftest import TEMPLATE_DATASET
+from ..conftest import REPO_ROOT, TEMPLATE_DATASET
 
 
 def test_template_dataset_targets_are_corrections(any_tokenizer, tmp_path) -> None:
@@ -165,3 +165,18 @@ def test_parallel_tokenization_gives_the_same_samples(bpe_tokenizer, tmp_path) -
         **kwargs,
     )
     assert one["input_ids"] == two["input_ids"] and one["labels"] == two["labels"]
+
+
+def test_data_command_counts_what_truncation_took_from_conversations(
+    chatml_tokenizer_dir, capsys
+) -> None:
+    conversations = REPO_ROOT / "template-conversations.jsonl"
+    args = ["--train_datasets", str(conversations), "--model_name_or_path"]
+    args += [str(chatml_tokenizer_dir), "--prompt_template", "chat", "--max_length", "72"]
+    assert data_main(args) == 0
+    out = capsys.readouterr().out
+    assert "prompt template: chat (chat)" in out
+    # Both multi-turn records lose turns; three long answers are shortened, one question too.
+    assert (
+        "truncated: 2 lost their oldest turns, 3 a shortened answer, 1 a shortened question" in out
+    )

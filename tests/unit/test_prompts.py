@@ -7,7 +7,7 @@ import json
 import pytest
 
 from aligner import constants
-from aligner.prompts import PRESETS, TemplateError, get_template, load_template_file
+from aligner.prompts import TemplateError, get_template, load_template_file
 
 GOLDEN = {
     "correction": (
@@ -21,7 +21,7 @@ GOLDEN = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(PRESETS))
+@pytest.mark.parametrize("name", sorted(GOLDEN))
 def test_preset_renders_golden_prompt(name: str) -> None:
     assert get_template(name).render("What is 2+2?", "5") == GOLDEN[name]
 
