@@ -13,6 +13,17 @@ from aligner.datasets.base import DataError
 from aligner.datasets.pipeline import DataStats, build_dataset
 from aligner.prompts import DEFAULT_TEMPLATE, Template
 
+RECORD_FIELDS = ("question", "messages", "answer", "correction")
+
+
+def _column_pair(text: str) -> tuple[str, str]:
+    field, equals, column = text.partition("=")
+    if not equals or field not in RECORD_FIELDS or not column:
+        raise argparse.ArgumentTypeError(
+            f"expected FIELD=COLUMN with FIELD one of {', '.join(RECORD_FIELDS)}, got {text!r}"
+        )
+    return field, column
+
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     group = parser.add_argument_group("data")
@@ -38,6 +49,15 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         default=0.0,
         help="hold out this share of the training samples for evaluation (when no "
         "--eval_datasets are given)",
+    )
+    group.add_argument(
+        "--column_map",
+        nargs="+",
+        default=None,
+        metavar="FIELD=COLUMN",
+        type=_column_pair,
+        help="read a Hub dataset's COLUMN as the record FIELD (question, messages, answer, "
+        "correction), e.g. question=prompt answer=response",
     )
     group.add_argument(
         "--dataset_module",
@@ -102,6 +122,7 @@ def _pipeline_options(args: argparse.Namespace) -> dict[str, object]:
         "num_proc": args.num_proc,
         "cache_dir": args.data_cache_dir,
         "dataset_modules": args.dataset_module,
+        "column_map": dict(args.column_map or []),
     }
 
 

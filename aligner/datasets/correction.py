@@ -65,26 +65,58 @@ class CorrectionFileDataset(_ArrowCorrectionDataset):
         return digest.hexdigest()
 
 
+def _root_cause(error: BaseException) -> str:
+    """The first line of the innermost error: ``datasets`` wraps the telling one in a generic
+    "An error occurred while generating the dataset"."""
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 class HubCorrectionDataset(_ArrowCorrectionDataset):
-    """A Hugging Face Hub dataset in the aligner-20K schema, for users who are online:
-    ``correction-hub::REPO_ID`` (split ``train``), or ``aligner-20k`` for the released set."""
+    """A dataset loaded by ``datasets.load_dataset``: a Hub id, or a local folder laid out like a
+    Hub dataset repository (data files, and a README whose ``configs`` name them).
+
+    ``correction-hub::ID_OR_FOLDER[@SPLIT][#CONFIG]`` (split ``train`` and the default config
+    unless given); ``aligner-20k`` is the released set. ``column_map`` renames the source's
+    columns onto the record schema (``{"question": "prompt", ...}``); the aligner-20K columns
+    need none.
+    """
 
     NAME = "correction-hub"
     ALIASES = ("aligner-20k",)
     DEFAULT_REPO = "aligner/aligner-20K"
 
-    def __init__(self, path: str | None = None) -> None:
+    def __init__(self, path: str | None = None, column_map: dict[str, str] | None = None) -> None:
         super().__init__(path or self.DEFAULT_REPO)
+        self.column_map = dict(column_map or {})
+        location, _, self.config = self.path.partition("#")
+        self.repo, _, split = location.partition("@")
+        self.split = split or "train"
 
     def _load(self, *, lenient: bool, cache_dir: str | None) -> tuple[datasets.Dataset, list[str]]:
-        repo, _, split = self.path.partition("@")
         try:
-            dataset = datasets.load_dataset(repo, split=split or "train", cache_dir=cache_dir)
-        except Exception as error:  # network, auth or a missing repo: one line, not a traceback
+            dataset = datasets.load_dataset(
+                self.repo, name=self.config or None, split=self.split, cache_dir=cache_dir
+            )
+        except Exception as error:  # network, auth, a missing repo, split or config: one line
+            raise DataError(f"{self.path}: cannot load: {_root_cause(error)}") from None
+        return validate_records(
+            self._renamed(dataset), CORRECTION_FIELDS, self.path, lenient=lenient
+        )
+
+    def _renamed(self, dataset: datasets.Dataset) -> datasets.Dataset:
+        missing = sorted(c for c in self.column_map.values() if c not in dataset.column_names)
+        if missing:
             raise DataError(
-                f"{self.path}: cannot load from the Hub: {error}".splitlines()[0]
-            ) from None
-        return validate_records(dataset, CORRECTION_FIELDS, self.path, lenient=lenient)
+                f"{self.path}: --column_map names column(s) {', '.join(missing)} that it lacks "
+                f"(columns: {', '.join(dataset.column_names)})"
+            )
+        clashing = [field for field in self.column_map if field in dataset.column_names]
+        dataset = dataset.remove_columns([f for f in clashing if f not in self.column_map.values()])
+        return dataset.rename_columns({source: field for field, source in self.column_map.items()})
 
     def cache_key(self) -> str:
-        return f"hub:{self.path}:{self._records()._fingerprint}"
+        mapping = sorted(self.column_map.items())
+        return f"hub:{self.path}:{mapping}:{self._records()._fingerprint}"

@@ -16,6 +16,7 @@ from filelock import FileLock
 from transformers import PreTrainedTokenizerBase
 
 from aligner.datasets.base import DataError, RawDataset, get_dataset_class, load_dataset_modules
+from aligner.datasets.correction import HubCorrectionDataset
 from aligner.datasets.encode import (
     ANSWER_SHORTENED,
     DROPPED,
@@ -102,10 +103,12 @@ def identity_records(raw: datasets.Dataset, source: str) -> datasets.Dataset:
     return datasets.Dataset(table.append_column("correction", table.column("answer")))
 
 
-def _instantiate(spec: DatasetSpec) -> RawDataset:
+def _instantiate(spec: DatasetSpec, column_map: dict[str, str] | None) -> RawDataset:
     cls = get_dataset_class(spec.name)
+    # Column mapping serves the Hub loader; the other datasets read the record schema.
+    extra = {"column_map": column_map} if issubclass(cls, HubCorrectionDataset) else {}
     try:
-        return cls(spec.path) if spec.path is not None else cls()
+        return cls(spec.path, **extra) if spec.path is not None else cls(**extra)
     except DataError:
         raise
     except Exception as error:  # a user's dataset class failing in its constructor
@@ -170,13 +173,15 @@ def build_dataset(
     cache_dir: str | Path | None = None,
     dataset_modules: Sequence[str] = (),
     identity: bool = False,
+    column_map: dict[str, str] | None = None,
 ) -> tuple[datasets.Dataset, DataStats]:
     """Load, validate, tokenize and mix the datasets named by ``specs``.
 
     Returns a dataset with ``input_ids``, ``labels`` (IGNORE_INDEX on the prompt),
     ``length`` and ``prompt_length``, and the statistics of every source. With ``identity``
     the target of every sample is its upstream answer instead of its correction (the
-    identity-mapping warm-up); records without a non-empty answer are left out.
+    identity-mapping warm-up); records without a non-empty answer are left out. ``column_map``
+    renames Hub datasets' columns onto the record schema.
     """
     if not specs:
         raise DataError(
@@ -191,7 +196,7 @@ def build_dataset(
     parts = []
     for index, text in enumerate(specs):
         spec = parse_dataset_spec(text)
-        source = _instantiate(spec)
+        source = _instantiate(spec, column_map)
         raw, skipped = source.to_hf_dataset(lenient=lenient, cache_dir=str(cache_dir / "raw"))
         source_key = source.cache_key() or _content_key(raw)
         if identity:

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from aligner.datasets.base import DataError
+from aligner.datasets.base import DataError, RawDataset
 
 DEFAULT_FILE_DATASET = "correction-json"
+HUB_DATASET = "correction-hub"
+_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+(@[\w.-]+)?(#[\w.-]+)?")
+_DATA_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv")
 
 
 @dataclass(frozen=True)
@@ -55,10 +60,27 @@ def _parse_proportion(text: str, spec: str) -> tuple[float, int | None]:
     return proportion, None
 
 
+def _is_dataset_repo(path: str) -> bool:
+    """A folder laid out like a Hub dataset repository rather than written by save_to_disk."""
+    folder = Path(path)
+    saved = (folder / "dataset_info.json").is_file() or (folder / "state.json").is_file()
+    return folder.is_dir() and not saved
+
+
 def parse_dataset_spec(spec: str) -> DatasetSpec:
-    """Parse ``NAME[:PROPORTION[:PATH]]``; a bare existing path means ``correction-json``."""
-    if os.path.exists(os.path.expanduser(spec)):
-        return DatasetSpec(DEFAULT_FILE_DATASET, path=os.path.expanduser(spec))
+    """Parse ``NAME[:PROPORTION[:PATH]]``.
+
+    A bare existing file means ``correction-json``; a bare folder laid out like a Hub dataset
+    repository, or a Hub id (``owner/name[@split][#config]``) that names no registered dataset,
+    means ``correction-hub``.
+    """
+    expanded = os.path.expanduser(spec)
+    if os.path.exists(expanded):
+        name = HUB_DATASET if _is_dataset_repo(expanded) else DEFAULT_FILE_DATASET
+        return DatasetSpec(name, path=expanded)
+    hub_id = _HUB_ID.fullmatch(spec) and not spec.lower().endswith(_DATA_SUFFIXES)
+    if hub_id and spec not in RawDataset._registry:
+        return DatasetSpec(HUB_DATASET, path=spec)
     name, _, rest = spec.partition(":")
     proportion_text, colon, path = rest.partition(":")
     if not name:
