@@ -50,8 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     generated.add_argument(
         "--reference_field",
-        default=REFERENCE_FIELD,
-        help="field holding the reference correction, where a record has one",
+        default=None,
+        help=f"field holding the reference correction (default: {REFERENCE_FIELD}, where a "
+        "record has one); a field that no record has is an error",
     )
     loss = parser.add_argument_group("loss of a checkpoint on correction data")
     loss.add_argument("--model_name_or_path", default=None, help="the trained aligner checkpoint")
@@ -95,8 +96,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise DataError("--batch_size must be at least 1")
 
 
-def prediction_metrics(path: str, reference_field: str) -> dict[str, Any]:
-    """Metrics of a file of corrected records."""
+def prediction_metrics(path: str, reference_field: str | None) -> dict[str, Any]:
+    """Metrics of a file of corrected records; ``reference_field`` None takes the default."""
     records = load_records(path, fields=("answer",))
     if CORRECTION_FIELD not in records.column_names:
         raise DataError(f"{path}: the records have no {CORRECTION_FIELD!r} field")
@@ -104,14 +105,19 @@ def prediction_metrics(path: str, reference_field: str) -> dict[str, Any]:
     for row, correction in enumerate(corrections):
         if not isinstance(correction, str):
             raise DataError(f"{path}: row {row}: field {CORRECTION_FIELD!r} must be a string")
+    field = reference_field or REFERENCE_FIELD
     references = None
-    if reference_field in records.column_names:
-        references = list(records[reference_field])
+    if field in records.column_names:
+        references = list(records[field])
         for row, reference in enumerate(references):
             if reference is not None and not isinstance(reference, str):
-                raise DataError(f"{path}: row {row}: field {reference_field!r} must be a string")
+                raise DataError(f"{path}: row {row}: field {field!r} must be a string")
+    # The default field is optional; a field the user named must be there, or its metrics
+    # would be left out without a word.
+    if reference_field is not None and all(r is None for r in references or [None]):
+        raise DataError(f"{path}: no record has the field {field!r} named by --reference_field")
     report = correction_metrics(list(records["answer"]), corrections, references)
-    return {"file": path, "reference_field": reference_field, **report}
+    return {"file": path, "reference_field": field, **report}
 
 
 @torch.inference_mode()

@@ -123,3 +123,18 @@ def test_eval_user_errors_are_one_line(
     error = capsys.readouterr().err.strip()
     assert error.startswith("aligner eval: error:") and message in error
     assert len(error.splitlines()) == 1
+
+
+def test_a_reference_field_no_record_has_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    records = [{"id": 0, "question": "q", "answer": "a", "correction": "b", "gold": None}]
+    predictions = write_jsonl(tmp_path / "corrected.jsonl", records)
+    for field in ("golden", "gold"):  # absent from the file, and present but null everywhere
+        argv = ["--predictions", str(predictions), "--reference_field", field]
+        assert evaluate.main(argv) == 1
+        error = capsys.readouterr().err.strip()
+        assert error.startswith("aligner eval: error:") and len(error.splitlines()) == 1
+        assert str(predictions) in error and repr(field) in error and "--reference_field" in error
+    # Without the flag, records without references are fine: the default field is optional.
+    assert evaluate.main(["--predictions", str(predictions)]) == 0
