@@ -141,13 +141,11 @@ def id_key(record_id: object) -> str:
     return json.dumps(record_id, sort_keys=True, default=str)
 
 
-def prepare_records(rows: list[Record], source: str) -> list[Record]:
-    """Give each record its id (its own, else its index) and keep a given correction aside."""
+def with_ids(rows: list[Record], source: str) -> list[Record]:
+    """Each record with its id (its own, else its index); ids must be unique."""
     records, seen = [], {}
     for index, row in enumerate(rows):
         record = dict(row) if row.get("id") is not None else {"id": index, **row}
-        if CORRECTION_FIELD in record:
-            record[REFERENCE_FIELD] = record.pop(CORRECTION_FIELD)
         key = id_key(record["id"])
         if key in seen:
             raise CorrectionError(
@@ -156,6 +154,15 @@ def prepare_records(rows: list[Record], source: str) -> list[Record]:
             )
         seen[key] = index
         records.append(record)
+    return records
+
+
+def prepare_records(rows: list[Record], source: str) -> list[Record]:
+    """Give each record its id (its own, else its index) and keep a given correction aside."""
+    records = with_ids(rows, source)
+    for record in records:
+        if CORRECTION_FIELD in record:
+            record[REFERENCE_FIELD] = record.pop(CORRECTION_FIELD)
     return records
 
 
