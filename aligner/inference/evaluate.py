@@ -1,14 +1,19 @@
-"""The ``aligner eval`` command: a checkpoint's loss on correction data, metrics of corrections.
+"""The ``aligner eval`` command: whether corrections helped, and a checkpoint's loss.
 
 Usage:
     aligner eval --predictions corrected.jsonl [--reference_field reference_correction]
+    aligner eval --predictions corrected.jsonl --reward_model RM [--cost_model CM]
     aligner eval --model_name_or_path CKPT --eval_datasets test.jsonl [--max_length 2048]
-    (both at once, with --output report.json to keep the JSON report)
+    (any of them at once, with --output report.json to keep the JSON report)
 
 ``--predictions`` reads the output of ``aligner correct`` (or any records with ``answer`` and
 ``correction``) and reports the copy rate, the word-level edit distance from answer to
 correction, and exact match and ROUGE-L against the references where the records have them.
+``--reward_model`` and ``--cost_model`` score answer and correction with sequence-classification
+models. Under a launcher
+(``torchrun --nproc_per_node 8 -m aligner.cli eval ...``) the records are scored over the ranks.
 ``--eval_datasets`` reports the mean loss per target token (correction + EOS) and perplexity.
+The report is printed as JSON (stdout) and as a short table (stderr).
 """
 
 from __future__ import annotations
@@ -32,18 +37,29 @@ from aligner.datasets.base import DataError
 from aligner.datasets.collate import PaddingCollator
 from aligner.datasets.loading import load_records
 from aligner.datasets.pipeline import build_dataset
+from aligner.inference import scoring
 from aligner.inference.correct import CORRECTION_FIELD, REFERENCE_FIELD
+from aligner.inference.distributed import Ranks
 from aligner.inference.loading import add_model_arguments, checkpoint_template, load_model
 from aligner.inference.metrics import correction_metrics
+from aligner.inference.pairs import Pair, read_pairs
+from aligner.inference.summary import summary_table
 from aligner.tokenizer import load_tokenizer
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aligner eval",
-        description="Evaluate an aligner: loss on correction data, metrics of corrections.",
+        description="Evaluate an aligner: whether its corrections helped, its loss on data.",
     )
     parser.add_argument("--output", default=None, help="also write the JSON report here")
+    parser.add_argument("--seed", type=int, default=42, help="seed of the bootstrap interval")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a --scores_output this command did not write, or start over one written "
+        "with other settings",
+    )
     generated = parser.add_argument_group("metrics of generated corrections")
     generated.add_argument(
         "--predictions", default=None, help="records with answer and correction (aligner correct)"
@@ -54,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"field holding the reference correction (default: {REFERENCE_FIELD}, where a "
         "record has one); a field that no record has is an error",
     )
+    add_scoring_arguments(parser)
     loss = parser.add_argument_group("loss of a checkpoint on correction data")
     loss.add_argument("--model_name_or_path", default=None, help="the trained aligner checkpoint")
     loss.add_argument(
@@ -72,7 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=2048,
         help="tokens per sample, truncated as in training (%(default)s)",
     )
-    loss.add_argument("--batch_size", type=int, default=8, help="samples per forward pass")
+    loss.add_argument(
+        "--batch_size",
+        type=int,
+        default=8,
+        help="samples per forward pass, for the loss and the scorers (%(default)s)",
+    )
     loss.add_argument(
         "--dataset_module",
         action="append",
@@ -83,22 +105,83 @@ def build_parser() -> argparse.ArgumentParser:
     loss.add_argument("--lenient_data", action="store_true", help="skip invalid records")
     loss.add_argument("--data_cache_dir", default=None, help="tokenized data cache folder")
     add_model_arguments(loss)
+    # The deepspeed launcher passes --local_rank; the rank is read from the environment.
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     return parser
+
+
+def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("reward and cost models (on --predictions)")
+    group.add_argument(
+        "--reward_model",
+        default=None,
+        help="sequence-classification checkpoint with one output: higher is more helpful",
+    )
+    group.add_argument("--cost_model", default=None, help="the same, where higher is more harmful")
+    group.add_argument(
+        "--scores_output",
+        default=None,
+        help="per-record scores (JSONL, resumed); default: PREDICTIONS.scores.jsonl beside it",
+    )
+    group.add_argument(
+        "--device_map",
+        choices=["auto"],
+        default=None,
+        help="auto: spread each scorer over every GPU of the node (accelerate), for models too "
+        "large for one",
+    )
+    group.add_argument(
+        "--tie_margin",
+        type=float,
+        default=0.0,
+        help="score differences up to this are ties (%(default)s)",
+    )
+    group.add_argument(
+        "--bootstrap_samples",
+        type=int,
+        default=10_000,
+        help="resamples of the 95%% interval of the mean difference (%(default)s)",
+    )
+
+
+def beside(predictions: str, kind: str) -> Path:
+    """``corrected.jsonl`` -> ``corrected.KIND.jsonl``, in the same folder."""
+    path = Path(predictions)
+    stem = path.name if path.is_dir() else path.stem
+    return path.with_name(f"{stem}.{kind}.jsonl")
+
+
+def scoring_requested(args: argparse.Namespace) -> bool:
+    return bool(args.reward_model or args.cost_model)
 
 
 def check_args(args: argparse.Namespace) -> None:
     wants_loss = bool(args.model_name_or_path or args.eval_datasets)
+    if scoring_requested(args) and not args.predictions:
+        raise DataError("the scorers rate a corrected file: pass it as --predictions")
     if not args.predictions and not wants_loss:
         raise DataError("nothing to evaluate: pass --predictions and/or --eval_datasets")
     if wants_loss and not (args.model_name_or_path and args.eval_datasets):
         raise DataError("the eval loss needs both --model_name_or_path and --eval_datasets")
-    if args.batch_size < 1:
-        raise DataError("--batch_size must be at least 1")
+    for flag in ("batch_size", "bootstrap_samples"):
+        if getattr(args, flag) < 1:
+            raise DataError(f"--{flag} must be at least 1")
+    if args.tie_margin < 0:
+        raise DataError("--tie_margin must not be negative")
+    if args.predictions:
+        args.scores_output = args.scores_output or str(beside(args.predictions, "scores"))
+    paths = {"--predictions": args.predictions, "--output": args.output}
+    if scoring_requested(args):
+        paths["--scores_output"] = args.scores_output
+    resolved = {Path(path).resolve() for path in paths.values() if path}
+    if len(resolved) < sum(1 for path in paths.values() if path):
+        raise DataError(f"{', '.join(f for f, p in paths.items() if p)} must be different files")
 
 
-def prediction_metrics(path: str, reference_field: str | None) -> dict[str, Any]:
+def prediction_metrics(
+    records: datasets.Dataset, path: str, reference_field: str | None
+) -> dict[str, Any]:
     """Metrics of a file of corrected records; ``reference_field`` None takes the default."""
-    records = load_records(path, fields=("answer",))
     if CORRECTION_FIELD not in records.column_names:
         raise DataError(f"{path}: the records have no {CORRECTION_FIELD!r} field")
     corrections = list(records[CORRECTION_FIELD])
@@ -178,15 +261,71 @@ def checkpoint_loss(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def run(args: argparse.Namespace) -> int:
-    check_args(args)
+def score_predictions(
+    args: argparse.Namespace, pairs: list[Pair], ranks: Ranks
+) -> dict[str, Any] | None:
+    """The ``reward`` and ``cost`` sections (on the main rank; None on the others)."""
+    models = {"reward": args.reward_model, "cost": args.cost_model}
+    options = scoring.ScoringOptions(
+        models={kind: path for kind, path in models.items() if path},
+        output=Path(args.scores_output),
+        source=args.predictions,
+        batch_size=args.batch_size,
+        device=args.device,
+        dtype=args.dtype,
+        device_map=args.device_map,
+        trust_remote_code=args.trust_remote_code,
+        overwrite=args.overwrite,
+    )
+    lines = scoring.score_pairs(options, pairs, ranks)
+    if lines is None:
+        return None
+    report = scoring.summarise(
+        lines,
+        options.models,
+        tie_margin=args.tie_margin,
+        bootstrap_samples=args.bootstrap_samples,
+        seed=args.seed,
+    )
+    return {**report, "scores_output": args.scores_output}
+
+
+def evaluate(args: argparse.Namespace, ranks: Ranks) -> dict[str, Any] | None:
+    """The report; None off the main rank."""
     report: dict[str, Any] = {}
+    pairs = None
     if args.predictions:
-        report["predictions"] = prediction_metrics(args.predictions, args.reference_field)
+        # Every rank reads and checks the file: a bad record stops them all before any model.
+        records = load_records(args.predictions, fields=("answer",))
+        report["predictions"] = prediction_metrics(records, args.predictions, args.reference_field)
+        if scoring_requested(args):
+            pairs = read_pairs(records.to_list(), args.predictions)
+    if scoring_requested(args):
+        sections = score_predictions(args, pairs, ranks)
+        if sections is None:
+            return None
+        report.update(sections)
+    if not ranks.is_main:
+        return None
     if args.eval_datasets:
         report["eval_loss"] = checkpoint_loss(args)
+    return report
+
+
+def run(args: argparse.Namespace) -> int:
+    check_args(args)
+    ranks = Ranks.from_env()
+    if ranks.world_size > 1 and args.device_map:
+        raise DataError(
+            "--device_map auto spreads each model over the node's GPUs: run it without a launcher"
+        )
+    with ranks.group():
+        report = evaluate(args, ranks)
+    if report is None:
+        return 0
     text = json.dumps(report, indent=2, ensure_ascii=False)
     print(text)
+    print(summary_table(report), file=sys.stderr)
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(text + "\n", encoding="utf-8")
@@ -197,6 +336,9 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
         return run(args)
+    except KeyboardInterrupt:
+        print("aligner eval: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
     except (ValueError, OSError) as error:
         # Bad records, templates, flags, paths and checkpoints: one line, no traceback.
         print(f"aligner eval: error: {error}", file=sys.stderr)

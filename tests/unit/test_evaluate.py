@@ -114,6 +114,12 @@ def test_eval_reports_the_loss_of_a_checkpoint(tiny_checkpoint_dir: Path, tmp_pa
         ([], "nothing to evaluate"),
         (["--eval_datasets", "x.jsonl"], "needs both --model_name_or_path and --eval_datasets"),
         (["--predictions", "missing.jsonl"], "missing.jsonl: no such file"),
+        (["--reward_model", "rm"], "pass it as --predictions"),
+        (
+            ["--predictions", "p.jsonl", "--reward_model", "rm", "--scores_output", "p.jsonl"],
+            "must be different files",
+        ),
+        (["--predictions", "p.jsonl", "--tie_margin", "-1"], "--tie_margin must not be negative"),
     ],
 )
 def test_eval_user_errors_are_one_line(
