@@ -3,6 +3,7 @@
 Usage:
     aligner eval --predictions corrected.jsonl [--reference_field reference_correction]
     aligner eval --predictions corrected.jsonl --reward_model RM [--cost_model CM]
+    aligner eval --predictions corrected.jsonl --judge_url http://host:8000/v1 --judge_model NAME
     aligner eval --model_name_or_path CKPT --eval_datasets test.jsonl [--max_length 2048]
     (any of them at once, with --output report.json to keep the JSON report)
 
@@ -10,7 +11,7 @@ Usage:
 ``correction``) and reports the copy rate, the word-level edit distance from answer to
 correction, and exact match and ROUGE-L against the references where the records have them.
 ``--reward_model`` and ``--cost_model`` score answer and correction with sequence-classification
-models. Under a launcher
+models; ``--judge_url`` asks an LLM judge which of the two is better. Under a launcher
 (``torchrun --nproc_per_node 8 -m aligner.cli eval ...``) the records are scored over the ranks.
 ``--eval_datasets`` reports the mean loss per target token (correction + EOS) and perplexity.
 The report is printed as JSON (stdout) and as a short table (stderr).
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,7 +39,8 @@ from aligner.datasets.base import DataError
 from aligner.datasets.collate import PaddingCollator
 from aligner.datasets.loading import load_records
 from aligner.datasets.pipeline import build_dataset
-from aligner.inference import scoring
+from aligner.inference import judge, scoring
+from aligner.inference.chat_client import ChatClient, check_base_url
 from aligner.inference.correct import CORRECTION_FIELD, REFERENCE_FIELD
 from aligner.inference.distributed import Ranks
 from aligner.inference.loading import add_model_arguments, checkpoint_template, load_model
@@ -53,12 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate an aligner: whether its corrections helped, its loss on data.",
     )
     parser.add_argument("--output", default=None, help="also write the JSON report here")
-    parser.add_argument("--seed", type=int, default=42, help="seed of the bootstrap interval")
+    parser.add_argument(
+        "--seed", type=int, default=42, help="seed of the bootstrap and the judge's A/B order"
+    )
     parser.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace a --scores_output this command did not write, or start over one written "
-        "with other settings",
+        help="replace a --scores_output or --judge_output this command did not write, or start "
+        "over one written with other settings",
     )
     generated = parser.add_argument_group("metrics of generated corrections")
     generated.add_argument(
@@ -71,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         "record has one); a field that no record has is an error",
     )
     add_scoring_arguments(parser)
+    add_judge_arguments(parser)
     loss = parser.add_argument_group("loss of a checkpoint on correction data")
     loss.add_argument("--model_name_or_path", default=None, help="the trained aligner checkpoint")
     loss.add_argument(
@@ -144,6 +150,58 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_judge_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("LLM judge (on --predictions)")
+    group.add_argument(
+        "--judge_url",
+        default=None,
+        help="base URL of an OpenAI-compatible server, e.g. http://localhost:8000/v1",
+    )
+    group.add_argument("--judge_model", default=None, help="the model name the server serves")
+    group.add_argument(
+        "--judge_api_key_env",
+        default="OPENAI_API_KEY",
+        help="environment variable holding the API key, sent as a bearer token (%(default)s)",
+    )
+    group.add_argument(
+        "--judge_prompt",
+        default=None,
+        help="file with the judging prompt: {conversation}, {reply_a} and {reply_b}",
+    )
+    group.add_argument(
+        "--judge_output",
+        default=None,
+        help="per-record verdicts (JSONL, resumed); default: PREDICTIONS.judge.jsonl beside it",
+    )
+    group.add_argument(
+        "--judge_concurrency", type=int, default=8, help="requests at once (%(default)s)"
+    )
+    group.add_argument(
+        "--judge_timeout",
+        type=float,
+        default=120.0,
+        help="seconds a request waits to connect or for data (%(default)s)",
+    )
+    group.add_argument(
+        "--judge_retries",
+        type=int,
+        default=5,
+        help="retries after a 429, 5xx, timeout or malformed reply (%(default)s)",
+    )
+    group.add_argument(
+        "--judge_backoff",
+        type=float,
+        default=1.0,
+        help="seconds before the first retry, doubled for each further one (%(default)s)",
+    )
+    group.add_argument(
+        "--judge_max_tokens", type=int, default=1024, help="most tokens per verdict (%(default)s)"
+    )
+    group.add_argument(
+        "--judge_temperature", type=float, default=0.0, help="judge sampling (%(default)s)"
+    )
+
+
 def beside(predictions: str, kind: str) -> Path:
     """``corrected.jsonl`` -> ``corrected.KIND.jsonl``, in the same folder."""
     path = Path(predictions)
@@ -157,22 +215,33 @@ def scoring_requested(args: argparse.Namespace) -> bool:
 
 def check_args(args: argparse.Namespace) -> None:
     wants_loss = bool(args.model_name_or_path or args.eval_datasets)
-    if scoring_requested(args) and not args.predictions:
-        raise DataError("the scorers rate a corrected file: pass it as --predictions")
+    judging = bool(args.judge_url or args.judge_model)
+    if (scoring_requested(args) or judging) and not args.predictions:
+        raise DataError("the scorers and the judge rate a corrected file: pass it as --predictions")
     if not args.predictions and not wants_loss:
         raise DataError("nothing to evaluate: pass --predictions and/or --eval_datasets")
     if wants_loss and not (args.model_name_or_path and args.eval_datasets):
         raise DataError("the eval loss needs both --model_name_or_path and --eval_datasets")
-    for flag in ("batch_size", "bootstrap_samples"):
+    if judging and not (args.judge_url and args.judge_model):
+        raise DataError("the judge needs both --judge_url and --judge_model")
+    if args.judge_url:
+        check_base_url(args.judge_url)
+    for flag in ("batch_size", "bootstrap_samples", "judge_concurrency", "judge_max_tokens"):
         if getattr(args, flag) < 1:
             raise DataError(f"--{flag} must be at least 1")
-    if args.tie_margin < 0:
-        raise DataError("--tie_margin must not be negative")
+    for flag in ("tie_margin", "judge_retries", "judge_backoff", "judge_temperature"):
+        if getattr(args, flag) < 0:
+            raise DataError(f"--{flag} must not be negative")
+    if args.judge_timeout <= 0:
+        raise DataError("--judge_timeout must be above 0")
     if args.predictions:
         args.scores_output = args.scores_output or str(beside(args.predictions, "scores"))
+        args.judge_output = args.judge_output or str(beside(args.predictions, "judge"))
     paths = {"--predictions": args.predictions, "--output": args.output}
     if scoring_requested(args):
         paths["--scores_output"] = args.scores_output
+    if judging:
+        paths["--judge_output"] = args.judge_output
     resolved = {Path(path).resolve() for path in paths.values() if path}
     if len(resolved) < sum(1 for path in paths.values() if path):
         raise DataError(f"{', '.join(f for f, p in paths.items() if p)} must be different files")
@@ -290,15 +359,41 @@ def score_predictions(
     return {**report, "scores_output": args.scores_output}
 
 
-def evaluate(args: argparse.Namespace, ranks: Ranks) -> dict[str, Any] | None:
-    """The report; None off the main rank."""
+def judge_predictions(args: argparse.Namespace, pairs: list[Pair]) -> tuple[dict[str, Any], int]:
+    """The ``judge`` section, and how many records got no verdict."""
+    client = ChatClient(
+        base_url=check_base_url(args.judge_url),
+        model=args.judge_model,
+        # Read here and kept in memory only: it reaches no file, log or report.
+        api_key=os.environ.get(args.judge_api_key_env) or None,
+        timeout=args.judge_timeout,
+        retries=args.judge_retries,
+        backoff=args.judge_backoff,
+        max_tokens=args.judge_max_tokens,
+        temperature=args.judge_temperature,
+    )
+    result = judge.judge_pairs(
+        client,
+        judge.load_prompt(args.judge_prompt),
+        pairs,
+        Path(args.judge_output),
+        seed=args.seed,
+        concurrency=args.judge_concurrency,
+        overwrite=args.overwrite,
+    )
+    section = judge.summarise(result, args.judge_model, len(pairs))
+    return {**section, "judge_output": args.judge_output}, len(result.failed)
+
+
+def evaluate(args: argparse.Namespace, ranks: Ranks) -> tuple[dict[str, Any], int] | None:
+    """The report and the count of records the judge could not rate; None off the main rank."""
     report: dict[str, Any] = {}
     pairs = None
     if args.predictions:
         # Every rank reads and checks the file: a bad record stops them all before any model.
         records = load_records(args.predictions, fields=("answer",))
         report["predictions"] = prediction_metrics(records, args.predictions, args.reference_field)
-        if scoring_requested(args):
+        if scoring_requested(args) or args.judge_url:
             pairs = read_pairs(records.to_list(), args.predictions)
     if scoring_requested(args):
         sections = score_predictions(args, pairs, ranks)
@@ -307,9 +402,12 @@ def evaluate(args: argparse.Namespace, ranks: Ranks) -> dict[str, Any] | None:
         report.update(sections)
     if not ranks.is_main:
         return None
+    failed = 0
+    if args.judge_url:
+        report["judge"], failed = judge_predictions(args, pairs)
     if args.eval_datasets:
         report["eval_loss"] = checkpoint_loss(args)
-    return report
+    return report, failed
 
 
 def run(args: argparse.Namespace) -> int:
@@ -320,16 +418,17 @@ def run(args: argparse.Namespace) -> int:
             "--device_map auto spreads each model over the node's GPUs: run it without a launcher"
         )
     with ranks.group():
-        report = evaluate(args, ranks)
-    if report is None:
+        result = evaluate(args, ranks)
+    if result is None:
         return 0
+    report, failed = result
     text = json.dumps(report, indent=2, ensure_ascii=False)
     print(text)
     print(summary_table(report), file=sys.stderr)
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(text + "\n", encoding="utf-8")
-    return 0
+    return 1 if failed else 0
 
 
 def main(argv: list[str]) -> int:
@@ -340,7 +439,7 @@ def main(argv: list[str]) -> int:
         print("aligner eval: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
     except (ValueError, OSError) as error:
-        # Bad records, templates, flags, paths and checkpoints: one line, no traceback.
+        # Bad records, templates, flags, paths, checkpoints and refused requests: one line.
         print(f"aligner eval: error: {error}", file=sys.stderr)
         return 1
 

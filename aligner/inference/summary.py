@@ -30,7 +30,7 @@ def score_row(label: str, section: dict[str, Any]) -> str:
 def summary_table(report: dict[str, Any]) -> str:
     """The table of a report (see ``aligner.inference.evaluate``)."""
     lines = []
-    if "reward" in report or "cost" in report:
+    if "reward" in report or "cost" in report or "judge" in report:
         lines.append(HEADER)
     if "reward" in report:
         lines.append(score_row("reward (higher better)", report["reward"]))
@@ -39,6 +39,12 @@ def summary_table(report: dict[str, Any]) -> str:
         if "better_and_not_more_harmful" in report["cost"]:
             share = percent(report["cost"]["better_and_not_more_harmful"])
             lines.append(f"  better and not more harmful: {share}")
+    if "judge" in report:
+        judged = report["judge"]
+        label = f"judge ({judged['judged']} valid, {judged['invalid']} invalid)"
+        lines.append(f"{label:<73}{rates(judged)}")
+        if judged["failed"]:
+            lines.append(f"  {judged['failed']} records got no verdict: run again to ask for them")
     if "predictions" in report and "copy_rate" in report["predictions"]:
         metrics = report["predictions"]
         lines.append(

@@ -115,6 +115,12 @@ def test_eval_reports_the_loss_of_a_checkpoint(tiny_checkpoint_dir: Path, tmp_pa
         (["--eval_datasets", "x.jsonl"], "needs both --model_name_or_path and --eval_datasets"),
         (["--predictions", "missing.jsonl"], "missing.jsonl: no such file"),
         (["--reward_model", "rm"], "pass it as --predictions"),
+        (["--predictions", "p.jsonl", "--judge_url", "http://h/v1"], "both --judge_url and"),
+        (
+            ["--predictions", "p.jsonl", "--judge_model", "m", "--judge_url", "http://u:pw@h/v1"],
+            "must not hold credentials",
+        ),
+        (["--predictions", "p.jsonl", "--judge_model", "m", "--judge_url", "h:80"], "base URL"),
         (
             ["--predictions", "p.jsonl", "--reward_model", "rm", "--scores_output", "p.jsonl"],
             "must be different files",
