@@ -226,6 +226,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise DataError("the judge needs both --judge_url and --judge_model")
     if args.judge_url:
         check_base_url(args.judge_url)
+        judge.load_prompt(args.judge_prompt)  # a bad prompt file fails now, not after scoring
     for flag in ("batch_size", "bootstrap_samples", "judge_concurrency", "judge_max_tokens"):
         if getattr(args, flag) < 1:
             raise DataError(f"--{flag} must be at least 1")

@@ -326,7 +326,9 @@ def test_a_refused_key_stops_the_run_in_one_line_without_the_key(
     assert_key_nowhere(tmp_path)
 
 
-def test_a_prompt_file_replaces_the_default(serve, tmp_path: Path) -> None:
+def test_a_prompt_file_replaces_the_default(
+    serve, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     server = serve({})
     predictions = write_jsonl(tmp_path / "corrected.jsonl", records(2))
     prompt = tmp_path / "prompt.txt"
@@ -334,9 +336,16 @@ def test_a_prompt_file_replaces_the_default(serve, tmp_path: Path) -> None:
     assert evaluate.main(judge_args(predictions, server, "--judge_prompt", prompt)) == 0
     sent = [b["messages"][0]["content"] for b in server.bodies]
     assert all(text.startswith("Judge kindly.\nUser: Question ") for text in sent)
-    prompt.write_text("no placeholders here")
+    capsys.readouterr()
+    prompt.write_text("no placeholders here {reply_a}")
     argv = judge_args(predictions, server, "--judge_prompt", prompt, "--judge_output", "x.jsonl")
     assert evaluate.main(argv) == 1
+    error = capsys.readouterr().err.strip()
+    assert error == (
+        f"aligner eval: error: --judge_prompt {prompt}: missing the placeholder(s) "
+        "{conversation}, {reply_b}"
+    )
+    assert not Path("x.jsonl").exists()
 
 
 @pytest.mark.parametrize(
