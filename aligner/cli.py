@@ -4,7 +4,7 @@ Usage:
     aligner data  --train_datasets FILE --model_name_or_path MODEL [--dump out.jsonl]
     aligner train --train_datasets FILE --model_name_or_path MODEL --output_dir DIR
     aligner correct --model_name_or_path CKPT --input answers.jsonl --output corrected.jsonl
-    aligner eval --predictions corrected.jsonl [--model_name_or_path CKPT --eval_datasets FILE]
+    aligner eval --predictions corrected.jsonl [--reward_model RM] [--judge_url URL --judge_model M]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ COMMANDS = {
     "data": ("aligner.datasets.cli", "validate, inspect and dump the processed training data"),
     "train": ("aligner.training.main", "supervised correction training on DeepSpeed"),
     "correct": ("aligner.inference.correct", "correct upstream answers with a trained aligner"),
-    "eval": ("aligner.inference.evaluate", "eval loss of a checkpoint and metrics of corrections"),
+    "eval": ("aligner.inference.evaluate", "did corrections help (reward, cost, judge); eval loss"),
 }
 
 

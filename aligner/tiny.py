@@ -93,6 +93,33 @@ def write_tekken_tokenizer(
     return directory
 
 
+def tiny_llama_config(
+    tokenizer: object,
+    *,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    intermediate_size: int = 128,
+    max_position_embeddings: int = 2048,
+    **extra: object,
+):
+    """A tiny ``LlamaConfig`` for ``tokenizer``'s vocabulary and special tokens."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        max_position_embeddings=max_position_embeddings,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **extra,
+    )
+
+
 def write_tiny_llama(
     directory: str | Path,
     *,
@@ -105,23 +132,37 @@ def write_tiny_llama(
 ) -> Path:
     """Write a random-init tiny Llama with the Llama tokenizer into ``directory``."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaForCausalLM
 
     directory = write_llama_tokenizer(directory)
     tokenizer = AutoTokenizer.from_pretrained(directory)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
+    config = tiny_llama_config(
+        tokenizer,
         hidden_size=hidden_size,
+        num_layers=num_layers,
+        num_heads=num_heads,
         intermediate_size=intermediate_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_heads,
         max_position_embeddings=max_position_embeddings,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
-    model.save_pretrained(directory)
+    LlamaForCausalLM(config).save_pretrained(directory)
+    return directory
+
+
+def write_tiny_reward_model(directory: str | Path, *, seed: int = 0, **sizes: int) -> Path:
+    """Write a random-init tiny Llama reward model (one output) with the Llama tokenizer.
+
+    ``sizes`` are those of ``tiny_llama_config`` (``hidden_size``, ``num_layers``, ...).
+    """
+    import torch
+    from transformers import AutoTokenizer, LlamaForSequenceClassification
+
+    directory = write_llama_tokenizer(directory)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    config = tiny_llama_config(
+        tokenizer, num_labels=1, pad_token_id=tokenizer.eos_token_id, **sizes
+    )
+    torch.manual_seed(seed)
+    LlamaForSequenceClassification(config).save_pretrained(directory)
     return directory

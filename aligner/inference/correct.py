@@ -153,15 +153,13 @@ def id_key(record_id: object) -> str:
     return json.dumps(record_id, sort_keys=True, default=str)
 
 
-def prepare_records(rows: list[Record], source: str) -> list[Record]:
-    """Give each record its id (its own, else its index) and keep a given correction aside."""
+def with_ids(rows: list[Record], source: str) -> list[Record]:
+    """Each record with its id (its own, else its index); ids must be unique."""
     records, seen = [], {}
     for index, row in enumerate(rows):
         # A file mixing question and messages records gives every row both columns.
         row = {k: v for k, v in row.items() if v is not None or k not in CONTEXT_FIELDS}
         record = dict(row) if row.get("id") is not None else {"id": index, **row}
-        if CORRECTION_FIELD in record:
-            record[REFERENCE_FIELD] = record.pop(CORRECTION_FIELD)
         key = id_key(record["id"])
         if key in seen:
             raise CorrectionError(
@@ -170,6 +168,15 @@ def prepare_records(rows: list[Record], source: str) -> list[Record]:
             )
         seen[key] = index
         records.append(record)
+    return records
+
+
+def prepare_records(rows: list[Record], source: str) -> list[Record]:
+    """Give each record its id (its own, else its index) and keep a given correction aside."""
+    records = with_ids(rows, source)
+    for record in records:
+        if CORRECTION_FIELD in record:
+            record[REFERENCE_FIELD] = record.pop(CORRECTION_FIELD)
     return records
 
 

@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
+from aligner.inference.distributed import shard_paths
+
 
 class OutputError(ValueError):
     """An existing output file that cannot be resumed from."""
@@ -91,19 +93,67 @@ def settings_path(output: str | Path) -> Path:
     return output.with_name(output.name + ".settings.json")
 
 
-def check_settings(output: str | Path, settings: dict[str, Any], resuming: bool) -> None:
+def changed_settings(output: str | Path, settings: dict[str, Any]) -> list[str]:
+    """The names of ``settings`` that differ from those saved beside ``output`` (if any)."""
+    path = settings_path(output)
+    if not path.exists():
+        return []
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise OutputError(f"{path}: unreadable ({error}); delete it to resume") from None
+    return sorted(name for name in settings if saved.get(name) != settings[name])
+
+
+def check_settings(
+    output: str | Path, settings: dict[str, Any], resuming: bool, flag: str = "--output"
+) -> None:
     """Record ``settings`` for a new output; when resuming one, require the same settings."""
     path = settings_path(output)
     if resuming and path.exists():
-        try:
-            saved = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as error:
-            raise OutputError(f"{path}: unreadable ({error}); delete it to resume") from None
-        changed = sorted(name for name in settings if saved.get(name) != settings[name])
+        changed = changed_settings(output, settings)
         if changed:
             raise OutputError(
-                f"{output} was written with other {', '.join(changed)}: pass a new --output, "
+                f"{output} was written with other {', '.join(changed)}: pass a new {flag}, "
                 f"or delete it and {path.name} to start over"
             )
         return
     replace_atomically(path, json.dumps(settings, indent=2, ensure_ascii=False) + "\n")
+
+
+def check_claim(
+    output: str | Path, settings: dict[str, Any], *, overwrite: bool, flag: str
+) -> list[Path]:
+    """Refuse, writing nothing, an output this run cannot make its own; return its files.
+
+    An existing file without its settings file is not this command's output; one with other
+    settings is another run's. Both are refused unless ``overwrite``.
+    """
+    output = Path(output)
+    written = [path for path in (output, *shard_paths(output)) if path.exists()]
+    if written and not overwrite:
+        if not settings_path(output).exists():
+            raise OutputError(
+                f"{output} exists and was not written by this command: pass another {flag}, "
+                "or --overwrite to replace it"
+            )
+        changed = changed_settings(output, settings)
+        if changed:
+            raise OutputError(
+                f"{output} was written with other {', '.join(changed)}: pass another {flag}, "
+                "or --overwrite to start over"
+            )
+    return written
+
+
+def claim_output(
+    output: str | Path, settings: dict[str, Any], *, overwrite: bool, flag: str
+) -> bool:
+    """Make ``output`` this run's (see ``check_claim``); return whether a run is resumed."""
+    written = check_claim(output, settings, overwrite=overwrite, flag=flag)
+    if overwrite:
+        for path in written:
+            path.unlink()
+        written = []
+    check_settings(output, settings, resuming=bool(written))
+    return bool(written)

@@ -114,6 +114,18 @@ def test_eval_reports_the_loss_of_a_checkpoint(tiny_checkpoint_dir: Path, tmp_pa
         ([], "nothing to evaluate"),
         (["--eval_datasets", "x.jsonl"], "needs both --model_name_or_path and --eval_datasets"),
         (["--predictions", "missing.jsonl"], "missing.jsonl: no such file"),
+        (["--reward_model", "rm"], "pass it as --predictions"),
+        (["--predictions", "p.jsonl", "--judge_url", "http://h/v1"], "both --judge_url and"),
+        (
+            ["--predictions", "p.jsonl", "--judge_model", "m", "--judge_url", "http://u:pw@h/v1"],
+            "must not hold credentials",
+        ),
+        (["--predictions", "p.jsonl", "--judge_model", "m", "--judge_url", "h:80"], "base URL"),
+        (
+            ["--predictions", "p.jsonl", "--reward_model", "rm", "--scores_output", "p.jsonl"],
+            "must be different files",
+        ),
+        (["--predictions", "p.jsonl", "--tie_margin", "-1"], "--tie_margin must not be negative"),
     ],
 )
 def test_eval_user_errors_are_one_line(
@@ -123,3 +135,18 @@ def test_eval_user_errors_are_one_line(
     error = capsys.readouterr().err.strip()
     assert error.startswith("aligner eval: error:") and message in error
     assert len(error.splitlines()) == 1
+
+
+def test_a_reference_field_no_record_has_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    records = [{"id": 0, "question": "q", "answer": "a", "correction": "b", "gold": None}]
+    predictions = write_jsonl(tmp_path / "corrected.jsonl", records)
+    for field in ("golden", "gold"):  # absent from the file, and present but null everywhere
+        argv = ["--predictions", str(predictions), "--reference_field", field]
+        assert evaluate.main(argv) == 1
+        error = capsys.readouterr().err.strip()
+        assert error.startswith("aligner eval: error:") and len(error.splitlines()) == 1
+        assert str(predictions) in error and repr(field) in error and "--reference_field" in error
+    # Without the flag, records without references are fine: the default field is optional.
+    assert evaluate.main(["--predictions", str(predictions)]) == 0
