@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from aligner.datasets.base import DataError
+from aligner.datasets.validation import check_messages
 from aligner.inference.correct import CORRECTION_FIELD, id_key, with_ids
-
-ROLES = ("system", "user", "assistant")
+from aligner.prompts import serialize_conversation
 
 Message = dict[str, str]
 Context = str | list[Message]
@@ -42,30 +42,15 @@ def as_messages(context: Context) -> list[Message]:
 
 
 def transcript(context: Context) -> str:
-    """The context as plain text, one ``Role: content`` paragraph per turn."""
-    turns = as_messages(context)
-    return "\n\n".join(f"{turn['role'].capitalize()}: {turn['content']}" for turn in turns)
+    """The context as plain text, as a string template writes a conversation."""
+    return serialize_conversation(as_messages(context))
 
 
-def check_messages(value: object, where: str) -> list[Message]:
+def check_context_messages(value: object, where: str) -> list[Message]:
     """A record's ``messages`` as a clean message list, or a one-line error naming the record."""
-    if not isinstance(value, list) or not value:
-        raise DataError(f"{where}: field 'messages' must be a non-empty list of messages")
-    for turn, message in enumerate(value):
-        valid = (
-            isinstance(message, dict)
-            and message.get("role") in ROLES
-            and isinstance(message.get("content"), str)
-        )
-        if not valid:
-            raise DataError(
-                f"{where}: field 'messages': message {turn} must be an object with a role "
-                f"({', '.join(ROLES)}) and a string content"
-            )
-    if value[-1]["role"] != "user":
-        raise DataError(
-            f"{where}: field 'messages' must end with the user turn that the answer replies to"
-        )
+    problem = check_messages(value)
+    if problem is not None:
+        raise DataError(f"{where}: {problem}")
     # Columnar formats give every message every key any message has; keep the two that count.
     return as_messages(value)
 
@@ -76,7 +61,7 @@ def read_pairs(rows: list[dict[str, Any]], source: str) -> list[Pair]:
     for index, record in enumerate(with_ids(rows, source)):
         where = f"{source}: row {index}"
         if record.get("messages") is not None:
-            context: Context = check_messages(record["messages"], where)
+            context: Context = check_context_messages(record["messages"], where)
         elif isinstance(record.get("question"), str):
             context = record["question"]
         else:

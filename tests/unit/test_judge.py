@@ -335,7 +335,7 @@ def test_a_prompt_file_replaces_the_default(
     prompt.write_text("Judge kindly.\n{conversation}\nA) {reply_a}\nB) {reply_b}\nVerdict: ?\n")
     assert evaluate.main(judge_args(predictions, server, "--judge_prompt", prompt)) == 0
     sent = [b["messages"][0]["content"] for b in server.bodies]
-    assert all(text.startswith("Judge kindly.\nUser: Question ") for text in sent)
+    assert all(text.startswith("Judge kindly.\nQuestion ") for text in sent)
     capsys.readouterr()
     prompt.write_text("no placeholders here {reply_a}")
     argv = judge_args(predictions, server, "--judge_prompt", prompt, "--judge_output", "x.jsonl")

@@ -364,14 +364,14 @@ def test_device_map_auto_gives_the_same_scores(reward_dir: Path, tmp_path: Path)
     ("record", "message"),
     [
         ({"answer": "a", "correction": "b"}, "needs a 'question' string or a 'messages' list"),
-        ({"messages": [], "answer": "a", "correction": "b"}, "non-empty list"),
+        ({"messages": [], "answer": "a", "correction": "b"}, "field 'messages' is empty"),
         (
             {"messages": [{"role": "bot", "content": "x"}], "answer": "a", "correction": "b"},
-            "message 0 must be an object with a role",
+            "field 'messages[0].role' must be one of system, user, assistant",
         ),
         (
             {"messages": CONVERSATION[:3], "answer": "a", "correction": "b"},
-            "must end with the user turn",
+            "the last turn must be the user turn",
         ),
     ],
 )
