@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from transformers import get_scheduler
@@ -46,13 +44,18 @@ def build_optimizer(
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
 
 
+def warmup_steps(warmup_ratio: float, total_steps: int) -> int:
+    return int(warmup_ratio * total_steps)
+
+
 def build_scheduler(
     optimizer: torch.optim.Optimizer, name: str, *, total_steps: int, warmup_ratio: float
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    """A ``transformers.get_scheduler`` schedule; warmup is ``ceil(warmup_ratio x total)`` steps."""
+    """A ``transformers.get_scheduler`` schedule; warmup is ``floor(warmup_ratio x total)`` steps,
+    as in the original toolkit (so a one-step run trains at the full learning rate)."""
     return get_scheduler(
         name,
         optimizer,
-        num_warmup_steps=math.ceil(warmup_ratio * total_steps),
+        num_warmup_steps=warmup_steps(warmup_ratio, total_steps),
         num_training_steps=total_steps,
     )
