@@ -61,16 +61,17 @@ class ChatRenderer:
 
     # ---- the aligner's conversation -------------------------------------------------------------
 
-    def messages(self, turns: list[Turn], answer: str | None, user_input: str | None) -> list[Turn]:
-        """The aligner's conversation for a request, without the reply."""
+    def messages(self, turns: list[Turn], answer: str | None) -> list[Turn]:
+        """The aligner's conversation for a request, without the reply. Without an ``answer``
+        the turns are used as they are (the original toolkit's formatted input or dialogue)."""
         systems = [self.template.system_prompt] if self.template.system_prompt else []
         systems += [turn["content"] for turn in turns if turn["role"] == "system"]
         messages = [{"role": "system", "content": "\n\n".join(systems)}] if systems else []
-        if user_input is not None:
-            return [*messages, {"role": "user", "content": user_input}]
         history = [turn for turn in turns[:-1] if turn["role"] != "system"]
-        request = self.template.instruction.format(question=turns[-1]["content"], answer=answer)
-        return [*messages, *history, {"role": "user", "content": request}]
+        last = turns[-1]["content"]
+        if answer is not None:
+            last = self.template.instruction.format(question=last, answer=answer)
+        return [*messages, *history, {"role": "user", "content": last}]
 
     # ---- rendering ------------------------------------------------------------------------------
 

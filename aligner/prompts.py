@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import string
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,19 @@ class PromptTemplate:
         values = {"question": [(question, True)], "answer": [(answer, True)]}
         return self.input_pieces(_format_pieces(self.instruction, values))
 
+    def dialogue_pieces(self, turns: Sequence[Turn], eos_token: str) -> list[Piece]:
+        """The original toolkit's frame for a formatted input or a dialogue: ``begin``, each user
+        line in ``user`` followed by ``assistant``, each assistant line followed by EOS. One user
+        line gives exactly ``input_pieces``."""
+        pieces = _format_pieces(self.begin, {})
+        for turn in turns:
+            if turn["role"] == "assistant":
+                pieces += [(turn["content"], True), (eos_token, False)]
+            else:
+                pieces += _format_pieces(self.user, {"input": [(turn["content"], True)]})
+                pieces += _format_pieces(self.assistant, {})
+        return pieces
+
     def render_input(self, user_input: str) -> str:
         """The prompt text for an already formatted user input."""
         return "".join(text for text, _ in self.input_pieces([(user_input, True)]))
@@ -218,12 +232,27 @@ def _aligner_v1() -> PromptTemplate:
     )
 
 
+def _empathy() -> PromptTemplate:
+    return PromptTemplate(
+        name="empathy",
+        begin=constants.PROMPT_BEGIN,
+        user=constants.PROMPT_USER,
+        assistant=constants.PROMPT_ASSISTANT,
+        instruction=constants.EMPATHY_INSTRUCTION.format(inputline="{question} | {answer}"),
+    )
+
+
 def _chat() -> ChatTemplate:
     # The user turn needs no trailing space: the chat template, not the text, ends the turn.
     return ChatTemplate(name=CHAT_TEMPLATE, instruction=constants.CORRECTION_INSTRUCTION.rstrip())
 
 
-PRESETS = {"correction": _correction, "aligner-v1": _aligner_v1, CHAT_TEMPLATE: _chat}
+PRESETS = {
+    "correction": _correction,
+    "aligner-v1": _aligner_v1,
+    "empathy": _empathy,
+    CHAT_TEMPLATE: _chat,
+}
 
 
 def _chat_template_from_dict(data: dict, source: str) -> ChatTemplate:

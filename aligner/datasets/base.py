@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, ClassVar, TypedDict
 if TYPE_CHECKING:
     import datasets
 
-SAMPLE_FIELDS = ("question", "messages", "answer", "correction", "input")
+SAMPLE_FIELDS = ("question", "messages", "dialogue", "answer", "correction", "input")
 
 
 class DataError(ValueError):
@@ -26,8 +26,13 @@ class Turn(TypedDict):
 
 
 class RawSample(TypedDict, total=False):
-    """One correction record: ``question`` (or ``messages``) + ``answer`` (or a formatted
-    ``input``) + target."""
+    """One correction record: ``question`` (or ``messages``) + ``answer`` + ``correction``, or a
+    formatted ``input`` + ``correction``.
+
+    The original toolkit's samples work as they are: ``input`` + ``answer``, where ``answer`` is
+    the target; and ``dialogue`` (or an ``input`` list), alternating user and assistant lines
+    whose last line is the target.
+    """
 
     question: str
     """The user's question."""
@@ -38,8 +43,11 @@ class RawSample(TypedDict, total=False):
     """The upstream model's answer, to be corrected."""
     correction: str
     """The corrected answer: the training target."""
-    input: str
+    input: str | list[str]
     """An already formatted user turn, used instead of ``question`` and ``answer``."""
+    dialogue: list[str]
+    """The original toolkit's dialogue: alternating user and assistant lines, the last one the
+    target."""
 
 
 class RawDataset:
@@ -58,7 +66,8 @@ class RawDataset:
         super().__init_subclass__(**kwargs)
         if "NAME" not in cls.__dict__:
             return  # an abstract intermediate class
-        for name in (cls.NAME, *cls.ALIASES):
+        # Only the class's own aliases: a subclass of a registered dataset has a name of its own.
+        for name in (cls.NAME, *cls.__dict__.get("ALIASES", ())):
             known = RawDataset._registry.get(name)
             # Re-running the same module (a reload, a notebook cell) replaces its own class.
             same = known is not None and (known.__module__, known.__qualname__) == (
@@ -71,6 +80,10 @@ class RawDataset:
                     f"registered by {known.__module__}.{known.__qualname__}"
                 )
             RawDataset._registry[name] = cls
+
+    # A subclass written for the original toolkit may set its own attributes in __init__
+    # without calling this one: nothing here relies on it having run.
+    path: str | None = None
 
     def __init__(self, path: str | None = None) -> None:
         self.path = path
@@ -102,25 +115,28 @@ class RawDataset:
         """
         import datasets
 
-        from aligner.datasets.validation import check_sample
+        from aligner.datasets.validation import normalize_sample
 
         rows: dict[str, list[object]] = {f: [] for f in SAMPLE_FIELDS}
         skipped: list[str] = []
+        name = type(self).__name__
         for index in range(len(self)):
-            sample = self[index]
-            problem = check_sample(sample, f"{self.source}: record {index}")
+            record, problem = normalize_sample(
+                self[index], f"{self.source} ({name}): record {index}"
+            )
             if problem is not None:
                 if not lenient:
                     raise DataError(problem)
                 skipped.append(problem)
                 continue
             for field in SAMPLE_FIELDS:
-                rows[field].append(sample.get(field))
+                rows[field].append(record.get(field))
         used = {f: v for f, v in rows.items() if any(x is not None for x in v)}
-        turn = {"role": datasets.Value("string"), "content": datasets.Value("string")}
-        features = datasets.Features(
-            {f: [turn] if f == "messages" else datasets.Value("string") for f in used}
-        )
+        if not used:
+            raise DataError(f"{self.source} ({name}): no valid sample")
+        string = datasets.Value("string")
+        kinds = {"messages": [{"role": string, "content": string}], "dialogue": [string]}
+        features = datasets.Features({f: kinds.get(f, string) for f in used})
         return datasets.Dataset.from_dict(used, features=features), skipped
 
 

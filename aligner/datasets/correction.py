@@ -1,4 +1,5 @@
-"""The built-in correction datasets: record files (``correction-json``) and the Hub loader."""
+"""The built-in correction datasets: record files (``correction-json``), the Hub loader, and the
+original toolkit's ``empathy-json`` and ``beavertails-json/{train,test}``."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import datasets
 
+from aligner import constants
 from aligner.datasets.base import SAMPLE_FIELDS, DataError, RawDataset, RawSample
 from aligner.datasets.loading import read_records, validate_records
 from aligner.datasets.validation import CORRECTION_FIELDS, record_columns
@@ -120,3 +122,61 @@ class HubCorrectionDataset(_ArrowCorrectionDataset):
     def cache_key(self) -> str:
         mapping = sorted(self.column_map.items())
         return f"hub:{self.path}:{mapping}:{self._records()._fingerprint}"
+
+
+class _FormattedInputDataset(CorrectionFileDataset):
+    """A record file whose records become the original toolkit's formatted-input samples."""
+
+    FIELDS: tuple[str, ...]
+
+    def _format(self, row: dict[str, str]) -> dict[str, str]:
+        raise NotImplementedError
+
+    def _load(self, *, lenient: bool, cache_dir: str | None) -> tuple[datasets.Dataset, list[str]]:
+        records, skipped = read_records(
+            self.path, self.FIELDS, lenient=lenient, cache_dir=cache_dir
+        )
+        formatted = records.map(
+            self._format, remove_columns=records.column_names, desc="formatting", batched=False
+        )
+        return formatted, skipped
+
+    def to_hf_dataset(
+        self, *, lenient: bool = False, cache_dir: str | None = None
+    ) -> tuple[datasets.Dataset, list[str]]:
+        return self._load(lenient=lenient, cache_dir=cache_dir)
+
+    def __getitem__(self, index: int) -> RawSample:
+        return RawSample(**self._records()[index])
+
+
+class EmpathyJSONDataset(_FormattedInputDataset):
+    """The original toolkit's empathy aligner data: (question, answer, correction) records whose
+    input is ``EMPATHY_INSTRUCTION`` with ``question | answer``: ``empathy-json::PATH``."""
+
+    NAME = "empathy-json"
+    FIELDS = CORRECTION_FIELDS
+
+    def _format(self, row: dict[str, str]) -> dict[str, str]:
+        # Read at call time, so that an edited constant takes effect.
+        instruction = constants.EMPATHY_INSTRUCTION
+        inputline = " | ".join((row["question"], row["answer"]))
+        return {"input": instruction.format(inputline=inputline), "correction": row["correction"]}
+
+
+class _BeavertailsJSONDataset(_FormattedInputDataset):
+    """The original toolkit's BeaverTails files: (prompt, response) records whose input is the
+    prompt and the response joined by a space, and whose target is the response."""
+
+    FIELDS = ("prompt", "response")
+
+    def _format(self, row: dict[str, str]) -> dict[str, str]:
+        return {"input": " ".join((row["prompt"], row["response"])), "correction": row["response"]}
+
+
+class BeavertailsTrainJSONDataset(_BeavertailsJSONDataset):
+    NAME = "beavertails-json/train"
+
+
+class BeavertailsTestJSONDataset(_BeavertailsJSONDataset):
+    NAME = "beavertails-json/test"

@@ -60,31 +60,37 @@ class Request:
     """What the aligner is asked to correct.
 
     ``turns`` is the conversation up to and including the user turn that ``answer`` replies to
-    (a single-turn record is one user turn); ``user_input`` is an already formatted user turn (the
-    original toolkit's form), used instead of both.
+    (a single-turn record is one user turn), and the template's correction instruction frames
+    them. Without an ``answer`` the turns are the whole request as the original toolkit wrote
+    it: a formatted ``input`` (one user turn) or a ``dialogue``, rendered without instruction.
     """
 
-    turns: tuple[Turn, ...] = ()
+    turns: tuple[Turn, ...]
     answer: str | None = None
-    user_input: str | None = None
+
+    @property
+    def instructed(self) -> bool:
+        return self.answer is not None
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> Request:
-        """From a record's ``question`` or ``messages``, ``answer``, or ``input``."""
+        """From a record's ``question`` or ``messages`` and ``answer``; or its ``input`` or
+        ``dialogue`` (alternate user and assistant lines, ending with a user line)."""
         if record.get("messages") is not None:
             turns = tuple(
                 {"role": turn["role"], "content": turn["content"]} for turn in record["messages"]
             )
-        elif record.get("question") is not None:
-            turns = ({"role": "user", "content": record["question"]},)
-        else:
-            return cls(user_input=record["input"])
-        return cls(turns=turns, answer=record.get("answer"))
+            return cls(turns, record.get("answer"))
+        if record.get("question") is not None:
+            return cls(({"role": "user", "content": record["question"]},), record.get("answer"))
+        if record.get("dialogue") is not None:
+            roles = ("user", "assistant")
+            lines = record["dialogue"]
+            return cls(tuple({"role": roles[i % 2], "content": t} for i, t in enumerate(lines)))
+        return cls(({"role": "user", "content": record["input"]},))
 
     def capped(self, limit: int) -> Request:
         """Every text cut to ``limit`` characters: more than that never fits anyway."""
-        if self.user_input is not None:
-            return replace(self, user_input=self.user_input[:limit])
         turns = tuple({**turn, "content": turn["content"][:limit]} for turn in self.turns)
         answer = None if self.answer is None else self.answer[:limit]
         return replace(self, turns=turns, answer=answer)
@@ -102,19 +108,16 @@ class Request:
     @property
     def shrinkable(self) -> tuple[tuple[str, int], ...]:
         """The texts truncation may shorten, in order, with the bit that records it."""
-        if self.user_input is not None:
-            return (("user_input", QUESTION_SHORTENED),)
-        return (("answer", ANSWER_SHORTENED), ("question", QUESTION_SHORTENED))
+        question = ("question", QUESTION_SHORTENED)
+        return (("answer", ANSWER_SHORTENED), question) if self.instructed else (question,)
 
     def text(self, field: str) -> str:
-        if field == "question":
-            return self.turns[-1]["content"]
-        return getattr(self, field) or ""
+        return self.turns[-1]["content"] if field == "question" else self.answer or ""
 
     def with_text(self, field: str, value: str) -> Request:
         if field == "question":
             return replace(self, turns=(*self.turns[:-1], {**self.turns[-1], "content": value}))
-        return replace(self, **{field: value})
+        return replace(self, answer=value)
 
     def minimal(self) -> Request:
         """The shortest prompt truncation can reach: no history and empty texts."""
@@ -141,18 +144,19 @@ class StringRenderer:
     add_prefix = True
     """String templates hold no BOS: the tokenizer's special prefix goes before them."""
 
-    def __init__(self, template: PromptTemplate) -> None:
+    def __init__(self, template: PromptTemplate, eos_token: str) -> None:
         self.template = template
+        self.eos_token = eos_token
         self.template_text = "".join(
             (template.begin, template.user, template.assistant, template.instruction)
         )
 
     def render(self, request: Request, correction: str | None) -> Rendered:
-        if request.user_input is not None:
-            prompt = self.template.input_pieces([(request.user_input, True)])
-        else:
+        if request.instructed:
             question = serialize_conversation(list(request.turns))
             prompt = self.template.pieces(question, request.answer or "")
+        else:
+            prompt = self.template.dialogue_pieces(request.turns, self.eos_token)
         return Rendered([piece for piece in prompt if piece[0]], correction or "", [])
 
 
@@ -167,7 +171,7 @@ class ChatRequestRenderer:
         self.template_text = template.chat_template or ""
 
     def render(self, request: Request, correction: str | None) -> Rendered:
-        messages = self.chat.messages(list(request.turns), request.answer, request.user_input)
+        messages = self.chat.messages(list(request.turns), request.answer)
         rendering = self.chat.render(messages, correction)
         suffix = [(rendering.suffix, False)] if rendering.suffix else []
         return Rendered(rendering.prompt, rendering.correction, suffix)
@@ -195,7 +199,7 @@ class SampleEncoder:
                 self.template, tokenizer
             )
         else:
-            self.renderer = StringRenderer(self.template)
+            self.renderer = StringRenderer(self.template, tokenizer.eos_token)
         self.pieces = PieceEncoder(tokenizer, self.renderer.template_text)
         self.max_length = max_length
         self.prefix = special_prefix(tokenizer) if self.renderer.add_prefix else []
@@ -308,7 +312,7 @@ class SampleEncoder:
     # ---- datasets.map ---------------------------------------------------------------------------
 
     def _requests(self, batch: Mapping[str, Sequence[Any]]) -> list[Request]:
-        names = [n for n in ("question", "messages", "answer", "input") if n in batch]
+        names = [n for n in ("question", "messages", "dialogue", "answer", "input") if n in batch]
         requests = []
         for i in range(len(batch["correction"])):
             record = {n: batch[n][i] for n in names if batch[n][i] is not None}
@@ -317,7 +321,7 @@ class SampleEncoder:
 
     def _check_text(self, request: Request, correction: str) -> None:
         texts = [turn["content"] for turn in request.turns]
-        texts += [request.answer or "", request.user_input or "", correction]
+        texts += [request.answer or "", correction]
         for text in texts:
             character = self.pieces.reserved_character(text)
             if character is not None:

@@ -96,18 +96,64 @@ def record_columns(columns: Sequence[str], fields: Sequence[str]) -> list[str]:
     return wanted
 
 
-def sample_fields(record: Mapping[str, Any]) -> tuple[str, ...]:
-    """The fields a training sample needs: question (or messages)/answer/correction, or
-    input/correction."""
-    context = ("question", "answer", MESSAGES_FIELD)
-    if "input" in record and not any(record.get(field) is not None for field in context):
-        return INPUT_FIELDS
-    return CORRECTION_FIELDS
+def _dialogue_problem(lines: object) -> str | None:
+    if not isinstance(lines, (list, tuple)) or len(lines) < 2 or len(lines) % 2:
+        return (
+            "a dialogue must be a list of alternating user and assistant lines, ending with "
+            "the assistant's"
+        )
+    for index, line in enumerate(lines):
+        if not isinstance(line, str):
+            return f"dialogue line {index} must be a string, got {_type_name(line)}"
+    if not lines[-1].strip():
+        return "the dialogue's last (assistant) line, the target, is empty"
+    return None
 
 
-def check_sample(record: object, where: str) -> str | None:
-    fields = sample_fields(record) if isinstance(record, Mapping) else CORRECTION_FIELDS
-    return check_record(record, where, fields)
+def normalize_sample(sample: object, where: str) -> tuple[dict[str, Any] | None, str | None]:
+    """A dataset class's sample as a record of the schema, or the problem with it.
+
+    Besides this toolkit's forms (``question`` or ``messages`` + ``answer`` + ``correction``;
+    ``input`` + ``correction``), the original toolkit's are accepted: ``input`` + ``answer``,
+    where ``answer`` is the target, and a ``dialogue`` (or an ``input`` list) of alternating user
+    and assistant lines whose last line is the target.
+    """
+    if not isinstance(sample, Mapping):
+        return None, f"{where}: sample is not a mapping (got {_type_name(sample)})"
+    sample = dict(sample)
+    if isinstance(sample.get("input"), (list, tuple)):
+        if sample.get("dialogue") is not None:
+            return None, f"{where}: sample has both an 'input' list and a 'dialogue'"
+        sample["dialogue"] = sample.pop("input")
+    present = {field for field, value in sample.items() if value is not None}
+    if "dialogue" in present:
+        others = ("question", MESSAGES_FIELD, "answer", "correction", "input")
+        extra = [field for field in others if field in present]
+        if extra:
+            return None, (
+                f"{where}: sample has a 'dialogue' and {', '.join(map(repr, extra))}; a "
+                "dialogue's last line is its target"
+            )
+        problem = _dialogue_problem(sample["dialogue"])
+        if problem is not None:
+            return None, f"{where}: {problem}"
+        lines = list(sample["dialogue"])
+        return {"dialogue": lines[:-1], "correction": lines[-1]}, None
+    if "input" in present and not present & {"question", MESSAGES_FIELD}:
+        if {"answer", "correction"} <= present:
+            return None, (
+                f"{where}: sample has 'input', 'answer' and 'correction': with 'input', "
+                "'answer' is the original toolkit's target; give 'answer' or 'correction'"
+            )
+        if "answer" in present:
+            sample["correction"] = sample.pop("answer")
+        problem = check_record(sample, where, INPUT_FIELDS)
+        return (None, problem) if problem else ({f: sample[f] for f in INPUT_FIELDS}, None)
+    problem = check_record(sample, where, CORRECTION_FIELDS)
+    if problem is not None:
+        return None, problem
+    fields = record_columns(sorted(present), CORRECTION_FIELDS)
+    return {f: sample[f] for f in fields}, None
 
 
 def utf8_problem(path: Path, chunk_size: int = 1 << 24) -> str | None:

@@ -131,7 +131,9 @@ def test_invalid_sample_from_a_class_names_the_record(tmp_path, llama_tokenizer)
                 return RawSample(question="q", answer="a", correction=None)  # type: ignore[typeddict-item]
             return RawSample(question="q", answer="a", correction="c")
 
-    with pytest.raises(DataError, match=r"test-registry-bad: record 2: field 'correction' is null"):
+    with pytest.raises(
+        DataError, match=r"test-registry-bad \(_Bad\): record 2: field 'correction' is null"
+    ):
         build_dataset(
             ["test-registry-bad"],
             llama_tokenizer,
