@@ -12,6 +12,19 @@ from urllib.parse import urlparse
 
 METRICS_FILE = "metrics.jsonl"
 LOSS_CURVE_FILE = "loss_curve.png"
+_TRAIN_NAMES = {"lr": "train/lr", "epoch": "train/epoch"}
+
+
+def tracker_name(key: str) -> str:
+    """The wandb / tensorboard name of a metric: the original toolkit's ``train/loss``,
+    ``train/lr``, ``train/epoch`` and ``eval/...``, and every other per-step value under
+    ``train/`` (``train_loss`` in metrics.jsonl is ``train/loss`` there)."""
+    if key in _TRAIN_NAMES:
+        return _TRAIN_NAMES[key]
+    for phase in ("train", "eval"):
+        if key.startswith(f"{phase}_"):
+            return f"{phase}/{key[len(phase) + 1 :]}"
+    return f"train/{key}"
 
 
 def wandb_has_credentials() -> bool:
@@ -93,10 +106,14 @@ class Tracker:
         row = {"step": step, "time": round(time.time(), 3), **row}
         self._metrics.write(json.dumps(row) + "\n")
         self._metrics.flush()
-        scalars = {k: v for k, v in row.items() if k not in ("step", "time") and _is_number(v)}
+        scalars = {
+            tracker_name(k): v
+            for k, v in row.items()
+            if k not in ("step", "time") and _is_number(v)
+        }
         if self._tensorboard is not None:
             for key, value in scalars.items():
-                self._tensorboard.add_scalar(key.replace("_", "/", 1), value, step)
+                self._tensorboard.add_scalar(key, value, step)
         if self._wandb_run is not None:
             self._wandb_run.log(scalars, step=step)
 
