@@ -263,6 +263,7 @@ class Check:
     def summary(self) -> dict[str, Any]:
         s = self.settings
         return {
+            "dtype": s.dtype,
             "records": s.records,
             "max_length": s.max_length,
             "ranks": self.args.ranks,

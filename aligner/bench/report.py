@@ -62,27 +62,34 @@ def render_markdown(
     s = summary
     lines = ["# GPU check", ""]
     if environment:
-        installed = ", ".join(f"{name} {v}" for name, v in versions.items() if v)
-        lines.append(
-            f"{environment['date']} · {environment['device']} · CUDA {environment['cuda']} · "
-            f"Python {environment['python']} · {installed}"
-        )
-        lines.append("")
+        cuda = [f"CUDA {environment['cuda']}"] if environment.get("cuda") else []
+        installed = [f"{name} {v}" for name, v in versions.items() if v]
+        facts = [environment["date"], environment["device"], *cuda]
+        lines += [" · ".join([*facts, f"Python {environment['python']}", *installed]), ""]
     if model:
+        count = model["parameters"]
+        size = f"{count / 1e9:.2f}B" if count >= 1e8 else f"{count / 1e6:.1f}M"
         lines.append(
-            f"Model: random-init Llama, {model['parameters'] / 1e9:.2f}B parameters (hidden "
-            f"{model['hidden_size']}, {model['layers']} layers, vocabulary {model['vocab_size']})."
+            f"Model: random-init Llama, {size} parameters (hidden {model['hidden_size']}, "
+            f"{model['layers']} layers, vocabulary {model['vocab_size']}), {s['dtype']}."
         )
     lines += [
         f"Training: {s['records']} synthetic correction records, max length {s['max_length']}, "
         f"{s['ranks']} rank(s) x micro-batch {s['micro_batch']} x {s['accumulation']} "
         f"accumulation steps, {s['warmup_steps']} warm-up steps left out, {s['timed_steps']} "
-        f"timed. MFU against {s['peak_tflops']:g} TFLOP/s per GPU: (6 x N + 12 x layers x hidden "
-        "x sample length) per token, N without the input embedding, LM head counted at every "
-        "token (4 x N under LoRA); 'head at targets' counts the LM head only where the trainer "
-        "runs it.",
+        "timed (rates over the wall time from the end of the last warm-up step to the end of the "
+        f"last step). MFU against {s['peak_tflops']:g} TFLOP/s per GPU: (6 x N + 12 x layers x "
+        "hidden x sample length) per token, N without the input embedding, LM head counted at "
+        "every token (4 x N under LoRA); 'head at targets' counts the LM head only where the "
+        "trainer runs it.",
         "",
     ]
+    if s["ranks"] == 1:
+        lines += [
+            "With one rank ZeRO has nothing to partition: the zero2 and zero3 peaks show each "
+            "stage's own overhead, not the savings it brings on several GPUs.",
+            "",
+        ]
     train = [row for row in rows if not row["name"].startswith("correct")]
     measured = [row for row in train if "sample_tokens_median" in row]
     if measured:

@@ -116,6 +116,7 @@ def test_report_has_a_row_for_every_result() -> None:
         {"name": "correct-b8", "status": "ok", "batch_size": 8, "generated_tokens_per_s": 812.0},
     ]
     summary = {
+        "dtype": "bfloat16",
         "records": 10,
         "max_length": 64,
         "ranks": 1,
