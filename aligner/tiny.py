@@ -99,11 +99,13 @@ def tiny_llama_config(
     hidden_size: int = 64,
     num_layers: int = 2,
     num_heads: int = 4,
+    num_kv_heads: int | None = None,
     intermediate_size: int = 128,
     max_position_embeddings: int = 2048,
     **extra: object,
 ):
-    """A tiny ``LlamaConfig`` for ``tokenizer``'s vocabulary and special tokens."""
+    """A tiny ``LlamaConfig`` for ``tokenizer``'s vocabulary and special tokens; fewer
+    ``num_kv_heads`` than ``num_heads`` gives grouped-query attention."""
     from transformers import LlamaConfig
 
     return LlamaConfig(
@@ -112,7 +114,7 @@ def tiny_llama_config(
         intermediate_size=intermediate_size,
         num_hidden_layers=num_layers,
         num_attention_heads=num_heads,
-        num_key_value_heads=num_heads,
+        num_key_value_heads=num_kv_heads or num_heads,
         max_position_embeddings=max_position_embeddings,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

@@ -1,79 +1,70 @@
 #!/usr/bin/env bash
 #
-# GPU check for one H100 / H200, prepared so that a short GPU lease is spent measuring.
+# GPU check for one H100 / H200, prepared so that a short GPU lease is spent measuring: real
+# `aligner train` runs of a random 1.1B Llama in bf16 (ZeRO-2, ZeRO-3, length-grouped, packed,
+# LoRA: tokens/s per GPU, MFU, peak memory) and `aligner correct` on the same model (generated
+# tokens/s at batch sizes 8, 32 and 128, greedy, 256 new tokens). Budgeted to end within 9
+# minutes, each part under its own timeout. Downloads nothing.
 #
-#   1. Throughput: a random-init Llama-shaped model of 0.9B parameters (hidden 2048, 16 layers,
-#      GQA 16/8 heads, vocab 32000), bf16, sequences of 2048 tokens, micro-batch 4, trained with
-#      the aligner's loss for 5 + 25 steps under ZeRO-2 and then ZeRO-3; then ZeRO-2 with
-#      padding-free packed rows (flash-attention varlen when flash-attn is installed), with LoRA
-#      (r 16), and a 1.5B shape (28 layers). Prints tokens/s per GPU,
-#      MFU (6 x params + attention FLOPs per token, 4 x params under LoRA, against
-#      989 TFLOP/s) and peak memory.
-#   2. The trainer itself on the GPU (when the package's data dependencies are installed):
-#      the embedded demo under ZeRO-3 with the default precision (bf16 on these GPUs) for 30
-#      steps, then a reload of the saved model.
+# Usage:
+#   bash scripts/gpu-check.sh [--output DIR] [--wheels DIR] [--only PART...] [--budget_s S]
+#   bash scripts/gpu-check.sh --cpu_smoke [--output DIR]    # the same parts, tiny, on CPU
 #
-# Needs torch, transformers and deepspeed (plus the package's dependencies for part 2);
-# downloads nothing; about 5 minutes, at most 16 (each part has its own timeout).
-# Results: $OUT (the device runner's output folder) or output/gpu-check: gpu-check.jsonl,
-# the demo's folder and logs. Extra flags go to every throughput run, e.g.
-#   bash scripts/gpu-check.sh --gradient_checkpointing --micro_batch_size 8
+# The machine needs python with torch, transformers, peft, accelerate, tokenizers, pyarrow,
+# pandas and matplotlib. Whatever else the check imports (deepspeed, datasets, mistral-common
+# and what they need) comes from the wheels folder (default .whl, filled by
+# scripts/gpu-wheels.sh): only the wheels of distributions this python lacks, installed with
+# no index and no dependency resolution into a folder of their own that goes first on
+# PYTHONPATH, so the machine's torch and transformers stay as they are. The repository goes
+# on PYTHONPATH too: aligner itself needs no install.
+#
+# Results in DIR (default $GPU_CHECK_OUTPUT, else output/gpu-check): gpu-check.json (a list of
+# rows), gpu-check.md (tables, also printed at the end), gpu-check.log (every part's output),
+# metrics.jsonl (the training runs' metrics). Exit status 0 when every row succeeded.
+# Environment: PYTHON (default python3); GPU_CHECK_SITE, the folder the wheels are installed
+# into (default: a new temporary one).
 
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
-RESULTS="${OUT:-output/gpu-check}"
-mkdir -p "${RESULTS}"
-STATUS=0
+WHEELS=".whl"
+ARGS=()
+while [[ $# -gt 0 ]]; do
+	case "$1" in
+	--wheels) WHEELS="$2"; shift 2 ;;
+	-h | --help) sed -n '2,/^$/p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	*) ARGS+=("$1"); shift ;;
+	esac
+done
 
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-"${PYTHON}" -c 'import torch, transformers, deepspeed; print("torch", torch.__version__,
-"transformers", transformers.__version__, "deepspeed", deepspeed.__version__)' 2>/dev/null
-
-throughput() { # NAME FLAGS...: one throughput run, its result line or its log's tail
-	local name="$1"
-	shift
-	echo "== throughput, ${name}"
-	timeout 150 "${PYTHON}" -m aligner.training.gpu_check "$@" \
-		--json "${RESULTS}/gpu-check.jsonl" ${EXTRA[@]+"${EXTRA[@]}"} >"${RESULTS}/${name}.log" 2>&1
-	local code=$?
-	grep '^GPU_CHECK' "${RESULTS}/${name}.log" || tail -n 20 "${RESULTS}/${name}.log"
-	[[ ${code} == 0 ]] || { echo "${name} throughput run failed (${code})"; STATUS=1; }
-}
-
-EXTRA=("$@")
-# Packed rows skip the masked attention work only with flash-attention's variable-length kernel.
-PACKED_ATTN=sdpa
-"${PYTHON}" -c 'import flash_attn' 2>/dev/null && PACKED_ATTN=flash_attention_2
-throughput zero2 --zero_stage 2
-throughput zero3 --zero_stage 3
-throughput zero2-packed --zero_stage 2 --packing --attn_implementation "${PACKED_ATTN}"
-throughput zero2-lora --zero_stage 2 --lora_r 16
-# A 1.5B shape (28 layers): the MFU target is stated for this size.
-throughput zero2-1.5b --zero_stage 2 --num_layers 28
-
-echo "== trainer on the GPU: demo, ZeRO-3, default precision, 30 steps"
-if "${PYTHON}" -c 'import aligner.datasets, mistral_common' 2>/dev/null; then
-	timeout 180 bash scripts/sft-correction.sh --demo --output_dir "${RESULTS}/demo" \
-		--num_gpus 1 --zero_stage 3 --max_steps 30 >"${RESULTS}/demo.log" 2>&1
-	code=$?
-	grep -E 'precision|training on|eval at|trained|saved model' "${RESULTS}/demo.log" | tail -n 8
-	if [[ ${code} == 0 ]]; then
-		"${PYTHON}" - "${RESULTS}/demo" <<-'EOF' || STATUS=1
-			import sys
-			import torch
-			from transformers import AutoModelForCausalLM
-			model = AutoModelForCausalLM.from_pretrained(sys.argv[1])
-			weights = next(model.parameters())
-			assert torch.isfinite(weights).all(), "non-finite weights"
-			print(f"reloaded {sys.argv[1]}: dtype {weights.dtype}, {model.num_parameters():,} params")
-		EOF
-	else
-		echo "demo run failed (${code}); see ${RESULTS}/demo.log"
-		STATUS=1
-	fi
-else
-	echo "skipped: install the package (pip install -e .) to run the trainer check"
+# The wheels of distributions this python does not have; those it has are its own to keep.
+MISSING=()
+for wheel in "${WHEELS}"/*.whl; do
+	[[ -e "${wheel}" ]] || continue
+	name="$(basename "${wheel}")"
+	"${PYTHON}" -c 'import importlib.metadata as m, sys; m.version(sys.argv[1])' "${name%%-*}" \
+		2>/dev/null || MISSING+=("${wheel}")
+done
+if [[ ${#MISSING[@]} -gt 0 ]]; then
+	SITE="${GPU_CHECK_SITE:-$(mktemp -d -t aligner-gpu-site-XXXXXX)}"
+	echo "gpu-check.sh: installing ${#MISSING[@]} wheels from ${WHEELS} into ${SITE} (no index)"
+	"${PYTHON}" -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir \
+		--disable-pip-version-check --upgrade --target "${SITE}" "${MISSING[@]}" || {
+		echo "gpu-check.sh: the wheels in ${WHEELS} do not install into ${PYTHON}" \
+			"($("${PYTHON}" --version)); fill the folder with scripts/gpu-wheels.sh" \
+			"--python-version of that python" >&2
+		exit 1
+	}
+	export PYTHONPATH="${SITE}${PYTHONPATH:+:${PYTHONPATH}}"
 fi
-exit "${STATUS}"
+export PYTHONPATH="${PWD}${PYTHONPATH:+:${PYTHONPATH}}"
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
+# Each part still runs and reports its own failure; this says why up front.
+"${PYTHON}" - <<'EOF' || echo "gpu-check.sh: fill ${WHEELS} with scripts/gpu-wheels.sh" >&2
+import importlib.util, sys
+missing = [m for m in ("deepspeed", "datasets", "mistral_common") if not importlib.util.find_spec(m)]
+sys.exit(f"gpu-check.sh: {', '.join(missing)} not installed" if missing else 0)
+EOF
+exec "${PYTHON}" -m aligner.bench.gpu_check ${ARGS[@]+"${ARGS[@]}"}

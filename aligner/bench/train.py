@@ -30,7 +30,6 @@ import argparse
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,13 +37,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from aligner.bench.processes import REPO_ROOT, offline_env, run_logged
+
 MICRO_BATCH = 4
 ACCUMULATION = 2
 SEED = 0
 LEARNING_RATE = 1e-4
 MODEL_SHAPE = {"hidden_size": 256, "num_layers": 4, "num_heads": 4, "intermediate_size": 688}
 RESULT_PREFIX = "BENCH_RESULT "
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -202,27 +202,12 @@ def run_trl(work: Path, max_length: int, packing: bool) -> Measured:
 # ---- the parent: modes in fresh processes, then the table -----------------------------------
 
 
-def _child_env(threads: int) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        OMP_NUM_THREADS=str(threads),
-        TOKENIZERS_PARALLELISM="false",
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        WANDB_MODE="disabled",
-    )
-    return env
-
-
 def _run(command: list[str], env: dict[str, str], log: Path) -> str:
-    with log.open("w") as handle:
-        done = subprocess.run(command, env=env, stdout=handle, stderr=subprocess.STDOUT)
-    output = log.read_text()
-    if done.returncode != 0:
-        tail = "\n".join(output.splitlines()[-15:])
-        raise RuntimeError(f"{' '.join(command[:4])} ... failed ({done.returncode}):\n{tail}")
-    return output
+    finished = run_logged(command, env, log)
+    if finished.returncode != 0:
+        tail = finished.tail()
+        raise RuntimeError(f"{' '.join(command[:4])} ... failed ({finished.returncode}):\n{tail}")
+    return log.read_text()
 
 
 def _trainer_command(work: Path, output_dir: Path, max_length: int, *flags: str) -> list[str]:
@@ -247,7 +232,7 @@ def run_aligner(work: Path, mode: str, max_length: int, threads: int, *flags: st
     output_dir = work / mode.replace(" ", "-")
     command = [sys.executable, "-m", "aligner.training.main"]
     command += _trainer_command(work, output_dir, max_length, "--zero_stage", "0", *flags)
-    _run(command, _child_env(threads), work / f"{output_dir.name}.log")
+    _run(command, offline_env(threads), work / f"{output_dir.name}.log")
     rows = [row for row in read_metrics(output_dir / "metrics.jsonl") if "train_loss" in row]
     if len(rows) < 2:
         raise RuntimeError(f"{mode}: fewer than 2 optimizer steps; use more --records")
@@ -269,7 +254,7 @@ def run_aligner(work: Path, mode: str, max_length: int, threads: int, *flags: st
 def run_child(work: Path, mode: str, max_length: int, threads: int) -> Measured:
     command = [sys.executable, "-m", "aligner.bench.train", "--child", mode, "--work", str(work)]
     command += ["--max_length", str(max_length)]
-    output = _run(command, _child_env(threads), work / f"{mode}.log")
+    output = _run(command, offline_env(threads), work / f"{mode}.log")
     line = next(line for line in output.splitlines() if line.startswith(RESULT_PREFIX))
     return Measured(**json.loads(line.removeprefix(RESULT_PREFIX)))
 
@@ -282,7 +267,7 @@ def peak_memory(work: Path, stage: int, max_length: int) -> list[float]:
     command = ["bash", str(REPO_ROOT / "scripts" / "sft-correction.sh"), "--num_gpus", "2"]
     command += _trainer_command(work, output_dir, max_length, "--zero_stage", str(stage))
     command += ["--max_steps", "3", "--per_device_train_batch_size", "2"]
-    env = _child_env(1) | {"PYTHON": sys.executable}
+    env = offline_env(1) | {"PYTHON": sys.executable}
     _run(command, env, work / f"{output_dir.name}.log")
     (row,) = [row for row in read_metrics(output_dir / "metrics.jsonl") if "peak_memory_mib" in row]
     return row["peak_memory_mib"]
