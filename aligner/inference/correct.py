@@ -103,6 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write DPO pairs (prompt=question, chosen=correction, rejected=answer)",
     )
     io.add_argument(
+        "--upstream_tokenizer",
+        default=None,
+        metavar="PATH",
+        help="the upstream model's tokenizer: its chat template writes standard-format "
+        "preference prompts exactly as that model is prompted (default: the question and a "
+        "blank line)",
+    )
+    io.add_argument(
         "--preference_format",
         choices=FORMATS,
         default="standard",
@@ -131,6 +139,13 @@ def check_args(args: argparse.Namespace) -> None:
     for flag in ("rounds", "batch_size", "max_new_tokens"):
         if getattr(args, flag) < 1:
             raise CorrectionError(f"--{flag} must be at least 1")
+    if args.upstream_tokenizer and (
+        not args.preference_output or args.preference_format != "standard"
+    ):
+        raise CorrectionError(
+            "--upstream_tokenizer writes standard-format preference prompts: it needs "
+            "--preference_output with --preference_format standard"
+        )
     sampling = [f"--{f}" for f in ("temperature", "top_p", "top_k") if getattr(args, f) is not None]
     if sampling and not args.do_sample:
         raise CorrectionError(f"{', '.join(sampling)} take effect only with --do_sample")
@@ -304,6 +319,10 @@ def run_settings(args: argparse.Namespace, template: Template) -> dict[str, Any]
 def run(args: argparse.Namespace) -> int:
     check_args(args)
     tokenizer = load_tokenizer(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
+    # Loaded before any generation, so that a bad path fails in the first second.
+    upstream = None
+    if args.upstream_tokenizer:
+        upstream = load_tokenizer(args.upstream_tokenizer, trust_remote_code=args.trust_remote_code)
     template = checkpoint_template(args.model_name_or_path, args.template, args.system_prompt)
     encoder = SampleEncoder(tokenizer, template, max_length=INFERENCE_MAX_LENGTH)
     template = encoder.template
@@ -334,7 +353,7 @@ def run(args: argparse.Namespace) -> int:
         final = merge_written(output, records)
     print(f"{output}: {len(final)} corrected records ({len(pending)} new)")
     if args.preference_output:
-        stats = write_preferences(final, args.preference_output, args.preference_format)
+        stats = write_preferences(final, args.preference_output, args.preference_format, upstream)
         print(
             f"{args.preference_output}: {stats.written} preference pairs; skipped "
             f"{stats.skipped_unchanged} unchanged and {stats.skipped_empty} empty corrections"

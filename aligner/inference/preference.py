@@ -19,6 +19,10 @@ from aligner.inference.output import write_atomically
 from aligner.prompts import Turn, serialize_conversation
 
 FORMATS = ("standard", "conversational")
+PROMPT_SEPARATOR = "\n\n"
+"""Ends a standard-format prompt written without the upstream chat template: TRL tokenizes the
+prompt alone and joined to each reply, and a prompt that ends mid-word merges tokens with the
+reply's first characters (then the prompt's tokens are not a prefix of the pair's)."""
 
 
 @dataclass
@@ -37,8 +41,19 @@ def upstream_conversation(record: dict[str, Any]) -> list[Turn]:
     return [{"role": "user", "content": record["question"]}]
 
 
+def standard_prompt(conversation: list[Turn], upstream: Any = None) -> str:
+    """The prompt of a standard-format pair: the upstream tokenizer's chat template with its
+    generation prompt, as the upstream model is prompted; without one, the conversation as text
+    followed by ``PROMPT_SEPARATOR``."""
+    if upstream is not None and getattr(upstream, "chat_template", None):
+        return upstream.apply_chat_template(
+            conversation, add_generation_prompt=True, tokenize=False
+        )
+    return serialize_conversation(conversation) + PROMPT_SEPARATOR
+
+
 def preference_pair(
-    conversation: list[Turn], answer: str, correction: str, form: str
+    conversation: list[Turn], answer: str, correction: str, form: str, upstream: Any = None
 ) -> dict[str, Any]:
     if form == "conversational":
         return {
@@ -46,15 +61,19 @@ def preference_pair(
             "chosen": [{"role": "assistant", "content": correction}],
             "rejected": [{"role": "assistant", "content": answer}],
         }
-    prompt = serialize_conversation(conversation)
+    prompt = standard_prompt(conversation, upstream)
     return {"prompt": prompt, "chosen": correction, "rejected": answer}
 
 
 def write_preferences(
-    records: Iterable[dict[str, Any]], path: str | Path, form: str = "standard"
+    records: Iterable[dict[str, Any]],
+    path: str | Path,
+    form: str = "standard",
+    upstream: Any = None,
 ) -> PreferenceStats:
     """Write the pairs of corrected records (``question`` or ``messages``, ``answer``,
-    ``correction``)."""
+    ``correction``); ``upstream`` is the upstream model's tokenizer, whose chat template writes
+    standard-format prompts."""
     if form not in FORMATS:
         raise ValueError(f"unknown preference format {form!r}: use one of {', '.join(FORMATS)}")
     stats, pairs = PreferenceStats(), []
@@ -65,7 +84,8 @@ def write_preferences(
         elif is_copy(correction, answer):
             stats.skipped_unchanged += 1
         else:
-            pairs.append(preference_pair(upstream_conversation(record), answer, correction, form))
+            conversation = upstream_conversation(record)
+            pairs.append(preference_pair(conversation, answer, correction, form, upstream))
     stats.written = len(pairs)
     write_atomically(path, pairs)
     return stats

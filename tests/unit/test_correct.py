@@ -354,8 +354,8 @@ def test_preference_pairs_skip_unchanged_and_empty_corrections(tmp_path: Path) -
     stats = write_preferences(records, tmp_path / "pairs.jsonl")
     pairs = read_lines(tmp_path / "pairs.jsonl")
     assert pairs == [
-        {"prompt": "Q0", "chosen": "good", "rejected": "bad"},
-        {"prompt": "Q3", "chosen": "an answer", "rejected": ""},
+        {"prompt": "Q0\n\n", "chosen": "good", "rejected": "bad"},
+        {"prompt": "Q3\n\n", "chosen": "an answer", "rejected": ""},
     ]
     assert (stats.written, stats.skipped_unchanged, stats.skipped_empty) == (2, 1, 1)
 
@@ -367,6 +367,67 @@ def test_preference_pairs_skip_unchanged_and_empty_corrections(tmp_path: Path) -
             "rejected": [{"role": "assistant", "content": "bad"}],
         }
     ]
+
+
+TRL_RECORDS = [
+    {
+        "question": "What is the capital of France?",
+        "answer": "Paris is in Germany.",
+        "correction": "Paris.",
+    },
+    {"question": "Sum of 2 and 2", "answer": "5", "correction": "4"},
+    {"question": "Spell 'cat'.", "answer": "k-a-t", "correction": "c-a-t"},
+    {"question": "你好？", "answer": "😀", "correction": "你好！"},
+    {"question": "Ends with a space ", "answer": ":)", "correction": ":-)"},
+]
+
+
+def prompt_is_a_prefix(tokenizer, pair: dict) -> bool:
+    """TRL's check: the prompt's tokens begin the tokens of the prompt joined to each reply."""
+    prompt = tokenizer(pair["prompt"])["input_ids"]
+    joined = [tokenizer(pair["prompt"] + pair[key])["input_ids"] for key in ("chosen", "rejected")]
+    return all(ids[: len(prompt)] == prompt for ids in joined)
+
+
+def test_standard_prompts_end_on_a_token_boundary(any_tokenizer, chatml_tokenizer_dir, tmp_path):
+    write_preferences(TRL_RECORDS, tmp_path / "plain.jsonl")
+    assert all(prompt_is_a_prefix(any_tokenizer, p) for p in read_lines(tmp_path / "plain.jsonl"))
+
+    upstream = load_tokenizer(str(chatml_tokenizer_dir))
+    write_preferences(TRL_RECORDS, tmp_path / "chat.jsonl", upstream=upstream)
+    pairs = read_lines(tmp_path / "chat.jsonl")
+    assert pairs[0]["prompt"] == (
+        "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert all(prompt_is_a_prefix(upstream, pair) for pair in pairs)
+
+
+def test_bare_questions_would_merge_with_replies(llama_tokenizer, tekken_tokenizer) -> None:
+    bare = [
+        {"prompt": r["question"], "chosen": r["correction"], "rejected": r["answer"]}
+        for r in TRL_RECORDS
+    ]
+    for tokenizer in (llama_tokenizer, tekken_tokenizer):
+        assert not all(prompt_is_a_prefix(tokenizer, pair) for pair in bare)
+
+
+def test_trl_dpo_trainer_joins_the_pairs_cleanly(tiny_llama_dir, tmp_path, caplog) -> None:
+    trl = pytest.importorskip("trl")
+    from datasets import load_dataset
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = load_tokenizer(str(tiny_llama_dir))
+    write_preferences(TRL_RECORDS, tmp_path / "pairs.jsonl")
+    pairs = load_dataset("json", data_files=str(tmp_path / "pairs.jsonl"), split="train")
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    config = trl.DPOConfig(output_dir=str(tmp_path / "dpo"), report_to=[], use_cpu=True)
+    with caplog.at_level("WARNING"):
+        trainer = trl.DPOTrainer(
+            model=model, args=config, train_dataset=pairs, processing_class=tokenizer
+        )
+    assert "not a prefix" not in caplog.text
+    for row, pair in zip(trainer.train_dataset, pairs, strict=True):
+        assert row["prompt_ids"] == tokenizer(pair["prompt"])["input_ids"]
 
 
 def read_lines(path: Path) -> list[dict]:
@@ -383,7 +444,7 @@ def test_preference_output_from_correct(
     assert run_correct(*args, "--max_new_tokens", 16) == 0
     pairs = read_lines(tmp_path / "pairs.jsonl")
     expected = [
-        {"prompt": r["question"], "chosen": r["correction"], "rejected": r["answer"]}
+        {"prompt": r["question"] + "\n\n", "chosen": r["correction"], "rejected": r["answer"]}
         for r in MEMORISED
     ]
     # The fourth pair is kept only if the model changed its answer.
