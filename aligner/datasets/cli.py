@@ -16,6 +16,7 @@ import numpy as np
 
 from aligner.datasets.arguments import DataReport, add_data_arguments, build_datasets_from_args
 from aligner.datasets.base import DataError
+from aligner.flags import add_trust_remote_code
 from aligner.prompts import TemplateError, get_template, resolve_template
 from aligner.tokenizer import load_tokenizer
 
@@ -26,7 +27,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         description="Validate correction data and show exactly what the model will train on.",
     )
     parser.add_argument("--model_name_or_path", required=True, help="model or tokenizer folder")
-    parser.add_argument("--trust_remote_code", action="store_true", help="allow custom code")
+    add_trust_remote_code(parser)
     parser.add_argument("--seed", type=int, default=42, help="seed of proportion sampling")
     parser.add_argument(
         "--per_device_train_batch_size",

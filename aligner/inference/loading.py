@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
+from aligner.flags import add_trust_remote_code
 from aligner.prompts import TEMPLATE_FILENAME, Template, TemplateError, get_template
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -63,11 +64,7 @@ def add_model_arguments(group: argparse._ArgumentGroup) -> None:
     """The flags that say where and how a checkpoint is loaded."""
     group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     group.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
-    group.add_argument(
-        "--trust_remote_code",
-        action="store_true",
-        help="run model code shipped with the checkpoint (only for checkpoints you trust)",
-    )
+    add_trust_remote_code(group)
 
 
 def load_model(args: argparse.Namespace, local_rank: int = 0) -> PreTrainedModel:

@@ -10,6 +10,7 @@ from typing import Any
 from transformers import SchedulerType
 
 from aligner.datasets.arguments import add_data_arguments
+from aligner.flags import add_bool, add_trust_remote_code
 from aligner.training.ds_config import OFFLOAD_CHOICES
 from aligner.training.secrets import redact
 
@@ -23,22 +24,6 @@ class ArgumentError(ValueError):
     """A flag combination the trainer cannot honour; reported as one line."""
 
 
-def str2bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in {"true", "1", "yes", "y", "on"}:
-        return True
-    if lowered in {"false", "0", "no", "n", "off"}:
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean (True/False), got {text!r}")
-
-
-def _add_bool(group: argparse._ArgumentGroup, *names: str, default: bool | None, help: str) -> None:
-    # The original toolkit writes `--bf16 True`; a bare `--bf16` means the same.
-    group.add_argument(
-        *names, type=str2bool, nargs="?", const=True, default=default, metavar="BOOL", help=help
-    )
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aligner train",
@@ -49,12 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model = parser.add_argument_group("model")
     model.add_argument("--model_name_or_path", required=True, help="HF model folder or hub name")
-    _add_bool(
-        model,
-        "--trust_remote_code",
-        default=False,
-        help="allow the model folder's own Python code to run",
-    )
+    add_trust_remote_code(model)
     model.add_argument(
         "--attn_implementation",
         choices=ATTN_IMPLEMENTATIONS,
@@ -62,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="attention kernel; flash_attention_2 needs the flash-attn package and a GPU, and "
         "is the one that skips the masked work of packed rows",
     )
-    _add_bool(
+    add_bool(
         model,
         "--use_liger",
         default=False,
@@ -71,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_arguments(parser)
 
     layout = parser.add_argument_group("batch layout")
-    _add_bool(
+    add_bool(
         layout,
         "--packing",
         default=False,
@@ -86,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="token budget of a packed micro-batch, at least max_length (None: "
         "per_device_train_batch_size x max_length)",
     )
-    _add_bool(
+    add_bool(
         layout,
         "--group_by_length",
         default=False,
@@ -109,13 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="module names that get adapters (e.g. q_proj v_proj); all-linear: every linear "
         "layer but the output layer",
     )
-    _add_bool(
+    add_bool(
         lora,
         "--lora_merge",
         default=False,
         help="save the base weights with the adapter merged in, instead of the adapter alone",
     )
-    _add_bool(
+    add_bool(
         lora,
         "--load_in_4bit",
         default=False,
@@ -130,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--per_device_train_batch_size", type=int, default=4)
     train.add_argument("--per_device_eval_batch_size", type=int, default=4)
     train.add_argument("--gradient_accumulation_steps", type=int, default=8)
-    _add_bool(
+    add_bool(
         train,
         "--gradient_checkpointing",
         default=True,
@@ -168,17 +148,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     precision = parser.add_argument_group("precision")
-    _add_bool(
+    add_bool(
         precision,
         "--bf16",
         default=None,
         help="train in bfloat16 (default: on where the accelerator supports it, else fp32)",
     )
-    _add_bool(precision, "--fp16", default=False, help="train in float16 with loss scaling")
-    _add_bool(precision, "--tf32", default=False, help="allow TF32 matmuls (NVIDIA Ampere+)")
+    add_bool(precision, "--fp16", default=False, help="train in float16 with loss scaling")
+    add_bool(precision, "--tf32", default=False, help="allow TF32 matmuls (NVIDIA Ampere+)")
 
     evaluation = parser.add_argument_group("evaluation")
-    _add_bool(
+    add_bool(
         evaluation,
         "--need_eval",
         default=False,
@@ -198,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--log_dir", default=None, help="tracker files (default: OUTPUT_DIR)")
     output.add_argument("--log_project", default="aligner", help="wandb project")
     output.add_argument("--log_run_name", default=None, help="run name (default: from time)")
-    _add_bool(
+    add_bool(
         output,
         "--save_16bit",
         default=False,
@@ -231,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue from a full checkpoint: auto takes the newest complete one in OUTPUT_DIR "
         "(or starts fresh when there is none)",
     )
-    _add_bool(
+    add_bool(
         output,
         "--overwrite",
         default=False,
@@ -245,11 +225,15 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("--local_rank", type=int, default=-1, help="set by the deepspeed launcher")
     dist.add_argument(
         "--deepspeed",
+        "--deepscale",
+        dest="deepspeed",
         action="store_true",
         help="accepted for compatibility; the trainer always runs on DeepSpeed",
     )
     dist.add_argument(
         "--deepspeed_config",
+        "--deepscale_config",
+        dest="deepspeed_config",
         default=None,
         metavar="JSON",
         help="a DeepSpeed config file whose keys override the built config",

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from aligner.training.arguments import ArgumentError, arguments_for_saving, parse_arguments
+from aligner.training.arguments import (
+    ArgumentError,
+    arguments_for_saving,
+    build_parser,
+    parse_arguments,
+)
 
 REQUIRED = ["--model_name_or_path", "m", "--train_datasets", "d.jsonl", "--output_dir", "o"]
 
@@ -116,3 +121,26 @@ def test_bad_lora_and_kernel_flags_are_refused(flags: list[str], message: str | 
     else:
         with pytest.raises(ArgumentError, match=message):
             parse(*flags)
+
+
+@pytest.mark.parametrize("value", ["True", "False", None])
+def test_trust_remote_code_takes_the_original_form_in_every_command(value, tmp_path) -> None:
+    from aligner.datasets.cli import parse_args as data_args
+    from aligner.inference.correct import build_parser as correct_parser
+    from aligner.inference.evaluate import build_parser as eval_parser
+
+    flag = ["--trust_remote_code"] + ([value] if value else [])
+    expected = value != "False"
+    common = ["--model_name_or_path", "m"]
+    parsed = [
+        build_parser().parse_args([*REQUIRED, *flag]),
+        data_args(["--train_datasets", "x", *common, *flag]),
+        correct_parser().parse_args([*common, "--input", "i", "--output", "o", *flag]),
+        eval_parser().parse_args(["--predictions", "p", *flag]),
+    ]
+    assert [args.trust_remote_code for args in parsed] == [expected] * 4
+
+
+def test_deepscale_flags_are_accepted_as_in_the_original() -> None:
+    args = build_parser().parse_args([*REQUIRED, "--deepscale", "--deepscale_config", "ds.json"])
+    assert args.deepspeed and args.deepspeed_config == "ds.json"
