@@ -76,3 +76,14 @@ def test_multi_turn_chat_run_trains_saves_and_corrects(tekken_model_dir: Path, t
     for record in records:
         assert isinstance(record["correction"], str)
         assert not any(marker in record["correction"] for marker in MARKERS)
+
+    # The eval loss renders the records through the checkpoint's chat template, as training did.
+    report_file = tmp_path / "eval.json"
+    command = [str(Path(sys.executable).parent / "aligner"), "eval", "--model_name_or_path"]
+    command += [str(output_dir), "--eval_datasets", str(CONVERSATIONS), "--max_length", "128"]
+    command += ["--output", str(report_file)]
+    result = run_command(command, clean_env(tmp_path), output_dir, timeout=300)
+    assert result.returncode == 0, result.output[-4000:]
+    report = json.loads(report_file.read_text())["eval_loss"]
+    assert report["template"] == "chat" and report["num_samples"] == 4
+    assert 0 < report["loss"] < losses[0]
