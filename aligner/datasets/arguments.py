@@ -9,9 +9,9 @@ import datasets
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from aligner.datasets.base import DataError
+from aligner.datasets.base import DataError, load_dataset_modules
 from aligner.datasets.pipeline import DataStats, build_dataset
-from aligner.prompts import DEFAULT_TEMPLATE, Template
+from aligner.prompts import DEFAULT_TEMPLATE, Template, get_template, resolve_template
 
 RECORD_FIELDS = ("question", "messages", "answer", "correction")
 
@@ -104,6 +104,17 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         "~/.cache/aligner/data)",
     )
     return parser
+
+
+def template_from_args(args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase) -> Template:
+    """The prompt template the data flags name, resolved against the tokenizer.
+
+    The ``--dataset_module`` modules are imported first, so that one which edits a prompt
+    constant (``aligner.constants.CORRECTION_INSTRUCTION``) changes the template.
+    """
+    load_dataset_modules(args.dataset_module)
+    template = get_template(args.prompt_template, args.system_prompt)
+    return resolve_template(template, tokenizer, args.model_name_or_path)
 
 
 @dataclass

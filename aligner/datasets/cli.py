@@ -14,10 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-from aligner.datasets.arguments import DataReport, add_data_arguments, build_datasets_from_args
+from aligner.datasets.arguments import (
+    DataReport,
+    add_data_arguments,
+    build_datasets_from_args,
+    template_from_args,
+)
 from aligner.datasets.base import DataError
 from aligner.flags import add_trust_remote_code
-from aligner.prompts import TemplateError, get_template, resolve_template
+from aligner.prompts import TemplateError
 from aligner.tokenizer import load_tokenizer
 
 
@@ -118,11 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer = load_tokenizer(
             args.model_name_or_path, trust_remote_code=args.trust_remote_code
         )
-        template = resolve_template(
-            get_template(args.prompt_template, args.system_prompt),
-            tokenizer,
-            args.model_name_or_path,
-        )
+        template = template_from_args(args, tokenizer)
         train, _, report = build_datasets_from_args(args, tokenizer, template)
     except (DataError, TemplateError) as error:
         print(f"aligner data: error: {error}", file=sys.stderr)

@@ -74,8 +74,11 @@ def setup(
     """
     from transformers import set_seed
 
-    from aligner.datasets.arguments import build_datasets_from_args, build_warmup_from_args
-    from aligner.prompts import get_template, resolve_template
+    from aligner.datasets.arguments import (
+        build_datasets_from_args,
+        build_warmup_from_args,
+        template_from_args,
+    )
     from aligner.tokenizer import load_tokenizer
     from aligner.training.model import check_model_flags
     from aligner.training.trainer import Runtime
@@ -100,9 +103,7 @@ def setup(
         raise ArgumentError(
             f"--model_name_or_path {args.model_name_or_path}: {first_line}"
         ) from None
-    template = resolve_template(
-        get_template(args.prompt_template, args.system_prompt), tokenizer, args.model_name_or_path
-    )
+    template = template_from_args(args, tokenizer)
     train_dataset, eval_dataset, report = build_datasets_from_args(args, tokenizer, template)
     warmup_dataset = build_warmup_from_args(args, tokenizer, template)
     if args.need_eval and eval_dataset is None:

@@ -157,3 +157,25 @@ def test_the_original_constants_are_there() -> None:
     assert constants.EMPATHY_INSTRUCTION == (
         "Edit the following Question-Answer pair to make it more empathic and helpful: {inputline}"
     )
+
+
+def test_a_dataset_module_that_edits_a_constant_changes_the_prompt(
+    records_file, llama_tokenizer, llama_tokenizer_dir, tmp_path, monkeypatch
+) -> None:
+    from aligner.datasets.cli import main as data_main
+
+    # Restored after the test, whatever the module sets.
+    monkeypatch.setattr(constants, "CORRECTION_INSTRUCTION", constants.CORRECTION_INSTRUCTION)
+    module = tmp_path / "kind_constants.py"
+    instruction = "Kindly fix.\nQ: {question}\nA: {answer}\nFixed: "
+    module.write_text(
+        f"from aligner import constants\nconstants.CORRECTION_INSTRUCTION = {instruction!r}\n"
+    )
+    dump = tmp_path / "dump.jsonl"
+    args = ["--train_datasets", str(records_file), "--model_name_or_path"]
+    args += [str(llama_tokenizer_dir), "--dataset_module", str(module), "--dump", str(dump)]
+    assert data_main(args) == 0
+    sample = json.loads(dump.read_text().splitlines()[0])
+    n = sample["labels"].count(IGNORE_INDEX)
+    prompt = llama_tokenizer.decode(sample["input_ids"][:n], skip_special_tokens=True)
+    assert prompt.startswith("BEGINNING OF CONVERSATION: USER: Kindly fix.\nQ: How do I tell")
