@@ -38,9 +38,17 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--attn_implementation",
         choices=ATTN_IMPLEMENTATIONS,
-        default="sdpa",
-        help="attention kernel; flash_attention_2 needs the flash-attn package and a GPU, and "
-        "is the one that skips the masked work of packed rows",
+        default=None,
+        help="attention kernel (None: the one transformers picks for the model's family, sdpa "
+        "where it supports it, else eager); flash_attention_2 needs the flash-attn package and "
+        "a GPU, and is the one that skips the masked work of packed rows",
+    )
+    add_bool(
+        model,
+        "--resize_embeddings",
+        default=False,
+        help="when the tokenizer has more tokens than the model has embedding rows, add rows "
+        "(rounded up to a multiple of 64) instead of stopping with an error",
     )
     add_bool(
         model,
@@ -84,10 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     lora.add_argument(
         "--lora_target_modules",
         nargs="+",
-        default=["all-linear"],
+        default=None,
         metavar="NAME",
-        help="module names that get adapters (e.g. q_proj v_proj); all-linear: every linear "
-        "layer but the output layer",
+        help="module names that get adapters, e.g. q_proj v_proj (None: the family's attention "
+        "and MLP projections, e.g. qkv_proj o_proj gate_up_proj down_proj for Phi-3; all-linear "
+        "for a family without a default); all-linear: every linear layer but the output layer",
     )
     add_bool(
         lora,

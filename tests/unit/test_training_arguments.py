@@ -31,6 +31,9 @@ def test_defaults_are_the_original_toolkit_ones() -> None:
     assert args.gradient_checkpointing is True and args.weight_decay == 0.0
     assert args.trust_remote_code is False
     assert args.bf16 is None  # bf16 where the accelerator supports it
+    assert args.attn_implementation is None  # transformers picks the family's kernel
+    assert args.lora_target_modules is None  # the family's projections
+    assert args.resize_embeddings is False
 
 
 @pytest.mark.parametrize(
