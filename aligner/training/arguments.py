@@ -189,10 +189,17 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--log_run_name", default=None, help="run name (default: from time)")
     add_bool(
         output,
-        "--save_16bit",
+        "--save_fp32",
         default=False,
-        help="save the weights in the training precision (bf16/fp16) instead of the fp32 "
-        "master weights",
+        help="save the optimizer's fp32 master weights instead of the weights in the training "
+        "precision (bf16/fp16 runs: twice the disk)",
+    )
+    add_bool(
+        output,
+        "--save_16bit",
+        default=None,
+        help="the original toolkit's flag: True saves in the training precision (the default), "
+        "False as --save_fp32",
     )
     output.add_argument(
         "--save_interval",
@@ -278,6 +285,9 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
         raise ArgumentError(
             f"--max_consecutive_skips must be at least 1, got {args.max_consecutive_skips}"
         )
+    if args.save_16bit and args.save_fp32:
+        raise ArgumentError("--save_16bit True and --save_fp32 are exclusive")
+    args.save_fp32 = args.save_fp32 or args.save_16bit is False
     _validate_layout_and_lora(args)
     if args.need_eval and not (args.eval_datasets or args.eval_split_ratio > 0):
         raise ArgumentError("--need_eval needs --eval_datasets or --eval_split_ratio")

@@ -459,7 +459,7 @@ class Trainer:
             tokenizer=self.tokenizer,
             template=self.template,
             training_args=arguments_for_saving(self.args),
-            fp32_master=not self.args.save_16bit,
+            fp32_master=self.args.save_fp32,
             rank=self.rt.rank,
             merge_adapter=self.args.lora_merge,
         )
