@@ -20,6 +20,19 @@ BPE_CORPUS = [
 ] * 50
 
 
+def saved_tensors(folder: Path) -> dict[str, tuple[str, int]]:
+    """Each tensor in a model folder's safetensors files: its dtype and row count."""
+    from safetensors import safe_open
+
+    tensors = {}
+    for path in folder.glob("*.safetensors"):
+        with safe_open(path, "pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 (a safetensors handle is not a mapping)
+                tensor = handle.get_slice(key)
+                tensors[key] = (tensor.get_dtype(), tensor.get_shape()[0])
+    return tensors
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test gets its own data cache; nothing is written to the user's home."""

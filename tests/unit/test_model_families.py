@@ -1,5 +1,5 @@
-"""Every model family in one process, without DeepSpeed: the attention kernel and the embedding
-rows, checked before any rank trains."""
+"""Every model family in one process, without DeepSpeed: the attention kernel, embedding rows, and
+a save that keeps tied embeddings tied, reloads with the same logits and corrects."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 from aligner.tiny import FAMILIES
 from aligner.training.arguments import ArgumentError, parse_arguments
 from aligner.training.model import load_model_to_train, plan_model
+from tests.conftest import saved_tensors
 
 REFUSES_SDPA = {"gemma2"}
 """transformers has no sdpa path for Gemma 2 (its attention logits are soft-capped)."""
@@ -72,3 +73,73 @@ def test_more_tokens_than_embedding_rows_is_refused_unless_resized(
     ids = torch.tensor([[5, size - 1, size - 2, 7]])  # the new tokens go through the model
     with torch.no_grad():
         assert torch.isfinite(lm(ids).logits).all()
+
+
+@pytest.fixture(scope="module")
+def saved(tiny_model, tiny_tokenizer, tmp_path_factory: pytest.TempPathFactory):
+    """``saved(family, dtype)``: the family's tiny model, in ``dtype``, written by save_model
+    as training writes it (once per module); returns the model and the folder."""
+    from transformers import AutoModelForCausalLM
+
+    from aligner.prompts import get_template
+    from aligner.training.checkpoint import save_model
+
+    folders: dict[tuple[str, torch.dtype], tuple] = {}
+
+    def save(family: str, dtype: torch.dtype):
+        if (family, dtype) not in folders:
+            model_dir = tiny_model(family)
+            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
+            out = save_model(
+                model,
+                tmp_path_factory.mktemp(f"saved-{family}") / "model",
+                tokenizer=tiny_tokenizer(family),
+                template=get_template(),
+                training_args={},
+                fp32_master=False,
+                rank=0,
+            )
+            folders[family, dtype] = model, out
+        return folders[family, dtype]
+
+    return save
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_saved_model_reloads_tied_in_its_dtype_with_the_same_logits(
+    saved, tiny_model, family: str, dtype: torch.dtype
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    model, out = saved(family, dtype)
+    tensors = saved_tensors(out)
+    assert tensors.keys() == saved_tensors(tiny_model(family)).keys()
+    assert {kind for kind, _ in tensors.values()} == {"BF16" if dtype == torch.bfloat16 else "F32"}
+    # A tied model's file holds its embedding matrix once; an untied one's input and output.
+    tied = FAMILIES[family].tie_word_embeddings
+    vocab_rows = model.get_input_embeddings().num_embeddings
+    assert sum(rows == vocab_rows for _, rows in tensors.values()) == (1 if tied else 2)
+    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert reloaded.dtype == dtype
+    output_rows = reloaded.get_output_embeddings().weight
+    input_rows = reloaded.get_input_embeddings().weight
+    assert (output_rows is input_rows) == tied
+    assert torch.equal(output_rows, input_rows) == tied
+    ids = torch.tensor([[1, 20, 30, 40, 50, 60]])
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, model(ids).logits, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_correct_generates_from_the_saved_folder(saved, family: str, tmp_path: Path) -> None:
+    from aligner.inference import correct
+
+    _, out = saved(family, torch.float32)
+    source = tmp_path / "in.jsonl"
+    source.write_text(json.dumps({"question": "What is 2 + 2?", "answer": "5."}) + "\n")
+    corrected = tmp_path / "out.jsonl"
+    flags = ["--input", str(source), "--output", str(corrected), "--max_new_tokens", "4"]
+    assert correct.main(["--model_name_or_path", str(out), *flags]) == 0
+    (record,) = [json.loads(line) for line in corrected.read_text().splitlines()]
+    assert isinstance(record["correction"], str) and record["answer"] == "5."
