@@ -1,16 +1,19 @@
-"""Tiny offline assets: real tokenizers of two families and a small random model from a config.
+"""Tiny offline assets: real tokenizers of two families and small random models of each family.
 
 Nothing here downloads anything. Both tokenizers ship in the PyPI package ``mistral-common``: the
 SentencePiece model of the 32k-token Llama/Mistral v1 vocabulary, and Tekken, a 131k-token
-tiktoken-style byte-level BPE of the kind Llama 3, Qwen and Mistral NeMo use. The model is a
-randomly initialised Llama of a few million parameters. The demo and the tests build on these.
+tiktoken-style byte-level BPE of the kind Llama 3, Qwen and Mistral NeMo use. The models are
+randomly initialised from ``AutoConfig.for_model`` at a few million parameters, one per family in
+FAMILIES. The demo, the benchmarks and the tests build on these.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 TOKENIZER_CONFIG = {
     "tokenizer_class": "LlamaTokenizer",
@@ -122,9 +125,57 @@ def tiny_llama_config(
     )
 
 
-def write_tiny_llama(
+@dataclass(frozen=True)
+class TinyFamily:
+    """How one model family is built at a tiny size, keeping the traits that set it apart."""
+
+    model_type: str
+    """The ``AutoConfig.for_model`` name."""
+    tokenizer: str
+    """``llama`` (SentencePiece 32k) or ``tekken`` (byte-level BPE 131k)."""
+    tie_word_embeddings: bool
+    """What the family's small releases do (Qwen2.5-0.5B, Qwen3-0.6B and Gemma tie)."""
+    config: dict[str, Any] = field(default_factory=dict)
+    """Family-specific settings: grouped KV heads, head size, attention windows, layer types."""
+    spare_rows: int = 0
+    """Embedding rows beyond the tokenizer's tokens (Phi-3 and Qwen pad their tables)."""
+
+
+# Attention windows are shrunk to 32 tokens so that tests' 128-token rows cross them.
+_WINDOW = 32
+_GEMMA = {
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "query_pre_attn_scalar": 16,
+    "sliding_window": _WINDOW,
+}
+FAMILIES: dict[str, TinyFamily] = {
+    "llama": TinyFamily("llama", "llama", False),
+    "mistral": TinyFamily(
+        "mistral", "llama", False, {"num_key_value_heads": 2, "sliding_window": _WINDOW}
+    ),
+    "qwen2": TinyFamily("qwen2", "tekken", True, {"num_key_value_heads": 2}, spare_rows=64),
+    "qwen3": TinyFamily("qwen3", "tekken", True, {"num_key_value_heads": 2, "head_dim": 16}),
+    "gemma2": TinyFamily("gemma2", "llama", True, _GEMMA),
+    "gemma3": TinyFamily(
+        "gemma3_text",
+        "llama",
+        True,
+        {**_GEMMA, "layer_types": ["sliding_attention", "full_attention"]},
+    ),
+    "phi3": TinyFamily("phi3", "llama", False, {"num_key_value_heads": 2}, spare_rows=64),
+    "gpt_neox": TinyFamily("gpt_neox", "tekken", False),
+}
+"""The model families the toolkit is tested on, by the name tests and benchmarks use."""
+
+_TOKENIZER_WRITERS = {"llama": write_llama_tokenizer, "tekken": write_tekken_tokenizer}
+
+
+def write_tiny_model(
     directory: str | Path,
+    family: str = "llama",
     *,
+    tokenizer_dir: str | Path | None = None,
     hidden_size: int = 64,
     num_layers: int = 2,
     num_heads: int = 4,
@@ -132,24 +183,49 @@ def write_tiny_llama(
     max_position_embeddings: int = 2048,
     seed: int = 0,
 ) -> Path:
-    """Write a random-init tiny Llama with the Llama tokenizer into ``directory``."""
-    import torch
-    from transformers import AutoTokenizer, LlamaForCausalLM
+    """Write a random-init tiny model of ``family`` (a key of FAMILIES) with its tokenizer.
 
-    directory = write_llama_tokenizer(directory)
-    tokenizer = AutoTokenizer.from_pretrained(directory)
-    config = tiny_llama_config(
-        tokenizer,
+    ``tokenizer_dir`` is an already written tokenizer folder of the family's kind to copy
+    (converting Tekken takes seconds); by default the tokenizer is written afresh.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    spec = FAMILIES[family]
+    directory = Path(directory)
+    if tokenizer_dir is None:
+        _TOKENIZER_WRITERS[spec.tokenizer](directory)
+    else:
+        shutil.copytree(tokenizer_dir, directory, dirs_exist_ok=True)
+    config = AutoConfig.for_model(
+        spec.model_type,
         hidden_size=hidden_size,
-        num_layers=num_layers,
-        num_heads=num_heads,
         intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
         max_position_embeddings=max_position_embeddings,
-        tie_word_embeddings=False,
+        # No pad id: the tokenizer's pad is borrowed (UNK or EOS), and a pad id in the config
+        # would make the embedding freeze that token's row at zero.
+        pad_token_id=None,
+        tie_word_embeddings=spec.tie_word_embeddings,
+        **spec.config,
     )
+    # The tokenizer class transformers picks can follow the config's model type (Qwen2's adds
+    # a pad token): count the tokens as this folder will load them.
+    config.save_pretrained(directory)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    config.vocab_size = len(tokenizer) + spec.spare_rows
+    config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
     torch.manual_seed(seed)
-    LlamaForCausalLM(config).save_pretrained(directory)
+    model = AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(directory)
     return directory
+
+
+def write_tiny_llama(directory: str | Path, **sizes: int) -> Path:
+    """Write a random-init tiny Llama with the Llama tokenizer into ``directory``; ``sizes`` are
+    those of ``write_tiny_model``."""
+    return write_tiny_model(directory, "llama", **sizes)
 
 
 def write_tiny_reward_model(directory: str | Path, *, seed: int = 0, **sizes: int) -> Path:

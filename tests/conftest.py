@@ -1,5 +1,5 @@
 """Shared fixtures: real tokenizers (Llama SentencePiece, Tekken BPE, a trained byte-level BPE)
-and a tiny model."""
+and a tiny model of each family."""
 
 from __future__ import annotations
 
@@ -18,6 +18,19 @@ BPE_CORPUS = [
     "Correct answers are helpful and harmless. I can't help with that request.",
     "你好，世界。こんにちは。😀 emoji and unicode: café, naïve, façade.",
 ] * 50
+
+
+def saved_tensors(folder: Path) -> dict[str, tuple[str, int]]:
+    """Each tensor in a model folder's safetensors files: its dtype and row count."""
+    from safetensors import safe_open
+
+    tensors = {}
+    for path in folder.glob("*.safetensors"):
+        with safe_open(path, "pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 (a safetensors handle is not a mapping)
+                tensor = handle.get_slice(key)
+                tensors[key] = (tensor.get_dtype(), tensor.get_shape()[0])
+    return tensors
 
 
 @pytest.fixture(autouse=True)
@@ -116,11 +129,48 @@ def any_tokenizer(request: pytest.FixtureRequest):
 
 
 @pytest.fixture(scope="session")
-def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random-init tiny Llama with the real Llama tokenizer (read-only: copy to modify)."""
-    from aligner.tiny import write_tiny_llama
+def tiny_model(
+    llama_tokenizer_dir: Path, tekken_tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory
+):
+    """``tiny_model(family)``: the folder of that family's random-init tiny model with its real
+    tokenizer (``aligner.tiny.FAMILIES``), built once per session (read-only: copy to modify)."""
+    from aligner.tiny import FAMILIES, write_tiny_model
 
-    return write_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+    tokenizers = {"llama": llama_tokenizer_dir, "tekken": tekken_tokenizer_dir}
+    built: dict[str, Path] = {}
+
+    def build(family: str) -> Path:
+        if family not in built:
+            built[family] = write_tiny_model(
+                tmp_path_factory.mktemp(f"tiny-{family}"),
+                family,
+                tokenizer_dir=tokenizers[FAMILIES[family].tokenizer],
+            )
+        return built[family]
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model):
+    """``tiny_tokenizer(family)``: the tokenizer of that family's tiny model, loaded once per
+    session (loading the 131k Tekken takes seconds)."""
+    from aligner.tokenizer import load_tokenizer
+
+    loaded = {}
+
+    def load(family: str):
+        if family not in loaded:
+            loaded[family] = load_tokenizer(str(tiny_model(family)))
+        return loaded[family]
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tiny_model) -> Path:
+    """A random-init tiny Llama with the real Llama tokenizer (read-only: copy to modify)."""
+    return tiny_model("llama")
 
 
 @pytest.fixture(scope="session")

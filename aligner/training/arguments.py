@@ -38,9 +38,17 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--attn_implementation",
         choices=ATTN_IMPLEMENTATIONS,
-        default="sdpa",
-        help="attention kernel; flash_attention_2 needs the flash-attn package and a GPU, and "
-        "is the one that skips the masked work of packed rows",
+        default=None,
+        help="attention kernel (None: the one transformers picks for the model's family, sdpa "
+        "where it supports it, else eager); flash_attention_2 needs the flash-attn package and "
+        "a GPU, and is the one that skips the masked work of packed rows",
+    )
+    add_bool(
+        model,
+        "--resize_embeddings",
+        default=False,
+        help="when the tokenizer has more tokens than the model has embedding rows, add rows "
+        "(rounded up to a multiple of 64) instead of stopping with an error",
     )
     add_bool(
         model,
@@ -84,10 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     lora.add_argument(
         "--lora_target_modules",
         nargs="+",
-        default=["all-linear"],
+        default=None,
         metavar="NAME",
-        help="module names that get adapters (e.g. q_proj v_proj); all-linear: every linear "
-        "layer but the output layer",
+        help="module names that get adapters, e.g. q_proj v_proj (None: the family's attention "
+        "and MLP projections, e.g. qkv_proj o_proj gate_up_proj down_proj for Phi-3; all-linear "
+        "for a family without a default); all-linear: every linear layer but the output layer",
     )
     add_bool(
         lora,
@@ -180,10 +189,17 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--log_run_name", default=None, help="run name (default: from time)")
     add_bool(
         output,
-        "--save_16bit",
+        "--save_fp32",
         default=False,
-        help="save the weights in the training precision (bf16/fp16) instead of the fp32 "
-        "master weights",
+        help="save the optimizer's fp32 master weights instead of the weights in the training "
+        "precision (bf16/fp16 runs: twice the disk)",
+    )
+    add_bool(
+        output,
+        "--save_16bit",
+        default=None,
+        help="the original toolkit's flag: True saves in the training precision (the default), "
+        "False as --save_fp32",
     )
     output.add_argument(
         "--save_interval",
@@ -269,6 +285,9 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
         raise ArgumentError(
             f"--max_consecutive_skips must be at least 1, got {args.max_consecutive_skips}"
         )
+    if args.save_16bit and args.save_fp32:
+        raise ArgumentError("--save_16bit True and --save_fp32 are exclusive")
+    args.save_fp32 = args.save_fp32 or args.save_16bit is False
     _validate_layout_and_lora(args)
     if args.need_eval and not (args.eval_datasets or args.eval_split_ratio > 0):
         raise ArgumentError("--need_eval needs --eval_datasets or --eval_split_ratio")

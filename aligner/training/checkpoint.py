@@ -86,18 +86,27 @@ def save_model(
         model = model.get_base_model()
     staging = output_dir.parent / f".{output_dir.name}.saving-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
-    dtype = next(iter(state.values())).dtype
-    original_dtype = model.config.dtype
-    model.config.dtype = dtype  # the config says what the files hold
-    try:
-        model.save_pretrained(staging, state_dict=state)
-    finally:
-        model.config.dtype = original_dtype
+    model.save_pretrained(staging, state_dict=state)
+    _config_says_saved_dtype(model, staging, next(iter(state.values())).dtype)
     tokenizer.save_pretrained(staging)
     template.save(staging)
     (staging / TRAINING_ARGS_FILE).write_text(json.dumps(training_args, indent=2) + "\n")
     _publish(staging, output_dir)
     return output_dir
+
+
+def _config_says_saved_dtype(model: PreTrainedModel, folder: Path, dtype: torch.dtype) -> None:
+    """Rewrite the folder's config with the dtype its files hold: ``save_pretrained`` writes the
+    module's dtype, which fp32 master weights of a bf16 module are not, and ``from_pretrained``
+    loads in the config's dtype by default. An adapter's folder has no config to rewrite."""
+    if not (folder / CONFIG_FILE).is_file():
+        return
+    original = model.config.dtype
+    model.config.dtype = dtype
+    try:
+        model.config.save_pretrained(folder)
+    finally:
+        model.config.dtype = original
 
 
 def _publish(staging: Path, output_dir: Path) -> None:

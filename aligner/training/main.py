@@ -80,7 +80,7 @@ def setup(
         template_from_args,
     )
     from aligner.tokenizer import load_tokenizer
-    from aligner.training.model import check_model_flags
+    from aligner.training.model import check_model_flags, plan_model
     from aligner.training.trainer import Runtime
 
     ensure_process_env()
@@ -103,6 +103,13 @@ def setup(
         raise ArgumentError(
             f"--model_name_or_path {args.model_name_or_path}: {first_line}"
         ) from None
+    plan = plan_model(args, len(tokenizer))
+    # Every rank loads the model as checked, and the saved arguments say what was used.
+    args.attn_implementation = plan.attn_implementation
+    if plan.lora_target_modules is not None:
+        args.lora_target_modules = list(plan.lora_target_modules)
+    if rank == 0:
+        print(plan.describe(), flush=True)
     template = template_from_args(args, tokenizer)
     train_dataset, eval_dataset, report = build_datasets_from_args(args, tokenizer, template)
     warmup_dataset = build_warmup_from_args(args, tokenizer, template)

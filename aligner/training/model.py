@@ -1,16 +1,26 @@
-"""The model to train: loaded with its attention kernel, maybe quantized and given a LoRA
-adapter, wrapped in the correction loss."""
+"""The model to train: checked on the meta device first, then loaded with its attention kernel,
+maybe quantized, resized and given a LoRA adapter, wrapped in the correction loss."""
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+from dataclasses import dataclass
 
 import torch
 
 from aligner.training.arguments import ArgumentError
-from aligner.training.lora import LoraSettings, add_lora
+from aligner.training.lora import (
+    LoraSettings,
+    add_lora,
+    default_target_modules,
+    missing_target_modules,
+)
 from aligner.training.loss import CorrectionLM
+
+EMBEDDING_ROW_MULTIPLE = 64
+"""--resize_embeddings rounds the rows up to a multiple of this, as released models do, so that
+the LM head's matrix multiplications stay aligned."""
 
 
 def check_model_flags(args: argparse.Namespace, on_cpu: bool) -> None:
@@ -32,21 +42,106 @@ def check_model_flags(args: argparse.Namespace, on_cpu: bool) -> None:
             raise ArgumentError(f"{flag} needs the {package} package, which is not installed")
 
 
+@dataclass(frozen=True)
+class ModelPlan:
+    """What the checked model will be: its class, kernel, embedding rows and LoRA targets."""
+
+    architecture: str
+    attn_implementation: str
+    embedding_rows: int
+    tokenizer_size: int
+    lora_target_modules: tuple[str, ...] | None
+
+    @property
+    def resizes(self) -> bool:
+        return self.tokenizer_size > self.embedding_rows
+
+    def describe(self) -> str:
+        rows = f"{self.embedding_rows} embedding rows for {self.tokenizer_size} tokens"
+        if self.resizes:
+            rows += f", resized to {_rounded_rows(self.tokenizer_size)}"
+        lora = ""
+        if self.lora_target_modules is not None:
+            lora = f", LoRA on {' '.join(self.lora_target_modules)}"
+        return f"model: {self.architecture}, attention {self.attn_implementation}, {rows}{lora}"
+
+
+def _rounded_rows(tokens: int) -> int:
+    return -(-tokens // EMBEDDING_ROW_MULTIPLE) * EMBEDDING_ROW_MULTIPLE
+
+
+def _first_sentence(error: Exception) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+    return text.split(". ")[0].rstrip(".")
+
+
+def plan_model(args: argparse.Namespace, tokenizer_size: int) -> ModelPlan:
+    """Check the model against the flags and the tokenizer, in one line and before any rank
+    trains: builds it on the meta device (no weights, no memory) so that transformers' own
+    checks run, instead of failing deep inside loading or the forward pass."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    source = f"--model_name_or_path {args.model_name_or_path}"
+    remote = {"trust_remote_code": args.trust_remote_code}
+    try:
+        config = AutoConfig.from_pretrained(args.model_name_or_path, **remote)
+    except (OSError, ValueError) as error:
+        raise ArgumentError(f"{source}: {_first_sentence(error)}") from None
+    try:
+        with torch.device("meta"):
+            lm = AutoModelForCausalLM.from_config(
+                config, attn_implementation=args.attn_implementation, **remote
+            )
+    except (ValueError, ImportError) as error:
+        if args.attn_implementation is None:
+            raise ArgumentError(f"{source}: {_first_sentence(error)}") from None
+        raise ArgumentError(
+            f"--attn_implementation {args.attn_implementation}: {_first_sentence(error)}; "
+            "leave the flag out to use the kernel transformers picks for this model"
+        ) from None
+    rows = lm.get_input_embeddings().num_embeddings
+    if tokenizer_size > rows and not args.resize_embeddings:
+        raise ArgumentError(
+            f"{source}: the tokenizer has {tokenizer_size} tokens but the model only {rows} "
+            f"embedding rows (ids {rows} and up would fail in the forward pass); pass "
+            "--resize_embeddings to add rows for them"
+        )
+    targets = None
+    if args.lora_r > 0:
+        targets = tuple(args.lora_target_modules or default_target_modules(config.model_type))
+        missing = missing_target_modules(lm, targets)
+        if missing:
+            raise ArgumentError(
+                f"--lora_target_modules: no module of {type(lm).__name__} is named "
+                f"{' or '.join(missing)}"
+            )
+        if tokenizer_size > rows and not args.lora_merge:
+            raise ArgumentError(
+                "--resize_embeddings with LoRA needs --lora_merge: an adapter saved alone "
+                "cannot hold the new embedding rows"
+            )
+    return ModelPlan(
+        type(lm).__name__, lm.config._attn_implementation, rows, tokenizer_size, targets
+    )
+
+
 def lora_settings(args: argparse.Namespace) -> LoraSettings | None:
     if args.lora_r == 0:
         return None
+    targets = args.lora_target_modules
     return LoraSettings(
         r=args.lora_r,
         alpha=args.lora_alpha,
         dropout=args.lora_dropout,
-        target_modules=tuple(args.lora_target_modules),
+        target_modules=tuple(targets) if targets else None,
     )
 
 
 def load_model_to_train(
-    args: argparse.Namespace, dtype: torch.dtype, local_rank: int
+    args: argparse.Namespace, dtype: torch.dtype, local_rank: int, tokenizer_size: int
 ) -> CorrectionLM:
-    """The causal LM of ``args.model_name_or_path`` ready for ``deepspeed.initialize``."""
+    """The causal LM of ``args.model_name_or_path`` ready for ``deepspeed.initialize``, its
+    embeddings grown to ``tokenizer_size`` with ``--resize_embeddings``."""
     from transformers import AutoModelForCausalLM
 
     extra = {}
@@ -67,6 +162,10 @@ def load_model_to_train(
         attn_implementation=args.attn_implementation,
         **extra,
     )
+    if args.resize_embeddings and tokenizer_size > lm.get_input_embeddings().num_embeddings:
+        # New rows start at the mean of the old ones (transformers' default), so the
+        # distribution over the known tokens barely moves.
+        lm.resize_token_embeddings(tokenizer_size, pad_to_multiple_of=EMBEDDING_ROW_MULTIPLE)
     settings = lora_settings(args)
     if settings is not None:
         lm = add_lora(lm, settings, quantized=args.load_in_4bit)

@@ -187,7 +187,7 @@ class Trainer:
             # While this object lives, from_pretrained loads each weight straight into its
             # ZeRO-3 partition instead of materialising the whole model on every rank.
             self._hf_ds_config = HfDeepSpeedConfig(self.ds_config)
-        model = load_model_to_train(args, self.rt.dtype, self.rt.local_rank)
+        model = load_model_to_train(args, self.rt.dtype, self.rt.local_rank, len(self.tokenizer))
         optimizer = build_optimizer(
             model,
             lr=args.lr,
@@ -459,7 +459,7 @@ class Trainer:
             tokenizer=self.tokenizer,
             template=self.template,
             training_args=arguments_for_saving(self.args),
-            fp32_master=not self.args.save_16bit,
+            fp32_master=self.args.save_fp32,
             rank=self.rt.rank,
             merge_adapter=self.args.lora_merge,
         )

@@ -47,6 +47,20 @@ class Run:
         return [row["train_loss"] for row in self.metrics() if "train_loss" in row]
 
 
+def assert_probe_matches(run: Run, model, *, tolerance: float = 1e-5) -> None:
+    """The saved folder, loaded as ``model``, gives the logits the engine had after training
+    (ALIGNER_PROBE_LOGITS), at every real position."""
+    import torch
+
+    probe = torch.load(run.output_dir / "probe-logits.pt", weights_only=True)
+    with torch.no_grad():
+        logits = model(input_ids=probe["input_ids"], attention_mask=probe["attention_mask"]).logits
+    real = probe["attention_mask"].bool()
+    torch.testing.assert_close(
+        logits[real].float(), probe["logits"][real], rtol=tolerance, atol=tolerance
+    )
+
+
 def clean_env(work: Path) -> dict[str, str]:
     """The environment of a run: offline, no credentials, caches under ``work``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "PYTEST_"))}
@@ -105,8 +119,9 @@ def train(tiny_llama_dir: Path, train_file: Path, tmp_path_factory: pytest.TempP
     """Trains the tiny model; each named run happens once per session and is shared.
 
     ``launch(name, *flags)`` runs ``scripts/sft-correction.sh`` with 2 CPU ranks;
-    ``single_process=True`` runs ``aligner train`` without a launcher instead. ``{train_file}``
-    in a flag stands for the training file.
+    ``single_process=True`` runs ``aligner train`` without a launcher instead; ``model`` is
+    another model folder than the tiny Llama. ``{train_file}`` in a flag stands for the
+    training file.
     """
     runs: dict[str, Run] = {}
     work = tmp_path_factory.mktemp("runs")
@@ -117,6 +132,7 @@ def train(tiny_llama_dir: Path, train_file: Path, tmp_path_factory: pytest.TempP
         single_process: bool = False,
         env: dict[str, str] | None = None,
         timeout: float = 420,
+        model: Path | None = None,
     ) -> Run:
         if name not in runs:
             output_dir = work / name
@@ -124,10 +140,10 @@ def train(tiny_llama_dir: Path, train_file: Path, tmp_path_factory: pytest.TempP
                 entry = [str(Path(sys.executable).parent / "aligner"), "train"]
             else:
                 entry = ["bash", str(SCRIPT), "--num_gpus", "2"]
-            model = ["--model_name_or_path", str(tiny_llama_dir)]
+            source = ["--model_name_or_path", str(model or tiny_llama_dir)]
             paths = ["--train_datasets", str(train_file), "--output_dir", str(output_dir)]
             flags = [flag.format(train_file=train_file) for flag in flags]
-            command = [*entry, *model, *paths, *COMMON_FLAGS, *flags]
+            command = [*entry, *source, *paths, *COMMON_FLAGS, *flags]
             # The engine's logits after training, for comparison with the reloaded model.
             probe = {"ALIGNER_PROBE_LOGITS": str(output_dir / "probe-logits.pt")}
             run_env = clean_env(work) | probe | (env or {})

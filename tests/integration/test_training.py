@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from tests.integration.conftest import SCRIPT, STEPS, Run, clean_env, run_command
+from tests.integration.conftest import (
+    SCRIPT,
+    STEPS,
+    Run,
+    assert_probe_matches,
+    clean_env,
+    run_command,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -73,12 +80,7 @@ def test_run_trains_and_saves_a_reloadable_model(train, name: str) -> None:
     saved_args = json.loads((out / "training_args.json").read_text())
     assert saved_args["max_steps"] == STEPS
 
-    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
-    probe = torch.load(out / "probe-logits.pt", weights_only=True)
-    with torch.no_grad():
-        logits = model(input_ids=probe["input_ids"], attention_mask=probe["attention_mask"]).logits
-    real = probe["attention_mask"].bool()
-    torch.testing.assert_close(logits[real], probe["logits"][real], rtol=1e-5, atol=1e-5)
+    assert_probe_matches(run, AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval())
 
 
 @pytest.mark.timeout(900)

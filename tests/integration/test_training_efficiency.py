@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import torch
 
+from tests.integration.conftest import assert_probe_matches
 from tests.integration.test_resume import (  # the resume tests' launcher and checks
     RUN_TIMEOUT,
     _assert_same_training,
     _succeeded,
     setup,  # noqa: F401 (a fixture)
 )
-from tests.integration.test_training import LOSS_RTOL, RUNS, Run, _assert_succeeded
+from tests.integration.test_training import LOSS_RTOL, RUNS, _assert_succeeded
 
 pytestmark = pytest.mark.integration
 
@@ -22,15 +23,6 @@ pytestmark = pytest.mark.integration
 # the batch into more micro-steps than the padded run's single one.
 PACKED = ["--packing", "--packing_max_tokens", "128", "--group_by_length"]
 LORA = ["--lora_r", "8", "--lora_alpha", "16", "--lora_dropout", "0", "--lr", "2e-2"]
-
-
-def _probe_matches(run: Run, model) -> None:
-    """The saved folder reloads with the logits the engine had after training."""
-    probe = torch.load(run.output_dir / "probe-logits.pt", weights_only=True)
-    with torch.no_grad():
-        logits = model(input_ids=probe["input_ids"], attention_mask=probe["attention_mask"]).logits
-    real = probe["attention_mask"].bool()
-    torch.testing.assert_close(logits[real], probe["logits"][real], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.timeout(900)
@@ -46,14 +38,19 @@ def test_packed_and_grouped_run_gives_the_padded_losses(train) -> None:
 
 
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize(("stage", "merge"), [(2, False), (3, True)])
+@pytest.mark.parametrize(
+    ("family", "stage", "merge"),
+    # Phi-3's LoRA sits on its fused qkv_proj and gate_up_proj (the family's default targets).
+    [("llama", 2, False), ("phi3", 3, True)],
+)
 def test_lora_run_saves_an_adapter_or_merged_model_that_reloads(
-    train, tiny_llama_dir, stage: int, merge: bool
+    train, tiny_model, family: str, stage: int, merge: bool
 ) -> None:
     from transformers import AutoModelForCausalLM
 
+    base_dir = tiny_model(family)
     flags = [*LORA, "--zero_stage", str(stage), "--lora_merge", str(merge)]
-    run = train(f"lora-zero{stage}", *flags)
+    run = train(f"lora-{family}-zero{stage}", *flags, model=base_dir)
     _assert_succeeded(run)
     losses = run.losses()
     assert losses[-1] < losses[0] - 0.05
@@ -65,10 +62,10 @@ def test_lora_run_saves_an_adapter_or_merged_model_that_reloads(
         assert {"adapter_config.json", "adapter_model.safetensors"} <= files
         assert "model.safetensors" not in files
         saved = json.loads((run.output_dir / "adapter_config.json").read_text())
-        assert saved["r"] == 8 and saved["base_model_name_or_path"] == str(tiny_llama_dir)
+        assert saved["r"] == 8 and saved["base_model_name_or_path"] == str(base_dir)
     model = AutoModelForCausalLM.from_pretrained(run.output_dir, dtype=torch.float32).eval()
-    _probe_matches(run, model)
-    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
+    assert_probe_matches(run, model)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
     probe = torch.load(run.output_dir / "probe-logits.pt", weights_only=True)
     with torch.no_grad():
         before = base(input_ids=probe["input_ids"], attention_mask=probe["attention_mask"]).logits

@@ -31,6 +31,25 @@ def test_defaults_are_the_original_toolkit_ones() -> None:
     assert args.gradient_checkpointing is True and args.weight_decay == 0.0
     assert args.trust_remote_code is False
     assert args.bf16 is None  # bf16 where the accelerator supports it
+    assert args.attn_implementation is None  # transformers picks the family's kernel
+    assert args.lora_target_modules is None  # the family's projections
+    assert args.resize_embeddings is False
+
+
+@pytest.mark.parametrize(
+    ("flags", "save_fp32"),
+    [
+        ([], False),  # the training precision, as the original toolkit and HF Trainer save
+        (["--save_16bit"], False),
+        (["--save_16bit", "True"], False),
+        (["--save_16bit", "False"], True),
+        (["--save_fp32"], True),
+    ],
+)
+def test_weights_are_saved_in_the_training_precision_unless_fp32_is_asked_for(
+    flags: list[str], save_fp32: bool
+) -> None:
+    assert parse(*flags).save_fp32 is save_fp32
 
 
 @pytest.mark.parametrize(
@@ -69,6 +88,7 @@ def test_a_bad_boolean_is_an_argparse_error() -> None:
         (["--max_steps", "0"], "--max_steps"),
         (["--lr_warmup_ratio", "2"], "warmup"),
         (["--deepspeed_config", "/nonexistent.json"], "--deepspeed_config"),
+        (["--save_16bit", "--save_fp32"], "exclusive"),
     ],
 )
 def test_impossible_combinations_are_one_line_errors(flags: list[str], message: str) -> None:

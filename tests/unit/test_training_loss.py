@@ -7,6 +7,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from aligner.constants import IGNORE_INDEX
+from aligner.tiny import FAMILIES
 from aligner.training.loss import CorrectionLM, target_positions
 
 
@@ -88,17 +89,18 @@ def test_no_labels_returns_the_logits(lm: LlamaForCausalLM) -> None:
     assert logits.shape == (3, 12, 300)
 
 
-def test_activation_checkpointing_keeps_the_gradients() -> None:
-    torch.manual_seed(0)
-    config = tiny_config()
-    plain, checkpointed = LlamaForCausalLM(config), LlamaForCausalLM(config)
-    checkpointed.load_state_dict(plain.state_dict())
+@pytest.mark.parametrize("family", FAMILIES)
+def test_activation_checkpointing_keeps_the_gradients(tiny_model, family: str) -> None:
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model(family), dtype=torch.float32)
+    checkpointed = AutoModelForCausalLM.from_pretrained(tiny_model(family), dtype=torch.float32)
     wrapped = CorrectionLM(checkpointed)
     wrapped.enable_activation_checkpointing()
     input_ids, attention_mask, labels = _batch()
     for model in (CorrectionLM(plain), wrapped):
         model.train()
         model(input_ids, attention_mask, labels).loss_sum.backward()
-    assert checkpointed.model.layers[0].gradient_checkpointing
+    assert checkpointed.get_decoder().gradient_checkpointing
     for a, b in zip(plain.parameters(), checkpointed.parameters(), strict=True):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6)

@@ -1,4 +1,5 @@
-"""Packing plans keep every sample whole and once; a packed micro-batch gives the padded loss."""
+"""Packing plans keep every sample whole and once; on every model family, a packed micro-batch
+gives the padded loss, gradients and hidden states."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 
 from aligner.constants import IGNORE_INDEX
 from aligner.datasets.collate import PackingCollator, PaddingCollator
+from aligner.tiny import FAMILIES
 from aligner.training.packing import pack_balanced, rank_packed_micro_batches
 
 
@@ -49,23 +51,24 @@ def test_ranks_share_the_global_batch_with_matching_micro_steps(world: int, budg
 
 
 def _rows(count: int, seed: int) -> list[dict]:
-    """Correction-shaped rows: a prompt (masked) then a target, of varied lengths."""
+    """Correction-shaped rows: a prompt (masked) then a target, of varied lengths, some longer
+    than the tiny models' 32-token attention windows."""
     rng = np.random.default_rng(seed)
     rows = []
     for _ in range(count):
-        prompt, target = int(rng.integers(3, 20)), int(rng.integers(1, 15))
+        prompt, target = int(rng.integers(3, 50)), int(rng.integers(1, 30))
         ids = rng.integers(3, 1000, size=prompt + target).tolist()
         rows.append({"input_ids": ids, "labels": [IGNORE_INDEX] * prompt + ids[prompt:]})
     return rows
 
 
-def test_packed_loss_and_gradients_equal_the_padded_batch(tiny_llama_dir) -> None:
+@pytest.mark.parametrize("family", FAMILIES)
+def test_packed_loss_and_gradients_equal_the_padded_batch(tiny_model, family: str) -> None:
     from transformers import AutoModelForCausalLM
 
     from aligner.training.loss import CorrectionLM
 
-    torch.manual_seed(0)
-    lm = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, attn_implementation="sdpa")
+    lm = AutoModelForCausalLM.from_pretrained(tiny_model(family), dtype=torch.float32)
     model = CorrectionLM(lm).train()
     rows = _rows(5, seed=3)
 
@@ -75,26 +78,25 @@ def test_packed_loss_and_gradients_equal_the_padded_batch(tiny_llama_dir) -> Non
         (out.loss_sum / out.tokens).backward()
         return out.loss_sum.detach() / out.tokens, [p.grad.clone() for p in model.parameters()]
 
-    padded_loss, padded_grads = loss_and_grads(PaddingCollator(pad_token_id=0)(rows))
+    padded = PaddingCollator(pad_token_id=0)(rows)
     packed = PackingCollator()(rows)
     assert "attention_mask" not in packed
+    padded_loss, padded_grads = loss_and_grads(padded)
     packed_loss, packed_grads = loss_and_grads(packed)
     torch.testing.assert_close(packed_loss, padded_loss, rtol=1e-5, atol=1e-6)
     for packed_grad, padded_grad in zip(packed_grads, padded_grads, strict=True):
         torch.testing.assert_close(packed_grad, padded_grad, rtol=1e-4, atol=1e-6)
-
-
-def test_packing_without_restarting_positions_would_change_the_loss(tiny_llama_dir) -> None:
-    """Guards the test above: samples that attend to each other give a loss outside its
-    tolerance."""
-    from transformers import AutoModelForCausalLM
-
-    from aligner.training.loss import CorrectionLM
-
-    lm = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, attn_implementation="sdpa")
-    model = CorrectionLM(lm).eval()
-    packed = PackingCollator()(_rows(5, seed=3))
+    # Every position's hidden state agrees; the guard: without restarting positions samples
+    # attend to each other, which moves them far outside that tolerance.
+    decoder = lm.get_decoder()
     with torch.no_grad():
-        separate = model(**packed)
-        crossing = model(input_ids=packed["input_ids"], labels=packed["labels"])
-    assert not torch.allclose(separate.loss_sum, crossing.loss_sum, rtol=1e-5)
+        by_sample = decoder(**_without_labels(padded), use_cache=False).last_hidden_state
+        by_sample = torch.cat([by_sample[i, : len(r["input_ids"])] for i, r in enumerate(rows)])
+        in_one_row = decoder(**_without_labels(packed), use_cache=False).last_hidden_state[0]
+        crossing = decoder(input_ids=packed["input_ids"], use_cache=False).last_hidden_state[0]
+    torch.testing.assert_close(in_one_row, by_sample, rtol=1e-5, atol=1e-5)
+    assert (crossing - in_one_row).abs().max() > 0.1
+
+
+def _without_labels(batch: dict) -> dict:
+    return {key: value for key, value in batch.items() if key != "labels"}
