@@ -21,13 +21,22 @@
 #   --lr_warmup_ratio 0.03 --weight_decay 0.0 --per_device_train_batch_size 4
 #   --gradient_accumulation_steps 8 --max_length 2048 --gradient_checkpointing True --seed 42
 #   bf16 where the GPU supports it, else fp32 (see `aligner train --help` for every flag).
-# Every other flag passes through to the trainer. stdout and stderr are copied to
-# OUTPUT_DIR/stdout.log and OUTPUT_DIR/stderr.log; the exit status is the training's (with
-# --demo, then the held-out correction's and its report's).
+# Every other flag passes through to the trainer.
+#
+# Logs: stdout and stderr are appended to OUTPUT_DIR/stdout.log and stderr.log (with
+# --node_rank N: stdout.nodeN.log and stderr.nodeN.log), each run under a header line with the
+# date, the node rank and the command (secrets masked). Nothing is logged into a folder that is
+# not empty and holds no aligner run, which training refuses unless --overwrite is given.
+# Signals: SIGTERM, SIGINT or SIGHUP sent to this script stops every process of the launch
+# (launcher and ranks) and waits for them to end. The launch runs in a process group of its own
+# (a SIGKILL cannot be passed on: kill the session instead). Exit status: 0 done; 1 failed; 2
+# refused before any work (a bad flag, record or output folder); 129, 130, 143 after SIGHUP,
+# SIGINT, SIGTERM. On failure the last line is the trainer's own one-line error.
 #
 # Environment: PYTHON (default python3) is the interpreter with aligner and deepspeed installed.
 
 set -euo pipefail
+ORIGINAL_ARGS=("$@")
 
 PYTHON="${PYTHON:-python3}"
 MODEL_NAME_OR_PATH=""
@@ -38,9 +47,67 @@ NUM_GPUS=""
 MASTER_PORT="${MASTER_PORT:-}"
 DEMO=0
 DEVICES_CHOSEN=0
+NODE_RANK=""
 TRAIN_DATASETS=()
 LAUNCHER_ARGS=()
 TRAINER_ARGS=()
+
+# ---- stopping: a signal to this script stops the whole launch -----------------------------------
+
+# Each launch runs in its own process group. Schedulers and `timeout` signal this script alone;
+# the signal is passed to the whole group, and the script returns only once the group is gone.
+LAUNCH_PID=""
+STOPPED_BY=""
+STOP_GRACE_S=20
+
+on_signal() { # NAME STATUS
+	STOPPED_BY="$1"
+	local pid="${LAUNCH_PID:-$(jobs -p | head -n 1)}"
+	if [[ -z "${pid}" ]]; then
+		echo "sft-correction.sh: stopped by SIG$1 before training started" >&2
+		exit "$2"
+	fi
+	# SIGTERM for either signal: ranks end at once on it, while SIGINT would raise
+	# KeyboardInterrupt in the middle of a collective and print a traceback on every rank.
+	kill -TERM -- "-${pid}" 2>/dev/null || true
+}
+trap 'on_signal TERM 143' TERM
+trap 'on_signal INT 130' INT
+trap 'on_signal HUP 129' HUP # the terminal closed: its hangup no longer reaches the launch
+
+group_alive() { # PGID: whether a live (not zombie) process is left in the process group
+	local stat fields
+	for stat in /proc/[0-9]*/stat; do
+		read -r fields <"${stat}" 2>/dev/null || continue
+		fields="${fields##*) }" # after "PID (COMMAND) ": STATE PPID PGRP ...
+		read -r -a fields <<<"${fields}"
+		[[ "${fields[2]}" == "$1" && "${fields[0]}" != Z ]] && return 0
+	done
+	return 1
+}
+
+supervise() { # FUNCTION: run it in its own process group; its exit status, once all have ended
+	local status waited=0
+	set -m
+	"$@" &
+	LAUNCH_PID=$!
+	set +m
+	while :; do
+		wait "${LAUNCH_PID}" && status=0 || status=$?
+		# A trapped signal interrupts `wait`; the group was told to stop, so wait on.
+		kill -0 "${LAUNCH_PID}" 2>/dev/null || break
+	done
+	while group_alive "${LAUNCH_PID}"; do
+		# A process that outlived the group's leader (one that ignores SIGTERM, say).
+		if ((waited == STOP_GRACE_S * 5)); then
+			kill -KILL -- "-${LAUNCH_PID}" 2>/dev/null || true
+		fi
+		((waited++ < STOP_GRACE_S * 10)) || break
+		sleep 0.2
+	done
+	LAUNCH_PID=""
+	return "${status}"
+}
 
 # Accept --flag=value as well as --flag value.
 ARGS=()
@@ -85,6 +152,7 @@ while [[ $# -gt 0 ]]; do
 		;;
 	--num_nodes | --node_rank | --master_addr)
 		need_value "$@"
+		[[ "$1" == --node_rank ]] && NODE_RANK="$2"
 		LAUNCHER_ARGS+=("$1" "$2")
 		shift 2
 		;;
@@ -122,8 +190,72 @@ if [[ ${#TRAIN_DATASETS[@]} -eq 0 || -z "${MODEL_NAME_OR_PATH}" || -z "${OUTPUT_
 		"(or --demo); see --help" >&2
 	exit 2
 fi
-mkdir -p "${OUTPUT_DIR}"
 ZERO_STAGE="${ZERO_STAGE:-3}"
+
+# ---- logs ----------------------------------------------------------------------------------------
+
+flag_given() { # NAME ARGS...: whether boolean flag NAME is among ARGS and not set false
+	local name="$1" value
+	shift
+	while [[ $# -gt 0 ]]; do
+		if [[ "$1" == "${name}" ]]; then
+			value="${2:-}"
+			[[ "${value,,}" =~ ^(false|0|no|n|off)$ ]] || return 0
+		fi
+		shift
+	done
+	return 1
+}
+
+may_log_into() { # FOLDER: new, empty, a run of ours, or --overwrite was given
+	local entry
+	[[ -e "$1" ]] || return 0
+	[[ -d "$1" && -w "$1" ]] || return 1
+	[[ -f "$1/aligner_run.json" ]] && return 0
+	flag_given --overwrite ${TRAINER_ARGS[@]+"${TRAINER_ARGS[@]}"} ${DEMO_ARGS[@]+"${DEMO_ARGS[@]}"} &&
+		return 0
+	for entry in "$1"/* "$1"/.[!.]*; do
+		[[ -e "${entry}" ]] || continue
+		[[ "${entry##*/}" =~ ^((stdout|stderr)(\.node[0-9]+)?\.log|model)$ ]] || return 1
+	done
+	return 0
+}
+
+STDOUT_LOG=/dev/null
+STDERR_LOG=/dev/null
+if may_log_into "${OUTPUT_DIR}" && mkdir -p "${OUTPUT_DIR}" 2>/dev/null; then
+	STDOUT_LOG="${OUTPUT_DIR}/stdout${NODE_RANK:+.node${NODE_RANK}}.log"
+	STDERR_LOG="${OUTPUT_DIR}/stderr${NODE_RANK:+.node${NODE_RANK}}.log"
+	# Appended, never truncated: the logs of a run that crashed stay for the one that resumes it.
+	HEADER="$(
+		"${PYTHON}" -c 'import shlex, sys; from aligner.training.secrets import redact
+print(redact(shlex.join(sys.argv[1:])))' bash "$0" ${ORIGINAL_ARGS[@]+"${ORIGINAL_ARGS[@]}"}
+	)"
+	HEADER="==== $(date '+%Y-%m-%d %H:%M:%S %z') on ${HOSTNAME}, node rank ${NODE_RANK:-0}: ${HEADER}"
+	echo "${HEADER}" | tee -a "${STDOUT_LOG}" >>"${STDERR_LOG}" || true
+fi
+ERRORS="$(mktemp)"
+trap 'rm -f "${ERRORS}"' EXIT
+
+say() { # MESSAGE: to stderr and the stderr log
+	echo "$*" >&2
+	echo "$*" >>"${STDERR_LOG}" 2>/dev/null || true
+}
+
+logged() { # COMMAND...: run it with stdout and stderr copied to the logs (and stderr to ERRORS)
+	# The copies ignore SIGTERM and SIGINT, so that they keep the run's last lines and end when
+	# the run's output does; they never keep the run alive. The status is the command's, even
+	# when a log cannot be written (a full disk).
+	set +e
+	"$@" 2> >(
+		trap '' TERM INT
+		exec tee -a "${STDERR_LOG}" "${ERRORS}" >&2
+	) | (
+		trap '' TERM INT
+		exec tee -a "${STDOUT_LOG}"
+	)
+	return "${PIPESTATUS[0]}"
+}
 
 if [[ -z "${MASTER_PORT}" ]]; then
 	MASTER_PORT="$("${PYTHON}" -c \
@@ -159,21 +291,46 @@ COMMAND=(
 	${TRAINER_ARGS[@]+"${TRAINER_ARGS[@]}"}
 )
 
-set +e
-"${COMMAND[@]}" 2> >(tee "${OUTPUT_DIR}/stderr.log" >&2) | tee "${OUTPUT_DIR}/stdout.log"
-STATUS="${PIPESTATUS[0]}"
-set -e
-if [[ "${STATUS}" != 0 ]]; then
-	echo "sft-correction.sh: training failed with exit status ${STATUS}" \
-		"(logs in ${OUTPUT_DIR}/stdout.log and stderr.log)" >&2
-	exit "${STATUS}"
-fi
+finish() { # STATUS WHAT: exit as the script promises, the cause on the last line
+	local status="$1" what="$2"
+	if [[ -n "${STOPPED_BY}" ]]; then
+		say "sft-correction.sh: stopped by SIG${STOPPED_BY}; every process of the run has ended" \
+			"(continue with --resume_from_checkpoint auto)"
+		case "${STOPPED_BY}" in
+		TERM) exit 143 ;;
+		INT) exit 130 ;;
+		*) exit 129 ;;
+		esac
+	fi
+	[[ "${status}" == 0 ]] && return 0
+	local logs="logs: ${STDOUT_LOG}, ${STDERR_LOG}"
+	[[ "${STDOUT_LOG}" == /dev/null ]] && logs="no logs in a folder that is not this run's"
+	say "sft-correction.sh: ${what} failed with exit status ${status} (${logs})"
+	# The trainer's own one-line error last, below the launcher's lines about the failure.
+	local cause
+	# (from where it starts: a progress bar may share its line)
+	cause="$(grep -ao 'aligner [a-z]*: error: .*' "${ERRORS}" | tail -n 1 || true)"
+	[[ -n "${cause}" ]] && say "${cause}"
+	case "${status}" in
+	1 | 2 | 130 | 143) exit "${status}" ;;
+	*) exit 1 ;; # a rank killed by a signal, say: the run failed
+	esac
+}
+
+supervise logged "${COMMAND[@]}" && STATUS=0 || STATUS=$?
+finish "${STATUS}" training
+
+demo_correct() {
+	"${PYTHON}" -m aligner.cli correct --model_name_or_path "${OUTPUT_DIR}" --input "${DEMO_EVAL}" \
+		--output "${OUTPUT_DIR}/demo-corrections.jsonl" --overwrite --batch_size 64 \
+		--max_new_tokens 32 &&
+		"${PYTHON}" -m aligner.demo report "${OUTPUT_DIR}/demo-corrections.jsonl" \
+			--output "${OUTPUT_DIR}/demo-report.json" | tee "${OUTPUT_DIR}/demo-report.txt"
+}
+
 if [[ "${DEMO}" == 1 ]]; then
 	# The demo's proof of learning: correct the held-out set, score before against after.
-	# A corrections file left by an earlier run would be resumed, not redone: start afresh.
-	rm -f "${OUTPUT_DIR}/demo-corrections.jsonl"
-	"${PYTHON}" -m aligner.cli correct --model_name_or_path "${OUTPUT_DIR}" --input "${DEMO_EVAL}" \
-		--output "${OUTPUT_DIR}/demo-corrections.jsonl" --batch_size 64 --max_new_tokens 32
-	"${PYTHON}" -m aligner.demo report "${OUTPUT_DIR}/demo-corrections.jsonl" \
-		--output "${OUTPUT_DIR}/demo-report.json" | tee "${OUTPUT_DIR}/demo-report.txt"
+	# It starts afresh (--overwrite): corrections left by an earlier run are not resumed.
+	supervise logged demo_correct && STATUS=0 || STATUS=$?
+	finish "${STATUS}" "the demo's correction"
 fi

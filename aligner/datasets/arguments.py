@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass
 
 import datasets
@@ -125,6 +126,21 @@ class DataReport:
     """Samples held out of the training set by ``--eval_split_ratio``."""
 
 
+def check_data_flags(args: argparse.Namespace) -> None:
+    """Refuse a data flag out of its range, naming the flag, before anything is read."""
+    if args.max_length < 2:
+        raise DataError(f"--max_length must be at least 2, got {args.max_length}")
+    if args.num_proc < 1:
+        raise DataError(f"--num_proc must be at least 1, got {args.num_proc}")
+    ratios = {
+        "--eval_split_ratio": (args.eval_split_ratio, "[0, 1)", lambda x: 0 <= x < 1),
+        "--identity_warmup_ratio": (args.identity_warmup_ratio, "[0, 1]", lambda x: 0 <= x <= 1),
+    }
+    for flag, (value, interval, inside) in ratios.items():
+        if not (math.isfinite(value) and inside(value)):
+            raise DataError(f"{flag} must be in {interval}, got {value}")
+
+
 def _pipeline_options(args: argparse.Namespace) -> dict[str, object]:
     return {
         "max_length": args.max_length,
@@ -141,10 +157,7 @@ def build_datasets_from_args(
     args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase, template: Template
 ) -> tuple[datasets.Dataset, datasets.Dataset | None, DataReport]:
     """The training set, the evaluation set (or None), and what happened to the records."""
-    if args.max_length < 2:
-        raise DataError(f"--max_length must be at least 2, got {args.max_length}")
-    if not 0 <= args.eval_split_ratio < 1:
-        raise DataError(f"--eval_split_ratio must be in [0, 1), got {args.eval_split_ratio}")
+    check_data_flags(args)
     common = _pipeline_options(args)
     train, train_stats = build_dataset(args.train_datasets, tokenizer, template, **common)
     if args.eval_datasets:
@@ -169,11 +182,10 @@ def build_warmup_from_args(
 ) -> datasets.Dataset | None:
     """The identity warm-up set: a seeded ``--identity_warmup_ratio`` share of the training
     records, each with its answer as the target; None when the ratio is 0."""
+    check_data_flags(args)
     ratio = args.identity_warmup_ratio
     if ratio == 0:
         return None
-    if not 0 < ratio <= 1:
-        raise DataError(f"--identity_warmup_ratio must be in [0, 1], got {ratio}")
     identity, _ = build_dataset(
         args.train_datasets, tokenizer, template, identity=True, **_pipeline_options(args)
     )

@@ -148,6 +148,11 @@ def get_dataset_class(name: str) -> type[RawDataset]:
     try:
         return RawDataset._registry[name]
     except KeyError:
+        if Path(name).suffix or name.startswith((".", "/", "~")):
+            # Meant as a file (data/train.jsonl, ./set): say so, not "unknown dataset".
+            raise DataError(
+                f"{name}: no such file or folder (nor a registered dataset of that name)"
+            ) from None
         known = ", ".join(registered_names())
         raise DataError(
             f"unknown dataset {name!r}; known datasets: {known} "

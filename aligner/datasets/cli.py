@@ -2,7 +2,7 @@
 
 Usage:
     aligner data --train_datasets data/train.jsonl --model_name_or_path MODEL \
-        [--max_length 2048] [--prompt_template correction] [--dump samples.jsonl]
+        [--max_length 2048] [--prompt_template correction] [--dump samples.jsonl [--overwrite]]
 """
 
 from __future__ import annotations
@@ -18,16 +18,22 @@ from aligner.datasets.arguments import (
     DataReport,
     add_data_arguments,
     build_datasets_from_args,
+    check_data_flags,
     template_from_args,
 )
 from aligner.datasets.base import DataError
+from aligner.datasets.spec import parse_dataset_spec
+from aligner.errors import EXIT_FAILED, EXIT_REFUSED, CommandParser, report
+from aligner.files import atomic_writer, check_writable
 from aligner.flags import add_trust_remote_code
-from aligner.prompts import TemplateError
 from aligner.tokenizer import load_tokenizer
+
+NAME_WIDTH = 40
+"""Characters of a dataset's name in the table; longer names lose their middle."""
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="aligner data",
         description="Validate correction data and show exactly what the model will train on.",
     )
@@ -42,6 +48,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--dump", type=Path, default=None, help='write each sample as {"input_ids", "labels"}'
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="let --dump replace an existing file"
     )
     add_data_arguments(parser)
     return parser.parse_args(argv)
@@ -59,15 +68,13 @@ def padding_share(lengths: np.ndarray, batch_size: int, order: np.ndarray) -> fl
 
 def format_report(report: DataReport, train, batch_size: int, seed: int) -> str:
     lines = ["records"]
-    header = (
-        f"  {'dataset':<40} {'read':>8} {'invalid':>8} {'truncated':>9} {'too long':>9} {'kept':>8}"
-    )
-    lines.append(header)
+    counts = f"{'read':>8} {'invalid':>8} {'truncated':>9} {'too long':>9} {'kept':>8}"
+    lines.append(f"  {'dataset':<{NAME_WIDTH}} {counts}")
     for s in report.train.sources:
         kept = s.read - s.invalid - s.dropped_too_long
         lines.append(
-            f"  {s.spec[-40:]:<40} {s.read:>8} {s.invalid:>8} {s.truncated:>9} "
-            f"{s.dropped_too_long:>9} {kept:>8}"
+            f"  {shorten(s.spec, NAME_WIDTH):<{NAME_WIDTH}} {s.read:>8} {s.invalid:>8} "
+            f"{s.truncated:>9} {s.dropped_too_long:>9} {kept:>8}"
         )
         if s.first_invalid:
             lines.append(f"    first invalid: {s.first_invalid}")
@@ -107,37 +114,68 @@ def format_report(report: DataReport, train, batch_size: int, seed: int) -> str:
     return "\n".join(lines)
 
 
+def shorten(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters in the middle, where an ellipsis marks the cut, so
+    that both the dataset's name and the end of its path stay readable."""
+    if len(text) <= width:
+        return text
+    head = (width - 1) // 2
+    return f"{text[:head]}…{text[len(text) - (width - 1 - head) :]}"
+
+
+def input_paths(args: argparse.Namespace) -> list[Path]:
+    """The files and folders the data flags read."""
+    specs = [*args.train_datasets, *(args.eval_datasets or [])]
+    paths = [parse_dataset_spec(spec).path for spec in specs]
+    return [Path(path).resolve() for path in paths if path]
+
+
+def check_dump(args: argparse.Namespace) -> None:
+    """Refuse a --dump path that is an input, inside an input folder, or (unless --overwrite)
+    any existing file; and one that cannot be written."""
+    dump = args.dump.resolve()
+    for source in input_paths(args):
+        if dump == source or source in dump.parents:
+            raise DataError(f"--dump {args.dump}: is an input of this command ({source})")
+    check_writable(args.dump, "--dump")
+    if dump.exists() and not args.overwrite:
+        raise DataError(
+            f"--dump {args.dump} already exists: choose another file, or pass --overwrite"
+        )
+
+
 def dump_samples(train, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    with temporary.open("w", encoding="utf-8") as handle:
+    with atomic_writer(path) as handle:
         for batch in train.select_columns(["input_ids", "labels"]).iter(batch_size=1000):
             for ids, labels in zip(batch["input_ids"], batch["labels"], strict=True):
                 handle.write(json.dumps({"input_ids": ids, "labels": labels}) + "\n")
-    temporary.replace(path)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        tokenizer = load_tokenizer(
-            args.model_name_or_path, trust_remote_code=args.trust_remote_code
-        )
+        check_data_flags(args)
+        if args.dump:
+            check_dump(args)
+        try:
+            tokenizer = load_tokenizer(
+                args.model_name_or_path, trust_remote_code=args.trust_remote_code
+            )
+        except OSError as error:
+            raise DataError(f"--model_name_or_path {args.model_name_or_path}: {error}") from None
         template = template_from_args(args, tokenizer)
-        train, _, report = build_datasets_from_args(args, tokenizer, template)
-    except (DataError, TemplateError) as error:
-        print(f"aligner data: error: {error}", file=sys.stderr)
-        return 1
-    except OSError as error:
-        print(
-            f"aligner data: error: {args.model_name_or_path}: {error}".splitlines()[0],
-            file=sys.stderr,
-        )
-        return 1
+        train, _, data_report = build_datasets_from_args(args, tokenizer, template)
+    except (ValueError, OSError) as error:
+        # Bad flags, records, templates and paths: one line, nothing written.
+        return report("aligner data", error, EXIT_REFUSED)
     print(f"prompt template: {template.name} ({template.kind})")
-    print(format_report(report, train, args.per_device_train_batch_size, args.seed))
+    print(format_report(data_report, train, args.per_device_train_batch_size, args.seed))
     if args.dump:
-        dump_samples(train, args.dump)
+        try:
+            dump_samples(train, args.dump)
+        except OSError as error:
+            return report("aligner data", error, EXIT_FAILED)
         print(f"\nwrote {len(train)} samples to {args.dump}")
     return 0
 

@@ -120,17 +120,18 @@ def validate_records(
     """Check ``fields`` of every row; raise on the first problem, or drop bad rows (lenient).
 
     ``problems`` yields the exact messages for the bad rows when the caller can name lines
-    (JSON files); by default rows are named by index.
+    (JSON and CSV files); otherwise rows are named by their 0-based index.
     """
     bad = _bad_rows(dataset, fields)
     skipped: list[str] = []
     if bad.any():
-        if problems is None:
-            problems = (
-                check_record(dataset[int(row)], f"{source}: row {int(row)}", fields)
+        skipped = [problem for problem in problems or () if problem is not None]
+        if not skipped:
+            skipped = [
+                problem
                 for row in np.flatnonzero(bad)
-            )
-        skipped = [problem for problem in problems if problem is not None]
+                if (problem := check_record(dataset[int(row)], _row(source, row), fields))
+            ]
         if not lenient:
             raise DataError(skipped[0])
         dataset = dataset.select(np.flatnonzero(~bad))
@@ -138,6 +139,10 @@ def validate_records(
         detail = f" ({len(skipped)} skipped; first: {skipped[0]})" if skipped else ""
         raise DataError(f"{source}: no valid record{detail}")
     return dataset, skipped
+
+
+def _row(source: str, row: int) -> str:
+    return f"{source}: row {int(row)} (0-based)"
 
 
 def _scan_records(
@@ -165,6 +170,18 @@ def _json_problems(path: Path, fields: Sequence[str]) -> Iterator[str | None]:
         yield problem or check_record(record, where, fields)
 
 
+def _csv_problems(path: Path, fields: Sequence[str]) -> Iterator[str | None]:
+    """Each CSV record's problem, named by the file line it starts on (a quoted cell may span
+    several lines, so the line is not the row number plus one)."""
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        _ = reader.fieldnames  # reads the header
+        start = reader.line_num + 1
+        for record in reader:
+            yield check_record(record, f"{path}:{start}", fields)
+            start = reader.line_num + 1
+
+
 def read_records(
     path: str | Path,
     fields: Sequence[str] = CORRECTION_FIELDS,
@@ -180,6 +197,16 @@ def read_records(
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
+    try:
+        return _read_records(path, fields, lenient=lenient, cache_dir=cache_dir)
+    except OSError as error:
+        # Permissions, a failing disk, a file that vanished: a user error, not a traceback.
+        raise DataError(f"{path}: cannot read: {error.strerror or error}") from None
+
+
+def _read_records(
+    path: Path, fields: Sequence[str], *, lenient: bool, cache_dir: str | None
+) -> tuple[datasets.Dataset, list[str]]:
     fmt = detect_format(path)
     if fmt in {"json", "csv"}:
         problem = utf8_problem(path)
@@ -199,7 +226,8 @@ def read_records(
         return _scan_records(path, fields, lenient=lenient)
     finally:
         datasets.logging.set_verbosity(verbosity)
-    problems = _json_problems(path, fields) if fmt == "json" else None
+    scans = {"json": _json_problems, "csv": _csv_problems}
+    problems = scans[fmt](path, fields) if fmt in scans else None
     return validate_records(dataset, fields, str(path), lenient=lenient, problems=problems)
 
 

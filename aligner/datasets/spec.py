@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -55,8 +56,10 @@ def _parse_proportion(text: str, spec: str) -> tuple[float, int | None]:
             f"dataset spec {spec!r}: bad proportion {text!r} "
             "(use a number such as 0.5 or 2, or N/-1 for N samples)"
         ) from None
-    if not proportion > 0:
-        raise DataError(f"dataset spec {spec!r}: the proportion must be positive, got {text!r}")
+    if not 0 < proportion < math.inf:
+        raise DataError(
+            f"dataset spec {spec!r}: the proportion must be a positive finite number, got {text!r}"
+        )
     return proportion, None
 
 
@@ -94,6 +97,11 @@ def parse_dataset_spec(spec: str) -> DatasetSpec:
 def sample_indices(size: int, spec: DatasetSpec, seed: int) -> np.ndarray:
     """Row indices for a spec: whole copies, then a seeded sample without replacement."""
     wanted = spec.count if spec.count is not None else round(size * spec.proportion)
+    if size > 0 and wanted == 0:
+        raise DataError(
+            f"dataset spec {str(spec)!r}: a proportion of {spec.proportion:g} of {size} samples "
+            "is 0 samples; use a larger proportion, or N/-1 for N samples"
+        )
     if size == 0 or wanted == size:
         return np.arange(size)
     copies, remainder = divmod(wanted, size)

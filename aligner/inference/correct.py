@@ -7,7 +7,8 @@ Usage:
 Each output line is an input record plus ``correction`` (and ``id`` where the input had none);
 an input's own ``correction`` (a test split's reference) is kept as ``reference_correction``.
 Re-running with the same ``--output`` skips the records already written; a crash loses at most
-the batch in flight. When done, the output is in input order.
+the batch in flight. When done, the output is in input order. An existing file this command did
+not write is never resumed into or replaced without ``--overwrite``.
 
 Under a launcher the records are spread over the ranks, one GPU each:
     torchrun --nproc_per_node 8 -m aligner.cli correct ...
@@ -17,10 +18,12 @@ Under a launcher the records are spread over the ranks, one GPU each:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import math
 import sys
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +32,17 @@ from transformers import set_seed
 
 from aligner.datasets.encode import Request, SampleEncoder
 from aligner.datasets.loading import load_records
+from aligner.errors import EXIT_FAILED, EXIT_REFUSED, EXIT_SIGINT, CommandParser, report
+from aligner.files import check_writable
 from aligner.inference.distributed import Ranks, shard_path, shard_paths
 from aligner.inference.generate import GenerationOptions, generate
 from aligner.inference.loading import add_model_arguments, checkpoint_template, load_model
 from aligner.inference.metrics import is_copy
 from aligner.inference.output import (
     append_durably,
+    check_claim,
     check_settings,
+    claim_output,
     read_written,
     write_atomically,
 )
@@ -59,7 +66,7 @@ class CorrectionError(ValueError):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="aligner correct",
         description="Correct upstream answers with a trained aligner.",
     )
@@ -76,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="JSONL written (and resumed) here: each input record plus its correction; an "
         f"input's own correction field is kept as {REFERENCE_FIELD}",
+    )
+    io.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --output (and --preference_output) instead of resuming it; "
+        "without it, a file this command did not write is refused",
     )
     io.add_argument(
         "--template",
@@ -149,8 +162,10 @@ def check_args(args: argparse.Namespace) -> None:
     sampling = [f"--{f}" for f in ("temperature", "top_p", "top_k") if getattr(args, f) is not None]
     if sampling and not args.do_sample:
         raise CorrectionError(f"{', '.join(sampling)} take effect only with --do_sample")
-    if args.temperature is not None and args.temperature <= 0:
-        raise CorrectionError("--temperature must be above 0 (greedy decoding is the default)")
+    if args.temperature is not None and not 0 < args.temperature < math.inf:
+        raise CorrectionError(
+            "--temperature must be a finite number above 0 (greedy decoding is the default)"
+        )
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise CorrectionError("--top_p must be in (0, 1]")
     if args.top_k is not None and args.top_k < 0:
@@ -300,11 +315,31 @@ def by_prompt_length(records: list[Record], encoder: SampleEncoder) -> list[Reco
     return [records[i] for i in order]
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".index.json")
+CORRECTED_FIELDS = ("id", CORRECTION_FIELD)
+"""What every line of this command's output holds."""
+
+
+def weights_fingerprint(model_name_or_path: str) -> str | None:
+    """A hash of the name, size and modification time of each weight file in a checkpoint
+    folder: new weights saved at the same path change it. None for a name that is no folder."""
+    folder = Path(model_name_or_path)
+    if not folder.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.name.endswith(WEIGHT_SUFFIXES):
+            stat = path.stat()
+            digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return digest.hexdigest()[:16]
+
+
 def run_settings(args: argparse.Namespace, template: Template) -> dict[str, Any]:
     """What decides the corrections; a resumed run must match it (batch size does not)."""
     model = Path(args.model_name_or_path)
     return {
         "model": str(model.resolve()) if model.exists() else args.model_name_or_path,
+        "weights": weights_fingerprint(args.model_name_or_path),
         "template": template.to_dict(),
         "rounds": args.rounds,
         "max_new_tokens": args.max_new_tokens,
@@ -316,26 +351,49 @@ def run_settings(args: argparse.Namespace, template: Template) -> dict[str, Any]
     }
 
 
-def run(args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class Plan:
+    """What the checks found: the work to do, how to encode it, and its settings."""
+
+    encoder: SampleEncoder
+    records: list[Record]
+    settings: dict[str, Any]
+    upstream: Any  # the upstream model's tokenizer, or None
+
+
+def check(args: argparse.Namespace) -> Plan:
+    """Every check that needs no model, on every rank alike; nothing is written."""
     check_args(args)
     tokenizer = load_tokenizer(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
-    # Loaded before any generation, so that a bad path fails in the first second.
     upstream = None
     if args.upstream_tokenizer:
         upstream = load_tokenizer(args.upstream_tokenizer, trust_remote_code=args.trust_remote_code)
     template = checkpoint_template(args.model_name_or_path, args.template, args.system_prompt)
     encoder = SampleEncoder(tokenizer, template, max_length=INFERENCE_MAX_LENGTH)
-    template = encoder.template
     rows = load_records(args.input, fields=("question", "answer")).to_list()
     records = prepare_records(rows, args.input)
+    check_writable(args.output, "--output")
+    settings = run_settings(args, encoder.template)
+    written = check_claim(args.output, settings, overwrite=args.overwrite, flag="--output")
+    if not args.overwrite:
+        for path in written:  # every line a corrected record of ours, before anything is cut
+            read_written(path, repair=False, fields=CORRECTED_FIELDS)
+    if args.preference_output:
+        check_writable(args.preference_output, "--preference_output")
+        flag = "--preference_output"
+        check_claim(args.preference_output, {}, overwrite=args.overwrite, flag=flag)
+    return Plan(encoder, records, settings, upstream)
+
+
+def run(args: argparse.Namespace, plan: Plan) -> int:
+    encoder, records = plan.encoder, plan.records
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     ranks = Ranks.from_env()
     with ranks.group():
         # Only the main rank rewrites the output; the others append to their own shard files.
         if ranks.is_main:
-            resuming = output.exists() or bool(shard_paths(output))
-            check_settings(output, run_settings(args, template), resuming)
+            claim_output(output, plan.settings, overwrite=args.overwrite, flag="--output")
             merge_written(output, records)
         ranks.barrier()
         done = {id_key(record["id"]) for record in read_written(output)}
@@ -353,9 +411,11 @@ def run(args: argparse.Namespace) -> int:
         final = merge_written(output, records)
     print(f"{output}: {len(final)} corrected records ({len(pending)} new)")
     if args.preference_output:
-        stats = write_preferences(final, args.preference_output, args.preference_format, upstream)
+        pairs = args.preference_output
+        stats = write_preferences(final, pairs, args.preference_format, plan.upstream)
+        check_settings(pairs, {"from": str(output.resolve())}, resuming=False)  # marks it ours
         print(
-            f"{args.preference_output}: {stats.written} preference pairs; skipped "
+            f"{pairs}: {stats.written} preference pairs; skipped "
             f"{stats.skipped_unchanged} unchanged and {stats.skipped_empty} empty corrections"
         )
     return 0
@@ -364,17 +424,21 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return run(args)
+        plan = check(args)
+    except (ValueError, OSError) as error:
+        # Bad records, templates, flags, paths and outputs: one line, nothing written.
+        return report("aligner correct", error, EXIT_REFUSED)
+    try:
+        return run(args, plan)
     except KeyboardInterrupt:
         print(
             "aligner correct: interrupted; run the same command again to resume",
             file=sys.stderr,
         )
-        return 130
+        return EXIT_SIGINT
     except (ValueError, OSError) as error:
-        # Bad records, templates, flags, paths and checkpoints: one line, no traceback.
-        print(f"aligner correct: error: {error}", file=sys.stderr)
-        return 1
+        # A checkpoint that does not load, a full disk: one line; what was written is kept.
+        return report("aligner correct", error, EXIT_FAILED)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from aligner.datasets.base import DataError
 from aligner.datasets.collate import PaddingCollator
 from aligner.datasets.loading import load_records
 from aligner.datasets.pipeline import build_dataset
+from aligner.errors import EXIT_FAILED, EXIT_REFUSED, EXIT_SIGINT, CommandParser, report
 from aligner.inference import judge, scoring
 from aligner.inference.chat_client import ChatClient, check_base_url
 from aligner.inference.correct import CORRECTION_FIELD, REFERENCE_FIELD
@@ -51,7 +52,7 @@ from aligner.tokenizer import load_tokenizer
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="aligner eval",
         description="Evaluate an aligner: whether its corrections helped, its loss on data.",
     )
@@ -447,11 +448,12 @@ def main(argv: list[str]) -> int:
         return run(args)
     except KeyboardInterrupt:
         print("aligner eval: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
-    except (ValueError, OSError) as error:
+        return EXIT_SIGINT
+    except ValueError as error:
         # Bad records, templates, flags, paths, checkpoints and refused requests: one line.
-        print(f"aligner eval: error: {error}", file=sys.stderr)
-        return 1
+        return report("aligner eval", error, EXIT_REFUSED)
+    except OSError as error:
+        return report("aligner eval", error, EXIT_FAILED)
 
 
 if __name__ == "__main__":

@@ -1,17 +1,20 @@
 """Crash-safe JSONL output: append a batch durably, read back what a run already wrote.
 
-Beside the output, ``OUTPUT.settings.json`` records what produced it, so that a resumed run
-cannot quietly mix the corrections of two models, templates or decoding settings.
+Beside each file it writes, a command keeps ``FILE.settings.json``: what produced it. That file
+marks the output as the command's own, so that a file a user made is never resumed into or
+replaced, and a resumed run cannot quietly mix the corrections of two models, templates or
+decoding settings.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from aligner.files import write_atomically as write_text_atomically
 from aligner.inference.distributed import shard_paths
 
 
@@ -24,12 +27,14 @@ def dumps(record: dict[str, Any]) -> str:
     return json.dumps(record, ensure_ascii=False, default=str)
 
 
-def read_written(path: str | Path) -> list[dict[str, Any]]:
+def read_written(
+    path: str | Path, *, repair: bool = True, fields: Sequence[str] = ("id",)
+) -> list[dict[str, Any]]:
     """The records of a JSONL file a previous run wrote; [] when it does not exist.
 
-    A crash can leave the last line torn (no newline, or not valid JSON): that line is cut
-    from the file, so the next append starts on a clean line. A bad line anywhere else means
-    the file is not ours, and is an error.
+    A crash can leave the last line torn (no newline, or not valid JSON): with ``repair`` that
+    line is cut from the file, so the next append starts on a clean line. A bad line anywhere
+    else, or a record without one of ``fields``, means the file is not ours, and is an error.
     """
     path = Path(path)
     if not path.exists():
@@ -48,11 +53,12 @@ def read_written(path: str | Path) -> list[dict[str, Any]]:
             raise OutputError(
                 f"{path}:{number}: not a JSON line ({error}); cannot resume"
             ) from None
-        if not isinstance(record, dict) or "id" not in record:
-            raise OutputError(f"{path}:{number}: not a record with an 'id'; cannot resume")
+        if not isinstance(record, dict) or any(field not in record for field in fields):
+            named = " and ".join(repr(field) for field in fields)
+            raise OutputError(f"{path}:{number}: not a record with {named}; cannot resume")
         records.append(record)
         good_bytes += len(line) + 1
-    if good_bytes != len(data):
+    if repair and good_bytes != len(data):
         with path.open("r+b") as handle:
             handle.truncate(good_bytes)
     return records
@@ -74,18 +80,9 @@ def append_durably(handle: IO[str], records: Iterable[dict[str, Any]]) -> None:
     write_durably(handle, to_jsonl(records))
 
 
-def replace_atomically(path: str | Path, text: str) -> None:
-    """Replace ``path`` with ``text`` in one step: readers see the old file or the new one."""
-    path = Path(path)
-    temporary = path.with_name(path.name + ".tmp")
-    with temporary.open("w", encoding="utf-8") as handle:
-        write_durably(handle, text)
-    os.replace(temporary, path)
-
-
 def write_atomically(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
     """Replace ``path`` with these records as JSON lines, atomically."""
-    replace_atomically(path, to_jsonl(records))
+    write_text_atomically(path, to_jsonl(records))
 
 
 def settings_path(output: str | Path) -> Path:
@@ -115,10 +112,10 @@ def check_settings(
         if changed:
             raise OutputError(
                 f"{output} was written with other {', '.join(changed)}: pass a new {flag}, "
-                f"or delete it and {path.name} to start over"
+                "or --overwrite to start over"
             )
         return
-    replace_atomically(path, json.dumps(settings, indent=2, ensure_ascii=False) + "\n")
+    write_text_atomically(path, json.dumps(settings, indent=2, ensure_ascii=False) + "\n")
 
 
 def check_claim(
@@ -130,12 +127,17 @@ def check_claim(
     settings is another run's. Both are refused unless ``overwrite``.
     """
     output = Path(output)
-    written = [path for path in (output, *shard_paths(output)) if path.exists()]
+    if output.is_dir():
+        raise OutputError(f"{flag} {output}: is a folder, not a file")
+    # An empty file (mktemp's, say) holds nothing to lose.
+    files = (output, *shard_paths(output))
+    written = [path for path in files if path.is_file() and path.stat().st_size > 0]
     if written and not overwrite:
         if not settings_path(output).exists():
             raise OutputError(
-                f"{output} exists and was not written by this command: pass another {flag}, "
-                "or --overwrite to replace it"
+                f"{flag} {output} already exists and was not written by this command (no "
+                f"{settings_path(output).name} beside it): choose another {flag}, or pass "
+                "--overwrite to replace it"
             )
         changed = changed_settings(output, settings)
         if changed:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from transformers import SchedulerType
 
-from aligner.datasets.arguments import add_data_arguments
+from aligner.datasets.arguments import add_data_arguments, check_data_flags
+from aligner.errors import CommandParser
 from aligner.flags import add_bool, add_trust_remote_code
 from aligner.training.ds_config import OFFLOAD_CHOICES
 from aligner.training.secrets import redact
@@ -19,13 +22,30 @@ ATTN_IMPLEMENTATIONS = ("sdpa", "flash_attention_2", "eager")
 SECRET_MARKERS = ("token", "key", "secret", "password")
 """Argument names holding any of these are never written to the output folder."""
 
+FLOAT_RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {
+    # An AdamW step moves each weight by about the LR: above 1, one step destroys the model.
+    "lr": ("in (0, 1]", lambda x: 0 < x <= 1),
+    "lr_warmup_ratio": ("in [0, 1]", lambda x: 0 <= x <= 1),
+    "weight_decay": ("at least 0", lambda x: x >= 0),
+    "adam_beta1": ("in [0, 1)", lambda x: 0 <= x < 1),
+    "adam_beta2": ("in [0, 1)", lambda x: 0 <= x < 1),
+    "adam_epsilon": ("above 0", lambda x: x > 0),
+    "max_grad_norm": ("at least 0 (0: off)", lambda x: x >= 0),
+    "lora_alpha": ("above 0", lambda x: x > 0),
+    "lora_dropout": ("in [0, 1)", lambda x: 0 <= x < 1),
+}
+"""Every float flag's range. Each value must also be finite, in float32 too: inf or nan passes
+a comparison like ``lr <= 0`` unnoticed and trains a model of NaN weights, and 1e39 overflows the
+optimizer's float32 arithmetic."""
+FLOAT32_MAX = 3.4028234663852886e38
+
 
 class ArgumentError(ValueError):
     """A flag combination the trainer cannot honour; reported as one line."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="aligner train",
         description="Supervised correction training on DeepSpeed: only the correction and its "
         "EOS carry loss, normalised per target token of the global batch.",
@@ -265,16 +285,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def validate(args: argparse.Namespace) -> argparse.Namespace:
     """Check flag combinations; raise ArgumentError with one clear line."""
+    check_data_flags(args)  # first: the layout's defaults are derived from --max_length
+    for name, (allowed, inside) in FLOAT_RANGES.items():
+        value = getattr(args, name)
+        if not (math.isfinite(value) and abs(value) <= FLOAT32_MAX and inside(value)):
+            raise ArgumentError(f"--{name} must be a finite number {allowed}, got {value}")
     positive = ("epochs", "per_device_train_batch_size", "per_device_eval_batch_size")
     for name in (*positive, "gradient_accumulation_steps", "dist_timeout"):
         if getattr(args, name) < 1:
             raise ArgumentError(f"--{name} must be at least 1, got {getattr(args, name)}")
     if args.max_steps == 0 or args.max_steps < -1:
         raise ArgumentError(f"--max_steps must be positive or -1, got {args.max_steps}")
-    if not 0 <= args.lr_warmup_ratio <= 1:
-        raise ArgumentError(f"--lr_warmup_ratio must be in [0, 1], got {args.lr_warmup_ratio}")
-    if args.lr <= 0 or args.weight_decay < 0 or args.max_grad_norm < 0:
-        raise ArgumentError("--lr must be positive; --weight_decay and --max_grad_norm >= 0")
     if args.bf16 and args.fp16:
         raise ArgumentError("--bf16 and --fp16 are exclusive")
     if args.eval_interval < 1 or args.save_interval < 0:

@@ -1,5 +1,6 @@
 """Numerical faults: skipping an optimizer step whose loss or gradient is not finite, on every rank
-alike; and the fault-injection hooks the tests use to cause crashes and bad gradients.
+alike, and never saving non-finite weights; and the fault-injection hooks the tests use to cause
+crashes and bad gradients.
 
 Fault-injection hooks (environment variables, each ``RANK:STEP[,STEP...]``):
 
@@ -7,6 +8,8 @@ Fault-injection hooks (environment variables, each ``RANK:STEP[,STEP...]``):
 - ``ALIGNER_FAULT_SAVE``: that rank SIGKILLs itself while saving the checkpoint of step STEP,
   after DeepSpeed wrote its files and before the checkpoint is committed.
 - ``ALIGNER_FAULT_INF_GRAD``: that rank's gradient gets an infinite element in step STEP.
+- ``ALIGNER_FAULT_NAN_WEIGHT``: after step STEP, one of that rank's weights becomes NaN, as a
+  silent overflow would make it.
 """
 
 from __future__ import annotations
@@ -24,10 +27,27 @@ from torch import nn
 FAULT_KILL_ENV = "ALIGNER_FAULT_KILL"
 FAULT_SAVE_ENV = "ALIGNER_FAULT_SAVE"
 FAULT_INF_GRAD_ENV = "ALIGNER_FAULT_INF_GRAD"
+FAULT_NAN_WEIGHT_ENV = "ALIGNER_FAULT_NAN_WEIGHT"
 
 
 class TooManySkippedSteps(RuntimeError):
     """Raised on every rank when the run skipped too many optimizer steps in a row."""
+
+
+class NonFiniteWeights(RuntimeError):
+    """Raised on every rank instead of saving weights that hold a NaN or an infinity."""
+
+
+def weights_are_finite(model: nn.Module, device: torch.device) -> bool:
+    """Whether every weight, on every rank, is finite. Collective.
+
+    Each rank checks what it holds: its ZeRO-3 partition, or the whole (replicated) weights
+    under ZeRO 0-2, whose fp32 master copies are finite when these are.
+    """
+    finite = all(bool(torch.isfinite(_held(param)).all()) for param in model.parameters())
+    flag = torch.tensor([0.0 if finite else 1.0], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return not flag.item()
 
 
 def fault_steps(variable: str, rank: int) -> frozenset[int]:
@@ -41,6 +61,18 @@ def fault_steps(variable: str, rank: int) -> frozenset[int]:
         return parsed if int(fault_rank) == rank else frozenset()
     except ValueError:
         raise ValueError(f"{variable}={spec!r}: expected RANK:STEP[,STEP...]") from None
+
+
+def _held(param: nn.Parameter) -> torch.Tensor:
+    """What this rank holds of a weight: its ZeRO-3 partition, or the whole weight."""
+    return getattr(param, "ds_tensor", param.data)
+
+
+def poison_a_weight(model: nn.Module) -> None:
+    """Set the first element this rank holds of the model's weights to NaN."""
+    held = next(_held(p) for p in model.parameters() if _held(p).numel())
+    with torch.no_grad():
+        held.view(-1)[0] = float("nan")
 
 
 def kill_self() -> None:

@@ -7,9 +7,12 @@ Usage:
 
 Test hooks (environment): ALIGNER_FAULT_RANK=R with ALIGNER_FAULT_STEP=S makes rank R raise
 before optimizer step S; ALIGNER_PROBE_LOGITS=FILE makes rank 0 save the engine's logits on the
-first two training samples after the final save; ALIGNER_FAULT_KILL, ALIGNER_FAULT_SAVE and
-ALIGNER_FAULT_INF_GRAD (see aligner.training.faults) kill a rank after a step, kill it during a
-checkpoint save, and give it an infinite gradient.
+first two training samples after the final save; ALIGNER_FAULT_KILL, ALIGNER_FAULT_SAVE,
+ALIGNER_FAULT_INF_GRAD and ALIGNER_FAULT_NAN_WEIGHT (see aligner.training.faults) kill a rank
+after a step, kill it during a checkpoint save, give it an infinite gradient, and make one of
+its weights NaN.
+
+Exit status: 0 done, 1 failed while training, 2 refused before any work, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -21,12 +24,17 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from aligner.datasets import DataError
-from aligner.prompts import TemplateError
+from aligner.errors import EXIT_FAILED, EXIT_REFUSED, EXIT_SIGINT, report
 from aligner.training.arguments import ArgumentError, parse_arguments
 from aligner.training.distributed import ensure_process_env, init_process_group
-from aligner.training.faults import TooManySkippedSteps
-from aligner.training.resume import ResumeError, check_output_dir, find_checkpoint
+from aligner.training.faults import NonFiniteWeights, TooManySkippedSteps
+from aligner.training.resume import (
+    ResumeError,
+    WriteError,
+    check_output_dir,
+    find_checkpoint,
+)
+from aligner.training.tracking import check_tracker_reachable
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -84,8 +92,14 @@ def setup(
     from aligner.training.trainer import Runtime
 
     ensure_process_env()
-    check_output_dir(args.output_dir, resume=args.resume_from_checkpoint, overwrite=args.overwrite)
+    check_output_dir(
+        args.output_dir,
+        resume=args.resume_from_checkpoint,
+        overwrite=args.overwrite,
+        model_name_or_path=args.model_name_or_path,
+    )
     find_checkpoint(args.output_dir, args.resume_from_checkpoint)  # a PATH must be complete
+    check_tracker_reachable(args.log_type)
     from deepspeed.accelerator import get_accelerator
 
     accelerator = get_accelerator()
@@ -133,15 +147,22 @@ def setup(
     return runtime, tokenizer, template, train_dataset, eval_dataset, warmup_dataset
 
 
+def _say_once(command: str, error: BaseException | str, code: int) -> int:
+    # Every rank fails the same way; one copy of the message is enough.
+    if int(os.environ.get("RANK", "0")) == 0:
+        return report(command, error, code)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_arguments(sys.argv[1:] if argv is None else argv)
         runtime, tokenizer, template, *data = setup(args)
-    except (ArgumentError, DataError, TemplateError, ResumeError) as error:
-        # Every rank fails the same way; one copy of the message is enough.
-        if int(os.environ.get("RANK", "0")) == 0:
-            print(f"aligner train: error: {error}", file=sys.stderr, flush=True)
-        return 2 if isinstance(error, (ArgumentError, ResumeError)) else 1
+    except (ValueError, OSError) as error:
+        # Flags, records, templates, the output folder, the tracker: nothing was written.
+        return _say_once("aligner train", error, EXIT_REFUSED)
+    except KeyboardInterrupt:
+        return _say_once("aligner train", "interrupted", EXIT_SIGINT)
 
     import torch.distributed as dist
 
@@ -153,11 +174,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         Trainer(args, runtime, tokenizer, template, *data).train()
         dist.barrier()
-    except (ResumeError, TooManySkippedSteps) as error:
+    except ResumeError as error:
+        # A checkpoint that does not fit this run, found before any training step.
+        return _say_once("aligner train", error, EXIT_REFUSED)
+    except (TooManySkippedSteps, NonFiniteWeights, WriteError) as error:
         # Raised on every rank alike (the checks and the skip decisions are collective).
-        if runtime.rank == 0:
-            print(f"aligner train: error: {error}", file=sys.stderr, flush=True)
-        return 1
+        return _say_once("aligner train", error, EXIT_FAILED)
+    except KeyboardInterrupt:
+        message = "interrupted; the last complete checkpoint is kept"
+        return _say_once("aligner train", message, EXIT_SIGINT)
+    except OSError as error:
+        # Only the rank that met it knows: it speaks for itself.
+        return report("aligner train", error, EXIT_FAILED)
     finally:
         # Without this a rank can abort at interpreter exit after a successful run.
         dist.destroy_process_group()

@@ -10,6 +10,7 @@ the marker is an interrupted save and is never resumed from.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -25,14 +26,19 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from aligner.errors import one_line
+from aligner.files import atomic_writer, check_writable, write_atomically
 from aligner.training.secrets import redact
 
 CHECKPOINTS_DIR = "checkpoints"
 MARKER_FILE = "COMPLETE.json"
 RUN_FILE = "aligner_run.json"
 """Written at the start of every run: marks the output folder as one of ours."""
-LAUNCHER_ENTRIES = frozenset({"stdout.log", "stderr.log", "model"})
-"""What scripts/sft-correction.sh writes before training starts: its logs and the demo's model."""
+LAUNCHER_ENTRIES = re.compile(r"(stdout|stderr)(\.node\d+)?\.log|model")
+"""What scripts/sft-correction.sh writes before training starts: its logs (one pair per node)
+and the demo's model."""
+MODEL_FILES = ("config.json", "adapter_config.json")
+"""What a saved model (or LoRA adapter) folder holds once it is complete."""
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"step-(\d+)")
 # Every file a checkpoint folder of ours can hold: ours, DeepSpeed's, and temporary files.
@@ -44,6 +50,11 @@ _CHECKPOINT_FILES = re.compile(
 
 class ResumeError(ValueError):
     """A checkpoint that cannot be resumed from, or an output folder that is not ours; one line."""
+
+
+class WriteError(RuntimeError):
+    """A checkpoint or model some rank could not write (a full disk, say); raised on every rank
+    alike, so that none is left waiting for the others."""
 
 
 @dataclass(frozen=True)
@@ -161,43 +172,67 @@ def _remove(folder: Path) -> None:
     shutil.rmtree(folder)
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
-
 # ---- the output folder ---------------------------------------------------------------------------
 
 
-def check_output_dir(output_dir: str | Path, *, resume: str | None, overwrite: bool) -> None:
-    """Refuse a non-empty output folder that is not a run of ours, unless ``overwrite``.
+def check_output_dir(
+    output_dir: str | Path,
+    *,
+    resume: str | None,
+    overwrite: bool,
+    model_name_or_path: str | None = None,
+) -> None:
+    """Refuse an output folder whose files a run could destroy, before any work.
 
-    A folder of ours (it holds ``aligner_run.json``) is accepted when resuming; starting over
-    in it needs ``overwrite`` too, so that a finished run is never replaced by accident.
+    Refused: the base model's own folder (always); a non-empty folder that is not a run of ours
+    (no ``aligner_run.json``), unless ``overwrite``; a run of ours without ``resume`` or
+    ``overwrite``, so that a finished run is never replaced by accident; and ``resume`` auto in a
+    run that saved a model but has no complete checkpoint, which would start over on top of it.
+    A folder that cannot be written is refused too.
     """
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise ResumeError(f"--output_dir {output_dir}: not a folder")
+    if model_name_or_path and Path(model_name_or_path).resolve() == output_dir.resolve():
+        raise ResumeError(
+            f"--output_dir {output_dir} is the base model's folder (--model_name_or_path): "
+            "training would overwrite the model it starts from; choose another folder"
+        )
+    check_writable(output_dir, "--output_dir", folder=True)
     if overwrite or not output_dir.exists():
         return
-    entries = [entry for entry in output_dir.iterdir() if entry.name not in LAUNCHER_ENTRIES]
+    entries = [
+        entry for entry in output_dir.iterdir() if not LAUNCHER_ENTRIES.fullmatch(entry.name)
+    ]
     if not entries:
         return
-    if (output_dir / RUN_FILE).is_file():
-        if resume is not None:
-            return
+    if not (output_dir / RUN_FILE).is_file():
+        raise ResumeError(
+            f"--output_dir {output_dir} is not empty and holds no aligner run: choose an empty "
+            "folder, or pass --overwrite to write into it"
+        )
+    if resume is None:
         raise ResumeError(
             f"--output_dir {output_dir} holds an earlier run: pass --resume_from_checkpoint auto "
             "to continue it, or --overwrite to start over"
         )
-    raise ResumeError(
-        f"--output_dir {output_dir} is not empty and holds no aligner run: choose an empty "
-        "folder, or pass --overwrite to write into it"
-    )
+    saved = _saved_models(output_dir)
+    if resume == "auto" and saved and not complete_checkpoints(output_dir):
+        raise ResumeError(
+            f"--output_dir {output_dir} holds a saved model ({saved[0]}) and no complete "
+            "checkpoint to resume from: --resume_from_checkpoint auto would start over on top "
+            "of it; pass --overwrite to start over, or choose another folder"
+        )
+
+
+def _saved_models(output_dir: Path) -> list[str]:
+    """The complete model folders a run saved: the final model and ``checkpoint-N/`` ones."""
+    folders = [output_dir, *sorted(output_dir.glob("checkpoint-*"))]
+    return [
+        str(folder)
+        for folder in folders
+        if folder.is_dir() and any((folder / name).is_file() for name in MODEL_FILES)
+    ]
 
 
 def write_run_file(output_dir: str | Path, run_name: str) -> None:
@@ -205,10 +240,36 @@ def write_run_file(output_dir: str | Path, run_name: str) -> None:
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     record = {"format": FORMAT_VERSION, "run_name": redact(run_name)}
-    _write_atomically(output_dir / RUN_FILE, (json.dumps(record, indent=2) + "\n").encode())
+    write_atomically(output_dir / RUN_FILE, (json.dumps(record, indent=2) + "\n").encode())
 
 
 # ---- saving and loading --------------------------------------------------------------------------
+
+
+FULL_DISK_BYTES = 1 << 20
+"""Less free space than this after a failed write means the disk is full."""
+
+
+def _failure_code(error: BaseException, folder: Path) -> int:
+    """The errno of a failed checkpoint write; -1 when it is not known.
+
+    ``torch.save`` reports a full disk as an opaque RuntimeError ("unexpected pos", "file write
+    failed"), so a write that failed where the disk has no space left is counted as ENOSPC.
+    """
+    if isinstance(error, OSError) and error.errno:
+        return error.errno
+    try:
+        if shutil.disk_usage(folder if folder.exists() else folder.parent).free < FULL_DISK_BYTES:
+            return errno.ENOSPC
+    except OSError:
+        pass
+    return -1
+
+
+def write_failure(error: BaseException, folder: Path) -> str:
+    """Why writing into ``folder`` failed, in a few words ("no space left on device")."""
+    code = _failure_code(error, folder)
+    return os.strerror(code).lower() if code > 0 else one_line(error)
 
 
 class CheckpointManager:
@@ -251,8 +312,10 @@ class CheckpointManager:
     def save(self, engine: Any, state: TrainState, *, fault_after_write: bool = False) -> Path:
         """Write a checkpoint of ``engine`` and ``state`` and commit it. Collective.
 
-        ``fault_after_write`` (a test hook) kills this rank after its files are written and
-        before the commit, as a crash during the save would.
+        A rank that cannot write its files (a full disk) does not leave the others waiting: the
+        ranks agree on the failure, the incomplete folder is removed, and every rank raises
+        :class:`WriteError`. ``fault_after_write`` (a test hook) kills this rank after
+        its files are written and before the commit, as a crash during the save would.
         """
         from aligner.training.faults import kill_self
 
@@ -261,25 +324,55 @@ class CheckpointManager:
             # A stale save of this step (an interrupted one, or one from before a resume).
             _remove(folder)
         dist.barrier()
-        engine.save_checkpoint(str(self.root), tag=folder.name, save_latest=False)
-        rank_state = {"format": FORMAT_VERSION, "step": state.step, "rng": capture_rng()}
-        rank_file = folder / f"trainer_state_rank{self.rank}.pt"
-        temporary = rank_file.with_name(f"{rank_file.name}.tmp")
-        torch.save(rank_state, temporary)
-        os.replace(temporary, rank_file)
+        failure = self._write(engine, folder, state.step)
         if fault_after_write:
             kill_self()
         # Every rank's files are in place before any node calls the checkpoint complete.
-        dist.barrier()
+        self._agree(failure, folder)
         if self.rank == 0:
-            marker = {
-                "format": FORMAT_VERSION,
-                "plan": self.plan,
-                **asdict(state),
-            }
-            _write_atomically(folder / MARKER_FILE, json.dumps(redact(marker), indent=2).encode())
-            self._rotate()
+            marker = {"format": FORMAT_VERSION, "plan": self.plan, **asdict(state)}
+            try:
+                write_atomically(folder / MARKER_FILE, json.dumps(redact(marker), indent=2))
+                self._rotate()
+            except OSError as error:
+                failure = _failure_code(error, folder)
+        self._agree(failure, folder)
         return folder
+
+    def _write(self, engine: Any, folder: Path, step: int) -> int:
+        """Write this rank's files of a checkpoint; the errno that stopped it, or 0."""
+        try:
+            engine.save_checkpoint(str(self.root), tag=folder.name, save_latest=False)
+        except (OSError, RuntimeError) as error:  # torch.save's write errors are RuntimeErrors
+            code = _failure_code(error, folder)
+            # The other ranks wait in the barrier that ends DeepSpeed's save; meet them there.
+            dist.barrier()
+            return code
+        rank_state = {"format": FORMAT_VERSION, "step": step, "rng": capture_rng()}
+        try:
+            with atomic_writer(folder / f"trainer_state_rank{self.rank}.pt", "wb") as handle:
+                torch.save(rank_state, handle)
+        except (OSError, RuntimeError) as error:
+            return _failure_code(error, folder)
+        return 0
+
+    def _agree(self, failure: int, folder: Path) -> None:
+        """All ranks learn which of them failed to write ``folder`` (``failure``: this rank's
+        errno, or 0), and all stop alike."""
+        errors = torch.zeros(dist.get_world_size(), dtype=torch.int64, device=self.device)
+        errors[dist.get_rank()] = failure
+        dist.all_reduce(errors)
+        failed = [(rank, int(code)) for rank, code in enumerate(errors.tolist()) if code]
+        if not failed:
+            return
+        if self.rank == 0 and folder.exists() and _is_ours(folder):
+            _remove(folder)  # an incomplete checkpoint only takes space, and is never resumed
+        rank, code = failed[0]
+        reason = os.strerror(code).lower() if code > 0 else "write failed"
+        raise WriteError(
+            f"{reason}: cannot write checkpoint {folder} (rank {rank}); it was removed, and "
+            "the last complete checkpoint is kept"
+        )
 
     def _rotate(self) -> None:
         """Keep the newest ``keep`` complete checkpoints; drop interrupted saves older than the

@@ -5,13 +5,26 @@ from __future__ import annotations
 import json
 import netrc
 import os
+import ssl
+import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 METRICS_FILE = "metrics.jsonl"
 LOSS_CURVE_FILE = "loss_curve.png"
+WANDB_DEFAULT_URL = "https://api.wandb.ai"
+REACH_TIMEOUT_S = 10.0
+"""How long the W&B server may take to answer before the run is refused."""
+
+
+class TrackerError(ValueError):
+    """A tracker the run cannot log to, found before any work; one line."""
+
+
 _TRAIN_NAMES = {"lr": "train/lr", "epoch": "train/epoch"}
 
 
@@ -31,11 +44,63 @@ def wandb_has_credentials() -> bool:
     """Whether wandb could log in without asking: an API key in the environment or in netrc."""
     if os.environ.get("WANDB_API_KEY"):
         return True
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or ""
+    host = urlparse(os.environ.get("WANDB_BASE_URL", WANDB_DEFAULT_URL)).hostname or ""
     try:
         return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
     except (OSError, netrc.NetrcParseError):
         return False
+
+
+def wandb_logs_online() -> bool:
+    """Whether ``--log_type wandb`` would log to a server (else offline, without asking)."""
+    mode = os.environ.get("WANDB_MODE")
+    if mode is not None:
+        return mode == "online"
+    return wandb_has_credentials()
+
+
+def _unreachable(url: str, timeout: float) -> str | None:
+    """Why nothing answers at ``url`` within ``timeout`` seconds, or None when something does.
+
+    Any HTTP answer, even an error status or a certificate wandb may accept, means a server is
+    there. The request honours the proxy variables, as wandb does; it runs in a thread because
+    name resolution ignores the timeout.
+    """
+    outcome: list[str | None] = []
+
+    def probe() -> None:
+        try:
+            urllib.request.urlopen(url, timeout=timeout).close()
+            outcome.append(None)
+        except urllib.error.HTTPError:
+            outcome.append(None)
+        except urllib.error.URLError as error:
+            reason = error.reason
+            answered = isinstance(reason, ssl.SSLError)
+            outcome.append(None if answered else getattr(reason, "strerror", None) or str(reason))
+        except OSError as error:  # a timeout while reading, a reset connection
+            outcome.append(error.strerror or str(error) or type(error).__name__)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout + 5)
+    return outcome[0] if outcome else f"no answer in {timeout:.0f} s"
+
+
+def check_tracker_reachable(log_type: str, timeout: float = REACH_TIMEOUT_S) -> None:
+    """Refuse ``--log_type wandb`` when it would log online and the server cannot be reached.
+
+    Without this, wandb retries for minutes; the run would then stop having already marked its
+    output folder, and the same command could not be run again.
+    """
+    if log_type != "wandb" or not wandb_logs_online():
+        return
+    url = os.environ.get("WANDB_BASE_URL", WANDB_DEFAULT_URL)
+    problem = _unreachable(url, timeout)
+    if problem is not None:
+        raise TrackerError(
+            f"cannot reach W&B at {url} ({problem}): use --log_type none or WANDB_MODE=offline"
+        )
 
 
 class Tracker:

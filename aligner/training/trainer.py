@@ -17,6 +17,7 @@ import deepspeed
 import numpy as np
 import torch
 import torch.distributed as dist
+from safetensors import SafetensorError
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
@@ -30,17 +31,29 @@ from aligner.training.ds_config import get_deepspeed_train_config
 from aligner.training.faults import (
     FAULT_INF_GRAD_ENV,
     FAULT_KILL_ENV,
+    FAULT_NAN_WEIGHT_ENV,
     FAULT_SAVE_ENV,
     NonFiniteGuard,
+    NonFiniteWeights,
     TooManySkippedSteps,
     fault_steps,
     kill_self,
+    poison_a_weight,
+    weights_are_finite,
 )
 from aligner.training.layout import BatchLayout, real_tokens
 from aligner.training.loss import TokenLoss
 from aligner.training.model import load_model_to_train
 from aligner.training.optim import build_optimizer, build_scheduler
-from aligner.training.resume import CheckpointManager, TrainState, data_fingerprint, write_run_file
+from aligner.training.resume import (
+    CheckpointManager,
+    TrainState,
+    WriteError,
+    complete_checkpoints,
+    data_fingerprint,
+    write_failure,
+    write_run_file,
+)
 from aligner.training.tracking import Tracker
 
 # Test hooks, read from the environment so that no user-facing flag exists for them.
@@ -303,44 +316,51 @@ class Trainer:
         )
         kill_steps = fault_steps(FAULT_KILL_ENV, rt.rank)
         save_fault_steps = fault_steps(FAULT_SAVE_ENV, rt.rank)
+        nan_steps = fault_steps(FAULT_NAN_WEIGHT_ENV, rt.rank)
         started = time.perf_counter()
         # The data order is a pure function of (seed, step): a resumed run skips what it trained.
-        for planned in itertools.islice(self._plan(), step, None):
-            if step >= self.total_steps:
-                break
-            if step == fault_step:
-                raise InjectedFault(f"rank {rt.rank}: injected fault at step {step}")
-            row = self._train_step(planned, step + 1)
-            step += 1
-            self._count_skips(row, step)
-            self._log(row, step)
-            if self.state.consecutive_skips >= args.max_consecutive_skips:
-                raise TooManySkippedSteps(
-                    f"{self.state.consecutive_skips} optimizer steps in a row had a non-finite "
-                    f"loss or gradient (--max_consecutive_skips {args.max_consecutive_skips}); "
-                    "stopped, the last complete checkpoint is kept"
+        try:
+            for planned in itertools.islice(self._plan(), step, None):
+                if step >= self.total_steps:
+                    break
+                if step == fault_step:
+                    raise InjectedFault(f"rank {rt.rank}: injected fault at step {step}")
+                row = self._train_step(planned, step + 1)
+                step += 1
+                if step in nan_steps:
+                    poison_a_weight(self.engine.module)
+                self._count_skips(row, step)
+                self._log(row, step)
+                if self.state.consecutive_skips >= args.max_consecutive_skips:
+                    raise TooManySkippedSteps(
+                        f"{self.state.consecutive_skips} optimizer steps in a row had a non-finite "
+                        f"loss or gradient (--max_consecutive_skips {args.max_consecutive_skips}); "
+                        "stopped, the last complete checkpoint is kept"
+                    )
+                progress.update()
+                progress.set_postfix(
+                    loss=f"{row['train_loss']:.4f}",
+                    lr=f"{row['lr']:.2e}",
+                    tok_s=f"{row['tokens_per_s']:.0f}",
                 )
-            progress.update()
-            progress.set_postfix(
-                loss=f"{row['train_loss']:.4f}",
-                lr=f"{row['lr']:.2e}",
-                tok_s=f"{row['tokens_per_s']:.0f}",
-            )
-            epoch_eval = args.eval_strategy == "epoch" and planned.ends_epoch
-            if evaluating and (epoch_eval or (every and step % every == 0)):
-                last_eval = self._evaluate(step)
-            if args.save_interval and step % args.save_interval == 0:
-                self._save(Path(args.output_dir) / f"checkpoint-{step}")
-            if step in kill_steps:
-                kill_self()
-            if args.checkpoint_interval and step % args.checkpoint_interval == 0:
-                self.state = replace(self.state, phase=planned.phase.name, epoch=row["epoch"])
-                self.checkpoints.save(
-                    self.engine, self.state, fault_after_write=step in save_fault_steps
-                )
+                epoch_eval = args.eval_strategy == "epoch" and planned.ends_epoch
+                if evaluating and (epoch_eval or (every and step % every == 0)):
+                    last_eval = self._evaluate(step)
+                if args.save_interval and step % args.save_interval == 0:
+                    self._save(Path(args.output_dir) / f"checkpoint-{step}")
+                if step in kill_steps:
+                    kill_self()
+                if args.checkpoint_interval and step % args.checkpoint_interval == 0:
+                    self._refuse_non_finite_weights(self.checkpoints.folder(step))
+                    self.state = replace(self.state, phase=planned.phase.name, epoch=row["epoch"])
+                    self.checkpoints.save(
+                        self.engine, self.state, fault_after_write=step in save_fault_steps
+                    )
+        finally:
+            # Also on the way out, so that an error is printed on a line of its own.
+            progress.close()
         if evaluating and last_eval != step:
             self._evaluate(step)
-        progress.close()
         self._say(f"trained {step} steps in {time.perf_counter() - started:.1f}s")
         self._log_peak_memory(step)
         self._save(Path(args.output_dir))
@@ -452,17 +472,42 @@ class Trainer:
 
     # ---- output ------------------------------------------------------------------------------
 
-    def _save(self, directory: Path) -> None:
-        save_model(
-            self.engine.module.lm,
-            directory,
-            tokenizer=self.tokenizer,
-            template=self.template,
-            training_args=arguments_for_saving(self.args),
-            fp32_master=self.args.save_fp32,
-            rank=self.rt.rank,
-            merge_adapter=self.args.lora_merge,
+    def _refuse_non_finite_weights(self, destination: Path) -> None:
+        """Stop the run rather than save NaN or infinite weights to ``destination``. Collective."""
+        if weights_are_finite(self.engine.module, self.rt.device):
+            return
+        kept = complete_checkpoints(self.args.output_dir)
+        last = (
+            f"the last complete checkpoint ({kept[-1]}) is kept"
+            if kept
+            else "there is no complete checkpoint"
         )
+        raise NonFiniteWeights(
+            f"the weights hold NaN or inf after step {self.state.step}: not saved to "
+            f"{destination}; {last}"
+        )
+
+    def _save(self, directory: Path) -> None:
+        self._refuse_non_finite_weights(directory)
+        failure = None
+        try:
+            save_model(
+                self.engine.module.lm,
+                directory,
+                tokenizer=self.tokenizer,
+                template=self.template,
+                training_args=arguments_for_saving(self.args),
+                fp32_master=self.args.save_fp32,
+                rank=self.rt.rank,
+                merge_adapter=self.args.lora_merge,
+            )
+        except (OSError, SafetensorError) as error:  # rank 0 writes; a full disk, say
+            failure = error
+        # The other ranks learn of rank 0's failure here, rather than by a broken collective.
+        (failed,) = self._all_reduce([float(failure is not None)])
+        if failed:
+            reason = "write failed" if failure is None else write_failure(failure, directory)
+            raise WriteError(f"{reason}: cannot write the model to {directory}")
         self._say(f"saved model to {directory}")
 
     @torch.no_grad()

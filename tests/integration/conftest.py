@@ -78,6 +78,18 @@ def clean_env(work: Path) -> dict[str, str]:
     return env
 
 
+def kill_session(session: int) -> None:
+    """SIGKILL every process of a session: the wrapper runs its launch in a process group of its
+    own, so killing the wrapper's group alone would leave the launcher and the ranks running."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # STATE PPID PGRP SESSION ...
+            if int(fields[3]) == session:
+                os.kill(int(stat.parent.name), signal.SIGKILL)
+        except (OSError, ValueError, IndexError):
+            continue  # ended meanwhile
+
+
 def run_command(command: list[str], env: dict[str, str], output_dir: Path, timeout: float) -> Run:
     """Run ``command``, recording when each output line arrived; kill it after ``timeout``."""
     started = time.monotonic()
@@ -101,7 +113,7 @@ def run_command(command: list[str], env: dict[str, str], output_dir: Path, timeo
     try:
         returncode = process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+        kill_session(process.pid)
         returncode = process.wait()
     reader.join(timeout=10)
     return Run(returncode, output_dir, time.monotonic() - started, lines)

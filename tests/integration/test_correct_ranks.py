@@ -36,8 +36,11 @@ def test_two_ranks_resume_and_match_one_process(tiny_checkpoint_dir: Path, tmp_p
     assert correct.main([*args, "--output", str(tmp_path / "reference.jsonl")]) == 0
     reference = read_written(tmp_path / "reference.jsonl")
 
-    # What an interrupted two-rank run leaves: part of the output and a rank's shard file.
+    # What an interrupted two-rank run leaves: its settings, part of the output and a rank's
+    # shard file.
     output = tmp_path / "out.jsonl"
+    settings = (tmp_path / "reference.jsonl.settings.json").read_text()
+    (tmp_path / "out.jsonl.settings.json").write_text(settings)
     output.write_text(json.dumps(reference[0]) + "\n")
     (tmp_path / "out.jsonl.rank1").write_text(json.dumps(reference[5]) + "\n")
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]

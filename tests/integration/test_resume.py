@@ -4,9 +4,7 @@ never written or printed, and a two-node rehearsal on one machine."""
 
 from __future__ import annotations
 
-import os
 import random
-import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +18,7 @@ from safetensors.torch import load_file
 
 from aligner.training.resume import MARKER_FILE, complete_checkpoints, find_checkpoint
 from aligner.training.tracking import read_metrics
-from tests.integration.conftest import SCRIPT, Run, clean_env, run_command
+from tests.integration.conftest import SCRIPT, Run, clean_env, kill_session, run_command
 
 pytestmark = pytest.mark.integration
 
@@ -176,7 +174,7 @@ def test_resuming_with_another_world_size_or_seed_is_refused(
     output_dir = interrupted[-1].run.output_dir
     before = {p: p.stat().st_mtime_ns for p in output_dir.rglob("*") if p.is_file()}
     run = launch(output_dir, "--resume_from_checkpoint", "auto", "--seed", "7", single_process=True)
-    assert run.returncode == 1
+    assert run.returncode == 2  # refused before any training step
     errors = [line for line in run.output.splitlines() if "aligner train: error:" in line]
     assert len(errors) == 1, run.output[-3000:]
     assert "cannot resume from" in errors[0] and "step-9" in errors[0]
@@ -205,8 +203,10 @@ def test_infinite_gradient_on_one_rank_skips_the_step_everywhere(setup, referenc
     assert rows[2]["train_loss"] != expected[2]
     assert all(abs(r["train_loss"]) < 100 for r in rows)
     assert "step 2: non-finite loss or gradient, update skipped" in run.output
-    errors = [line for line in run.output.splitlines() if "aligner train: error:" in line]
-    assert len(errors) == 1 and "2 optimizer steps in a row" in errors[0], run.output[-3000:]
+    # Said once by the trainer, and again by the wrapper as its last line.
+    errors = [line for line in run.output.splitlines() if line.startswith("aligner train: error:")]
+    assert len(set(errors)) == 1 and "2 optimizer steps in a row" in errors[0], run.output[-3000:]
+    assert run.output.splitlines()[-1] == errors[0]
     # Stopped at step 6 before saving it: the last good checkpoint is kept, no final model.
     assert _checkpoint_steps(run.output_dir) == {"step-3": True}
     assert not (run.output_dir / "config.json").exists()
@@ -294,7 +294,7 @@ def test_two_node_rehearsal_survives_a_node_kill_and_resumes_to_a_clean_finish(
                 break
             time.sleep(0.2)
         assert _steps_logged(metrics) >= 4, _logs(work)
-        os.killpg(nodes[1].pid, signal.SIGKILL)  # node 1 loses power: launcher and rank at once
+        kill_session(nodes[1].pid)  # node 1 loses power: wrapper, launcher and rank at once
         killed_at = time.monotonic()
         # The survivor's next collective fails on the dead peer's closed connections.
         assert nodes[0].wait(timeout=120) != 0, _logs(work)
@@ -304,12 +304,19 @@ def test_two_node_rehearsal_survives_a_node_kill_and_resumes_to_a_clean_finish(
         resumed = both("--resume_from_checkpoint", "auto")
         assert [node.wait(timeout=RUN_TIMEOUT) for node in resumed] == [0, 0], _logs(work)
         _assert_same_training(output_dir, reference)
+        # Each node appended its own logs, one header per launch, the killed run's kept.
+        for node_rank in (0, 1):
+            for stream in ("stdout", "stderr"):
+                log = (output_dir / f"{stream}.node{node_rank}.log").read_text()
+                headers = [line for line in log.splitlines() if line.startswith("==== ")]
+                assert len(headers) == 2, (stream, node_rank)
+                assert all(f", node rank {node_rank}: bash " in header for header in headers)
+        assert "training on" in (output_dir / "stdout.node0.log").read_text().split("==== ")[1]
     finally:
         # A failed or timed-out test leaves no launcher or rank behind.
         for process in started:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            kill_session(process.pid)
+            process.wait()
 
 
 def _free_port() -> int:

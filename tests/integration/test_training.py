@@ -167,8 +167,11 @@ def test_bad_data_is_a_one_line_error(train, tmp_path) -> None:
     run = train("bad-data", "--train_datasets", str(bad))
     assert run.returncode != 0
     assert "Traceback" not in run.output
-    errors = [line for line in run.output.splitlines() if "aligner train: error:" in line]
-    assert len(errors) == 1 and "bad.jsonl" in errors[0], run.output[-3000:]
+    # Said once by the trainer, and again by the wrapper as its last line.
+    errors = [line for line in run.output.splitlines() if line.startswith("aligner train: error:")]
+    assert len(set(errors)) == 1 and "bad.jsonl" in errors[0], run.output[-3000:]
+    assert run.output.splitlines()[-1] == errors[0]
+    assert run.returncode == 2
 
 
 @pytest.mark.timeout(600)

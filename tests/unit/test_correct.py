@@ -301,7 +301,7 @@ def test_resuming_with_other_settings_is_refused(
     assert run_correct(*args, "--max_new_tokens", 2) == 0
     written = (tmp_path / "out.jsonl").read_text()
     capsys.readouterr()
-    assert run_correct(*args, "--max_new_tokens", 3, "--template", "aligner-v1") == 1
+    assert run_correct(*args, "--max_new_tokens", 3, "--template", "aligner-v1") == 2
     error = capsys.readouterr().err
     assert "out.jsonl was written with other max_new_tokens, template" in error
     # The batch size does not change the corrections: resuming with another is fine.
@@ -309,15 +309,114 @@ def test_resuming_with_other_settings_is_refused(
     assert (tmp_path / "out.jsonl").read_text() == written
 
 
+@pytest.mark.parametrize(
+    "content",
+    [
+        json.dumps([{"question": "q", "answer": "a"}]),  # no newline at the end
+        "my notes on the answers",
+        '{"id": 0, "question": "q"}\n{"id": 1, "question": "q"}\n',
+    ],
+    ids=["json-array", "notes", "ids-without-corrections"],
+)
+def test_a_file_correct_did_not_write_is_neither_resumed_nor_replaced(
+    content: str, tiny_checkpoint_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = write_jsonl(tmp_path / "in.jsonl", QUESTIONS[:2])
+    args = ["--model_name_or_path", tiny_checkpoint_dir, "--input", source, "--max_new_tokens", 2]
+    theirs = tmp_path / "theirs.jsonl"
+    theirs.write_text(content)
+    assert run_correct(*args, "--output", theirs) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"aligner correct: error: --output {theirs} already exists and was not written by this "
+        "command (no theirs.jsonl.settings.json beside it): choose another --output, or pass "
+        "--overwrite to replace it"
+    )
+    # The same rule for the pairs, checked before any correction is made.
+    mine = tmp_path / "mine.jsonl"
+    assert run_correct(*args, "--output", mine, "--preference_output", theirs) == 2
+    assert "error: --preference_output" in capsys.readouterr().err
+    assert theirs.read_text() == content
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "theirs.jsonl"]
+
+    assert run_correct(*args, "--output", theirs, "--overwrite") == 0
+    assert [r["id"] for r in read_written(theirs)] == [0, 1]
+
+
+def test_an_empty_file_is_written_into(tiny_checkpoint_dir: Path, tmp_path: Path) -> None:
+    source = write_jsonl(tmp_path / "in.jsonl", QUESTIONS[:2])
+    output = tmp_path / "out.jsonl"
+    output.touch()  # mktemp's output: nothing in it to lose
+    args = ["--model_name_or_path", tiny_checkpoint_dir, "--input", source, "--output", output]
+    assert run_correct(*args, "--max_new_tokens", 2) == 0
+    assert len(read_written(output)) == 2
+
+
+def test_an_own_output_without_corrections_is_refused_before_the_pairs(
+    tiny_checkpoint_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = write_jsonl(tmp_path / "in.jsonl", QUESTIONS[:2])
+    output, pairs = tmp_path / "out.jsonl", tmp_path / "pairs.jsonl"
+    args = ["--model_name_or_path", tiny_checkpoint_dir, "--input", source, "--output", output]
+    args += ["--max_new_tokens", 2]
+    assert run_correct(*args) == 0
+    stripped = [{k: v for k, v in r.items() if k != "correction"} for r in read_written(output)]
+    write_jsonl(output, stripped)
+    capsys.readouterr()
+    assert run_correct(*args, "--preference_output", pairs) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == (
+        f"aligner correct: error: {output}:1: not a record with 'id' and 'correction'; "
+        "cannot resume"
+    )
+    assert not pairs.exists()
+
+
+def test_resuming_after_new_weights_at_the_same_path_is_refused(
+    tiny_checkpoint_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    checkpoint = tmp_path / "checkpoint"
+    shutil.copytree(tiny_checkpoint_dir, checkpoint)
+    source = write_jsonl(tmp_path / "in.jsonl", QUESTIONS[:3])
+    output = tmp_path / "out.jsonl"
+    args = ["--model_name_or_path", checkpoint, "--input", source, "--output", output]
+    assert run_correct(*args, "--max_new_tokens", 2) == 0
+    written = output.read_text()
+    # Training again into the same folder saves other weights there.
+    weights = load_file(checkpoint / "model.safetensors")
+    save_file(
+        {name: value + 1 for name, value in weights.items()}, checkpoint / "model.safetensors"
+    )
+    capsys.readouterr()
+    assert run_correct(*args, "--max_new_tokens", 2) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"aligner correct: error: {output} was written with other weights: pass another "
+        "--output, or --overwrite to start over"
+    )
+    assert output.read_text() == written
+
+
 def test_torn_last_line_is_cut_but_a_bad_middle_line_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "out.jsonl"
-    path.write_text('{"id": 0}\n{"id": 1}\n{"id": 2, "corr')
-    assert read_written(path) == [{"id": 0}, {"id": 1}]
-    assert path.read_text() == '{"id": 0}\n{"id": 1}\n'
+    first, second = '{"id": 0, "correction": "a"}\n', '{"id": 1, "correction": "b"}\n'
+    path.write_text(first + second + '{"id": 2, "corr')
+    assert read_written(path, repair=False) == [
+        {"id": 0, "correction": "a"},
+        {"id": 1, "correction": "b"},
+    ]
+    assert path.read_text().endswith('"corr')  # only looked at
+    assert len(read_written(path)) == 2
+    assert path.read_text() == first + second
 
-    path.write_text('{"id": 0}\nnot json\n{"id": 2}\n')
+    path.write_text(first + "not json\n" + second)
     with pytest.raises(OutputError, match=r"out.jsonl:2: not a JSON line"):
         read_written(path)
+    path.write_text(first + '{"id": 1}\n')
+    with pytest.raises(OutputError, match=r"out.jsonl:2: not a record with 'id' and 'correction'"):
+        read_written(path, fields=("id", "correction"))
 
 
 def test_rounds_correct_the_previous_correction_until_unchanged() -> None:
@@ -464,7 +563,8 @@ def test_preference_output_from_correct(
         ("bad-rounds", "--rounds must be at least 1"),
         ("same-file", "must be different files"),
         ("sampling-without-do-sample", "--top_p take effect only with --do_sample"),
-        ("zero-temperature", "--temperature must be above 0"),
+        ("zero-temperature", "--temperature must be a finite number above 0"),
+        ("nan-temperature", "--temperature must be a finite number above 0"),
     ],
 )
 def test_user_errors_are_one_line(
@@ -491,10 +591,12 @@ def test_user_errors_are_one_line(
         extra = ["--top_p", 0.9]
     elif setup == "zero-temperature":
         extra = ["--do_sample", "--temperature", 0]
+    elif setup == "nan-temperature":
+        extra = ["--do_sample", "--temperature", "nan"]
     source = write_jsonl(tmp_path / "in.jsonl", records)
     code = run_correct("--model_name_or_path", model, "--input", source, "--output", output, *extra)
     error = capsys.readouterr().err.strip()
-    assert code == 1
+    assert code == 2
     assert error.startswith("aligner correct: error:") and message in error
     assert len(error.splitlines()) == 1
 

@@ -131,7 +131,7 @@ def test_eval_reports_the_loss_of_a_checkpoint(tiny_checkpoint_dir: Path, tmp_pa
 def test_eval_user_errors_are_one_line(
     argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert evaluate.main(argv) == 1
+    assert evaluate.main(argv) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("aligner eval: error:") and message in error
     assert len(error.splitlines()) == 1
@@ -144,7 +144,7 @@ def test_a_reference_field_no_record_has_is_refused(
     predictions = write_jsonl(tmp_path / "corrected.jsonl", records)
     for field in ("golden", "gold"):  # absent from the file, and present but null everywhere
         argv = ["--predictions", str(predictions), "--reference_field", field]
-        assert evaluate.main(argv) == 1
+        assert evaluate.main(argv) == 2
         error = capsys.readouterr().err.strip()
         assert error.startswith("aligner eval: error:") and len(error.splitlines()) == 1
         assert str(predictions) in error and repr(field) in error and "--reference_field" in error

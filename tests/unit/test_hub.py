@@ -92,7 +92,7 @@ def test_columns_are_mapped_onto_the_record_schema(tmp_path: Path, llama_tokeniz
     assert corrections([str(folder)], llama_tokenizer, column_map=mapping) == ["yes"]
     with pytest.raises(DataError, match=r"names column\(s\) answer_text that it lacks"):
         corrections([str(folder)], llama_tokenizer, column_map={"answer": "answer_text"})
-    with pytest.raises(DataError, match=r"row 0: missing field 'answer'"):
+    with pytest.raises(DataError, match=r"row 0 \(0-based\): missing field 'answer'"):
         corrections([str(folder)], llama_tokenizer)
 
 

@@ -318,7 +318,7 @@ def test_a_refused_key_stops_the_run_in_one_line_without_the_key(
     predictions = write_jsonl(tmp_path / "corrected.jsonl", records(3))
     monkeypatch.setenv("MY_JUDGE_KEY", KEY + "-wrong")
     argv = judge_args(predictions, server, "--judge_api_key_env", "MY_JUDGE_KEY")
-    assert evaluate.main(argv) == 1
+    assert evaluate.main(argv) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("aligner eval: error:") and "HTTP 401" in error
     assert "bad key Bearer ***" in error and KEY not in error
@@ -339,7 +339,7 @@ def test_a_prompt_file_replaces_the_default(
     capsys.readouterr()
     prompt.write_text("no placeholders here {reply_a}")
     argv = judge_args(predictions, server, "--judge_prompt", prompt, "--judge_output", "x.jsonl")
-    assert evaluate.main(argv) == 1
+    assert evaluate.main(argv) == 2
     error = capsys.readouterr().err.strip()
     assert error == (
         f"aligner eval: error: --judge_prompt {prompt}: missing the placeholder(s) "

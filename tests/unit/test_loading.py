@@ -97,13 +97,17 @@ def test_json_array_names_record_and_line(tmp_path) -> None:
         read_records(path)
 
 
-def test_parquet_and_csv_name_the_row(tmp_path) -> None:
+def test_parquet_names_the_0_based_row_and_csv_the_file_line(tmp_path) -> None:
     pd.DataFrame([GOOD, {**GOOD, "answer": None}]).to_parquet(tmp_path / "d.parquet")
-    with pytest.raises(DataError, match=r"d.parquet: row 1: field 'answer' is null"):
+    with pytest.raises(DataError, match=r"d.parquet: row 1 \(0-based\): field 'answer' is null"):
         read_records(tmp_path / "d.parquet")
-    (tmp_path / "d.csv").write_text("question,answer,correction\nq,a,c\nq,a,\n")
-    with pytest.raises(DataError, match=r"d.csv: row 1: field 'correction' is empty"):
+    # A quoted cell spans lines 3-4: the bad record starts on line 5.
+    (tmp_path / "d.csv").write_text('question,answer,correction\nq,a,c\n"two\nlines",a,c\nq,a,\n')
+    with pytest.raises(DataError, match=r"d.csv:5: field 'correction' is empty"):
         read_records(tmp_path / "d.csv")
+    (tmp_path / "short.csv").write_text("question,answer,correction\nq,a,c\nq,a\n")
+    with pytest.raises(DataError, match=r"short.csv:3: field 'correction' is null"):
+        read_records(tmp_path / "short.csv")
 
 
 def test_lenient_mode_skips_and_counts(tmp_path, capsys) -> None:

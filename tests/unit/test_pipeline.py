@@ -135,7 +135,7 @@ def test_data_command_fails_with_one_line_before_any_work(llama_tokenizer_dir, t
         text=True,
         timeout=120,
     )
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
         f"aligner data: error: {bad}:2: missing field 'answer'"
     )

@@ -254,7 +254,7 @@ def test_an_unloadable_checkpoint_is_one_line_and_writes_nothing(
 ) -> None:
     (tmp_path / "empty").mkdir()
     predictions = write_jsonl(tmp_path / "corrected.jsonl", RECORDS)
-    assert run_eval("--predictions", predictions, "--reward_model", tmp_path / name) == 1
+    assert run_eval("--predictions", predictions, "--reward_model", tmp_path / name) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith(f"aligner eval: error: --reward_model {tmp_path / name}:")
     assert len(error.splitlines()) == 1
@@ -337,11 +337,11 @@ def test_scoring_resumes_and_never_replaces_a_file_it_did_not_write(
     )
 
     # Another model's scores are not mixed in, and a stranger's file is not replaced.
-    assert run_eval(*argv[:3], cost_dir, *argv[4:]) == 1
+    assert run_eval(*argv[:3], cost_dir, *argv[4:]) == 2
     assert "written with other reward_model" in capsys.readouterr().err
     theirs = tmp_path / "theirs.jsonl"
     theirs.write_text("my notes\n")
-    assert run_eval(*argv[:-1], theirs) == 1
+    assert run_eval(*argv[:-1], theirs) == 2
     error = capsys.readouterr().err.strip()
     assert "was not written by this command" in error and len(error.splitlines()) == 1
     assert theirs.read_text() == "my notes\n"
@@ -380,7 +380,7 @@ def test_bad_contexts_are_one_line_errors(
 ) -> None:
     rows = [{"question": "fine", "answer": "a", "correction": "b"}, record]
     predictions = write_jsonl(tmp_path / "corrected.jsonl", rows)
-    assert run_eval("--predictions", predictions, "--reward_model", reward_dir) == 1
+    assert run_eval("--predictions", predictions, "--reward_model", reward_dir) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("aligner eval: error:") and len(error.splitlines()) == 1
     assert f"{predictions}: row 1" in error and message in error

@@ -44,7 +44,9 @@ def test_bare_existing_path_means_correction_json(tmp_path) -> None:
     ("text", "message"),
     [
         ("my-data:abc", "bad proportion 'abc'"),
-        ("my-data:-0.5", "must be positive"),
+        ("my-data:-0.5", "must be a positive finite number"),
+        ("my-data:inf", "must be a positive finite number, got 'inf'"),
+        ("my-data:nan", "must be a positive finite number, got 'nan'"),
         ("my-data:0/-1", "bad proportion"),
         ("my-data:1:", "empty path"),
         (":0.5:file.json", "missing dataset name"),
@@ -71,3 +73,10 @@ def test_upsampling_keeps_whole_copies_then_a_seeded_remainder() -> None:
 def test_absolute_count() -> None:
     assert len(sample_indices(10, parse_dataset_spec("d:25/-1"), seed=0)) == 25
     assert len(sample_indices(10, parse_dataset_spec("d:3/-1"), seed=0)) == 3
+
+
+@pytest.mark.parametrize("proportion", ["0.1", "1e-9", "1/1000"])
+def test_a_proportion_that_rounds_to_no_sample_is_refused(proportion: str) -> None:
+    spec = parse_dataset_spec(f"d:{proportion}")
+    with pytest.raises(DataError, match="of 3 samples is 0 samples; use a larger proportion"):
+        sample_indices(3, spec, seed=0)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from aligner.datasets import DataError
 from aligner.training.arguments import (
+    FLOAT_RANGES,
     ArgumentError,
     arguments_for_saving,
     build_parser,
@@ -164,3 +166,52 @@ def test_trust_remote_code_takes_the_original_form_in_every_command(value, tmp_p
 def test_deepscale_flags_are_accepted_as_in_the_original() -> None:
     args = build_parser().parse_args([*REQUIRED, "--deepscale", "--deepscale_config", "ds.json"])
     assert args.deepspeed and args.deepspeed_config == "ds.json"
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--learning_rate", "inf"], "--lr must be a finite number in (0, 1], got inf"),
+        (["--lr", "nan"], "--lr must be a finite number in (0, 1], got nan"),
+        (["--lr", "3"], "--lr must be a finite number in (0, 1], got 3.0"),
+        (["--weight_decay", "nan"], "--weight_decay must be a finite number at least 0, got nan"),
+        (
+            ["--weight_decay", "1e39"],
+            "--weight_decay must be a finite number at least 0, got 1e+39",
+        ),
+        (["--adam_beta1", "1.5"], "--adam_beta1 must be a finite number in [0, 1), got 1.5"),
+        (["--adam_beta2", "-0.1"], "--adam_beta2 must be a finite number in [0, 1), got -0.1"),
+        (["--adam_epsilon", "0"], "--adam_epsilon must be a finite number above 0, got 0.0"),
+        (
+            ["--max_grad_norm", "inf"],
+            "--max_grad_norm must be a finite number at least 0 (0: off), got inf",
+        ),
+        (["--warmup_ratio", "nan"], "--lr_warmup_ratio must be a finite number in [0, 1], got nan"),
+        (["--lora_alpha=-inf"], "--lora_alpha must be a finite number above 0, got -inf"),
+        (["--lora_dropout", "1"], "--lora_dropout must be a finite number in [0, 1), got 1.0"),
+    ],
+)
+def test_float_flags_must_be_finite_and_in_range(flags: list[str], message: str) -> None:
+    with pytest.raises(ArgumentError) as error:
+        parse(*flags)
+    assert str(error.value) == message
+
+
+def test_every_float_flag_has_a_range() -> None:
+    floats = {a.dest for a in build_parser()._actions if a.type is float}
+    data_flags = {"eval_split_ratio", "identity_warmup_ratio"}  # checked with the data flags
+    assert floats - data_flags == set(FLOAT_RANGES)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--max_length", "-5"], "--max_length must be at least 2, got -5"),
+        (["--eval_split_ratio", "nan"], "--eval_split_ratio must be in [0, 1), got nan"),
+        (["--identity_warmup_ratio", "inf"], "--identity_warmup_ratio must be in [0, 1], got inf"),
+    ],
+)
+def test_data_flags_are_named_as_given(flags: list[str], message: str) -> None:
+    with pytest.raises(DataError) as error:
+        parse(*flags)
+    assert str(error.value) == message

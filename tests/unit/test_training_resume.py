@@ -118,6 +118,70 @@ def test_output_dir_guard(tmp_path: Path) -> None:
     with pytest.raises(ResumeError, match="not a folder"):
         check_output_dir(a_file, resume=None, overwrite=True)
 
+    nodes = tmp_path / "two-nodes"
+    nodes.mkdir()
+    for name in ("stdout.node0.log", "stderr.node0.log", "stdout.node1.log", "stderr.node1.log"):
+        (nodes / name).write_text("written by the launcher script on each node")
+    check_output_dir(nodes, resume=None, overwrite=False)
+
+
+def _finished_run(output_dir: Path, *, model_in: str = "") -> Path:
+    """What a finished run without full checkpoints leaves: its marker, metrics and model."""
+    write_run_file(output_dir, "run")
+    (output_dir / "metrics.jsonl").write_text('{"step": 1, "train_loss": 1.0}\n')
+    (output_dir / model_in).mkdir(parents=True, exist_ok=True)
+    (output_dir / model_in / "config.json").write_text("{}")
+    (output_dir / model_in / "model.safetensors").write_bytes(b"weights")
+    return output_dir
+
+
+@pytest.mark.parametrize("model_in", ["", "checkpoint-4"])
+def test_auto_never_starts_over_on_top_of_a_saved_model(tmp_path: Path, model_in: str) -> None:
+    done = _finished_run(tmp_path / "done", model_in=model_in)
+    with pytest.raises(ResumeError) as error:
+        check_output_dir(done, resume="auto", overwrite=False)
+    assert str(error.value) == (
+        f"--output_dir {done} holds a saved model ({done / model_in if model_in else done}) and "
+        "no complete checkpoint to resume from: --resume_from_checkpoint auto would start over "
+        "on top of it; pass --overwrite to start over, or choose another folder"
+    )
+    check_output_dir(done, resume="auto", overwrite=True)
+    # With a checkpoint to resume from, auto continues the run.
+    _checkpoint(done, 4, complete=True)
+    check_output_dir(done, resume="auto", overwrite=False)
+
+
+def test_auto_starts_fresh_over_only_its_own_incomplete_files(tmp_path: Path) -> None:
+    crashed = tmp_path / "crashed"
+    write_run_file(crashed, "run")
+    (crashed / "metrics.jsonl").write_text('{"step": 1, "train_loss": 1.0}\n')
+    (crashed / "stdout.log").write_text("the crashed run's log")
+    _checkpoint(crashed, 3, complete=False)  # killed while saving its first checkpoint
+    check_output_dir(crashed, resume="auto", overwrite=False)
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+@pytest.mark.parametrize("resume", [None, "auto"])
+def test_the_base_model_folder_is_never_the_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, resume: str | None, overwrite: bool
+) -> None:
+    model = tmp_path / "models" / "base"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    monkeypatch.chdir(tmp_path / "models")
+    with pytest.raises(ResumeError) as error:
+        # The same folder under another spelling.
+        check_output_dir(
+            "../models/base/", resume=resume, overwrite=overwrite, model_name_or_path=str(model)
+        )
+    assert str(error.value) == (
+        "--output_dir ../models/base is the base model's folder (--model_name_or_path): "
+        "training would overwrite the model it starts from; choose another folder"
+    )
+    check_output_dir(
+        model / "finetuned", resume=resume, overwrite=overwrite, model_name_or_path="base"
+    )
+
 
 def test_redact_masks_secret_variables_everywhere() -> None:
     env = {"WANDB_API_KEY": "wandb-secret", "MY_SERVICE_TOKEN": "tok-123", "HOME": "/home/me"}

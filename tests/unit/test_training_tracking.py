@@ -1,12 +1,22 @@
-"""Metric tracking: metrics.jsonl, the loss curve, and wandb's offline fallback without a key."""
+"""Metric tracking: metrics.jsonl, the loss curve, wandb's offline fallback without a key, and
+the refusal of an online wandb that cannot be reached."""
 
 from __future__ import annotations
 
+import socket
+import time
 from pathlib import Path
 
 import pytest
 
-from aligner.training.tracking import Tracker, read_metrics, wandb_has_credentials
+from aligner.training.resume import check_output_dir
+from aligner.training.tracking import (
+    Tracker,
+    TrackerError,
+    check_tracker_reachable,
+    read_metrics,
+    wandb_has_credentials,
+)
 
 
 def test_metrics_jsonl_and_loss_curve(tmp_path: Path) -> None:
@@ -74,3 +84,54 @@ def test_wandb_credentials_come_from_the_environment_or_netrc(
     monkeypatch.setenv("NETRC", str(tmp_path / "missing"))
     monkeypatch.setenv("WANDB_API_KEY", "k")
     assert wandb_has_credentials()
+
+
+@pytest.fixture
+def unreachable_wandb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A W&B key and a base URL at a closed port on 127.0.0.1: every connection is refused."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: nothing else can take the port
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        monkeypatch.setenv("WANDB_API_KEY", "sentinel-wandb-key-0000")
+        monkeypatch.setenv("WANDB_BASE_URL", url)
+        monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+        monkeypatch.delenv("WANDB_MODE", raising=False)
+        yield url
+
+
+def test_wandb_with_a_key_but_no_server_is_refused_before_any_work(
+    unreachable_wandb: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from aligner.training import main
+
+    monkeypatch.setenv("RANK", "0")  # one process, as `aligner train` without a launcher
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    output = tmp_path / "run"
+    argv = ["--model_name_or_path", "model", "--train_datasets", "data.jsonl"]
+    started = time.monotonic()
+    code = main.main([*argv, "--output_dir", str(output), "--log_type", "wandb"])
+    assert time.monotonic() - started < 30
+    assert code == 2
+    assert capsys.readouterr().err.strip() == (
+        f"aligner train: error: cannot reach W&B at {unreachable_wandb} (Connection refused): "
+        "use --log_type none or WANDB_MODE=offline"
+    )
+    # Nothing was written, so the same command can run again once W&B is reachable.
+    assert not output.exists()
+    check_output_dir(output, resume=None, overwrite=False)
+
+
+def test_wandb_offline_or_without_a_key_needs_no_server(
+    unreachable_wandb: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(TrackerError, match="cannot reach W&B"):
+        check_tracker_reachable("wandb")
+    check_tracker_reachable("tensorboard")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    check_tracker_reachable("wandb")
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.delenv("WANDB_API_KEY")
+    check_tracker_reachable("wandb")  # no key: the tracker logs offline
