@@ -6,6 +6,7 @@ import argparse
 
 
 def str2bool(text: str) -> bool:
+    """``True``/``False`` (and yes/no, on/off, 1/0), as the original toolkit writes them."""
     lowered = text.strip().lower()
     if lowered in {"true", "1", "yes", "y", "on"}:
         return True
@@ -25,6 +26,11 @@ def add_bool(
     group.add_argument(
         *names, type=str2bool, nargs="?", const=True, default=default, metavar="BOOL", help=help
     )
+
+
+def bool_or_auto(text: str) -> bool | None:
+    """A boolean, or ``auto`` (None): on wherever the hardware supports it."""
+    return None if text.strip().lower() == "auto" else str2bool(text)
 
 
 def add_trust_remote_code(group: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:

@@ -21,6 +21,10 @@
 #   --lr_warmup_ratio 0.03 --weight_decay 0.0 --per_device_train_batch_size 4
 #   --gradient_accumulation_steps 8 --max_length 2048 --gradient_checkpointing True --seed 42
 #   bf16 where the GPU supports it, else fp32 (see `aligner train --help` for every flag).
+# And the original script's own settings (`--defaults original`): wandb logging to project
+# Aligner-SFT (offline with a notice when no API key is set), TF32 where the GPU supports it,
+# and a 16-bit model save. Each can be turned off: --log_type none, --tf32 False,
+# --save_16bit False (or --save_fp32); --defaults aligner takes `aligner train`'s neutral ones.
 # Every other flag passes through to the trainer.
 #
 # Logs: stdout and stderr are appended to OUTPUT_DIR/stdout.log and stderr.log (with
@@ -178,7 +182,9 @@ if [[ "${DEMO}" == 1 ]]; then
 	# 6 epochs of 32 steps of 16 records (8 per rank on 2) learn the lookups and the copying.
 	ZERO_STAGE="${ZERO_STAGE:-2}"
 	# The demo always starts over (--overwrite): its folder holds only what the demo wrote.
+	# The demo is offline and self-contained: no tracker, and the model saved as trained.
 	DEMO_ARGS=(
+		--defaults aligner
 		--overwrite --eval_datasets "${DEMO_EVAL}" --epochs 6 --lr 3e-3 --lr_warmup_ratio 0.05
 		--per_device_train_batch_size 8 --gradient_accumulation_steps 1 --max_length 128
 		--gradient_checkpointing False --per_device_eval_batch_size 32
@@ -287,6 +293,7 @@ COMMAND=(
 	--epochs 3 --lr 2e-5 --lr_scheduler_type cosine --lr_warmup_ratio 0.03 --weight_decay 0.0
 	--per_device_train_batch_size 4 --gradient_accumulation_steps 8 --max_length 2048
 	--gradient_checkpointing True --seed 42
+	--defaults original
 	${DEMO_ARGS[@]+"${DEMO_ARGS[@]}"}
 	${TRAINER_ARGS[@]+"${TRAINER_ARGS[@]}"}
 )

@@ -220,7 +220,7 @@ def _trainer_command(work: Path, output_dir: Path, max_length: int, *flags: str)
         *("--per_device_train_batch_size", str(MICRO_BATCH)),
         *("--gradient_accumulation_steps", str(ACCUMULATION)),
         *("--lr", str(LEARNING_RATE), "--lr_scheduler_type", "constant", "--lr_warmup_ratio", "0"),
-        *("--gradient_checkpointing", "False", "--bf16", "False"),
+        *("--gradient_checkpointing", "False", "--bf16", "False", "--defaults", "aligner"),
         *flags,
     ]
 

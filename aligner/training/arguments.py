@@ -13,7 +13,7 @@ from transformers import SchedulerType
 
 from aligner.datasets.arguments import add_data_arguments, check_data_flags
 from aligner.errors import CommandParser
-from aligner.flags import add_bool, add_trust_remote_code
+from aligner.flags import add_bool, add_trust_remote_code, bool_or_auto
 from aligner.training.ds_config import OFFLOAD_CHOICES
 from aligner.training.secrets import redact
 
@@ -42,6 +42,20 @@ FLOAT32_MAX = 3.4028234663852886e38
 
 class ArgumentError(ValueError):
     """A flag combination the trainer cannot honour; reported as one line."""
+
+
+DEFAULT_PROFILES: dict[str, dict[str, Any]] = {
+    "aligner": {},
+    # What the original toolkit's scripts/sft-correction.sh fixes on top of its trainer's own
+    # defaults; this project's wrapper applies it, `aligner train` does not.
+    "original": {
+        "log_type": "wandb",
+        "log_project": "Aligner-SFT",
+        "tf32": None,
+        "save_16bit": True,
+    },
+}
+"""``--defaults``: the neutral defaults of ``aligner train``, or the original script's."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -184,7 +198,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="train in bfloat16 (default: on where the accelerator supports it, else fp32)",
     )
     add_bool(precision, "--fp16", default=False, help="train in float16 with loss scaling")
-    add_bool(precision, "--tf32", default=False, help="allow TF32 matmuls (NVIDIA Ampere+)")
+    precision.add_argument(
+        "--tf32",
+        type=bool_or_auto,
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="BOOL|auto",
+        help="allow TF32 matmuls (NVIDIA Ampere or newer); auto: wherever the GPU supports them",
+    )
 
     evaluation = parser.add_argument_group("evaluation")
     add_bool(
@@ -202,6 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     output = parser.add_argument_group("output and tracking")
+    output.add_argument(
+        "--defaults",
+        choices=tuple(DEFAULT_PROFILES),
+        default="aligner",
+        help="original: the original toolkit's script settings (wandb project Aligner-SFT, TF32 "
+        "where supported, a 16-bit save), which scripts/sft-correction.sh applies; any flag "
+        "given overrides them",
+    )
     output.add_argument("--output_dir", required=True)
     output.add_argument("--log_type", choices=("wandb", "tensorboard", "none"), default="none")
     output.add_argument("--log_dir", default=None, help="tracker files (default: OUTPUT_DIR)")
@@ -218,8 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
         output,
         "--save_16bit",
         default=None,
-        help="the original toolkit's flag: True saves in the training precision (the default), "
-        "False as --save_fp32",
+        help="the original toolkit's flag: True saves 16-bit weights (the training precision, "
+        "or bf16 when training in fp32), False as --save_fp32; default: the training precision",
     )
     output.add_argument(
         "--save_interval",
@@ -344,7 +374,14 @@ def _validate_layout_and_lora(args: argparse.Namespace) -> None:
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
-    return validate(build_parser().parse_args(argv))
+    """Parse and validate; ``--defaults original`` swaps in the original script's defaults, which
+    any flag given still overrides."""
+    profile = argparse.ArgumentParser(add_help=False)
+    profile.add_argument("--defaults", choices=DEFAULT_PROFILES, default="aligner")
+    known, _ = profile.parse_known_args(argv)
+    parser = build_parser()
+    parser.set_defaults(**DEFAULT_PROFILES[known.defaults])
+    return validate(parser.parse_args(argv))
 
 
 def arguments_for_saving(args: argparse.Namespace) -> dict[str, Any]:

@@ -67,11 +67,13 @@ def save_model(
     fp32_master: bool,
     rank: int,
     merge_adapter: bool = False,
+    cast_to: torch.dtype | None = None,
 ) -> Path:
     """Write ``model`` with its tokenizer, prompt template and training arguments.
 
     A peft model is saved as its adapter alone (``adapter_config.json`` naming the base model),
     or with ``merge_adapter`` as the base model's weights with the adapter merged in.
+    ``cast_to`` converts the floating-point weights (a 16-bit save of an fp32 run).
     """
     peft = hasattr(model, "peft_config")
     adapter_only = peft and not merge_adapter
@@ -84,6 +86,8 @@ def save_model(
     if peft and merge_adapter:
         state = merge_lora_state(state, model.peft_config["default"])
         model = model.get_base_model()
+    if cast_to is not None:
+        state = {k: v.to(cast_to) if v.is_floating_point() else v for k, v in state.items()}
     staging = output_dir.parent / f".{output_dir.name}.saving-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging, state_dict=state)

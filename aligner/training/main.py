@@ -47,9 +47,10 @@ if TYPE_CHECKING:
 def resolve_precision(args: argparse.Namespace, accelerator: object, rank: int) -> str:
     """bf16, fp16 or fp32, or an ArgumentError when the hardware cannot do what was asked."""
     on_cpu = accelerator.device_name() == "cpu"
-    if args.tf32:
-        if on_cpu or torch.cuda.get_device_capability()[0] < 8:
-            raise ArgumentError("--tf32 needs an NVIDIA GPU of the Ampere generation or newer")
+    tf32_capable = not on_cpu and torch.cuda.get_device_capability()[0] >= 8
+    if args.tf32 and not tf32_capable:
+        raise ArgumentError("--tf32 needs an NVIDIA GPU of the Ampere generation or newer")
+    if args.tf32 or (args.tf32 is None and tf32_capable):  # None: auto
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     if args.fp16:

@@ -500,6 +500,10 @@ class Trainer:
                 fp32_master=self.args.save_fp32,
                 rank=self.rt.rank,
                 merge_adapter=self.args.lora_merge,
+                # The original's --save_16bit writes 16-bit weights even from an fp32 run.
+                cast_to=torch.bfloat16
+                if self.args.save_16bit and self.rt.precision == "fp32"
+                else None,
             )
         except (OSError, SafetensorError) as error:  # rank 0 writes; a full disk, say
             failure = error

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 
 FLAGS = (
     "--zero_stage 2 --per_device_train_batch_size 1 --gradient_accumulation_steps 1 --epochs 100 "
-    "--lr 2e-3 --gradient_checkpointing False --max_length 128"
+    "--lr 2e-3 --gradient_checkpointing False --max_length 128 --defaults aligner"
 ).split()
 RUN_TIMEOUT = 300
 SECRET = "sentinel-secret-4b1d"

@@ -32,7 +32,7 @@ FLAGS = (
     f"--zero_stage 2 --per_device_train_batch_size 1 --gradient_accumulation_steps 2 --epochs 2 "
     f"--max_steps {STEPS} --lr 2e-3 --lr_scheduler_type cosine --lr_warmup_ratio 0.2 "
     f"--gradient_checkpointing False --max_length 128 "
-    f"--checkpoint_interval {CHECKPOINT_INTERVAL} --save_total_limit 2"
+    f"--checkpoint_interval {CHECKPOINT_INTERVAL} --save_total_limit 2 --defaults aligner"
 ).split()
 SECRETS = {
     "WANDB_API_KEY": "sentinel-wandb-3f9a7c1e",

@@ -215,3 +215,24 @@ def test_data_flags_are_named_as_given(flags: list[str], message: str) -> None:
     with pytest.raises(DataError) as error:
         parse(*flags)
     assert str(error.value) == message
+
+
+def test_the_original_scripts_defaults_are_a_profile_that_flags_override() -> None:
+    neutral = parse()
+    assert (neutral.log_type, neutral.log_project, neutral.tf32, neutral.save_16bit) == (
+        "none",
+        "aligner",
+        False,
+        None,
+    )
+    original = parse("--defaults", "original")
+    assert (original.log_type, original.log_project, original.tf32) == (
+        "wandb",
+        "Aligner-SFT",
+        None,
+    )
+    assert original.save_16bit is True and original.save_fp32 is False
+    overridden = parse("--defaults", "original", "--log_type", "none", "--tf32", "False")
+    assert (overridden.log_type, overridden.tf32) == ("none", False)
+    assert parse("--defaults", "original", "--save_16bit", "False").save_fp32 is True
+    assert parse("--tf32", "auto").tf32 is None
