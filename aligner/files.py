@@ -9,8 +9,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
+from aligner.errors import UserError
 
-class UnwritableError(ValueError):
+
+class UnwritableError(UserError):
     """A path the command was asked to write to that cannot be written; one line."""
 
 

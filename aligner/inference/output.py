@@ -14,11 +14,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from aligner.errors import UserError
 from aligner.files import write_atomically as write_text_atomically
-from aligner.inference.distributed import shard_paths
 
 
-class OutputError(ValueError):
+class OutputError(UserError):
     """An existing output file that cannot be resumed from."""
 
 
@@ -159,3 +159,16 @@ def claim_output(
         written = []
     check_settings(output, settings, resuming=bool(written))
     return bool(written)
+
+
+def shard_path(output: str | Path, rank: int) -> Path:
+    """Where one rank appends its corrections; the main rank merges these into ``output``."""
+    output = Path(output)
+    return output.with_name(f"{output.name}.rank{rank}")
+
+
+def shard_paths(output: str | Path) -> list[Path]:
+    """The shard files of ``output`` on disk, from this run or an interrupted one."""
+    output = Path(output)
+    found = output.parent.glob(f"{output.name}.rank*") if output.parent.is_dir() else []
+    return sorted(path for path in found if path.name[len(output.name) + 5 :].isdigit())

@@ -24,17 +24,19 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from aligner.errors import RunFailure
+
 FAULT_KILL_ENV = "ALIGNER_FAULT_KILL"
 FAULT_SAVE_ENV = "ALIGNER_FAULT_SAVE"
 FAULT_INF_GRAD_ENV = "ALIGNER_FAULT_INF_GRAD"
 FAULT_NAN_WEIGHT_ENV = "ALIGNER_FAULT_NAN_WEIGHT"
 
 
-class TooManySkippedSteps(RuntimeError):
+class TooManySkippedSteps(RunFailure):
     """Raised on every rank when the run skipped too many optimizer steps in a row."""
 
 
-class NonFiniteWeights(RuntimeError):
+class NonFiniteWeights(RunFailure):
     """Raised on every rank instead of saving weights that hold a NaN or an infinity."""
 
 

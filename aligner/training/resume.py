@@ -26,9 +26,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from aligner.errors import one_line
+from aligner.errors import RunFailure, UserError, one_line
 from aligner.files import atomic_writer, check_writable, write_atomically
-from aligner.training.secrets import redact
+from aligner.secrets import redact
 
 CHECKPOINTS_DIR = "checkpoints"
 MARKER_FILE = "COMPLETE.json"
@@ -48,11 +48,11 @@ _CHECKPOINT_FILES = re.compile(
 )
 
 
-class ResumeError(ValueError):
+class ResumeError(UserError):
     """A checkpoint that cannot be resumed from, or an output folder that is not ours; one line."""
 
 
-class WriteError(RuntimeError):
+class WriteError(RunFailure):
     """A checkpoint or model some rank could not write (a full disk, say); raised on every rank
     alike, so that none is left waiting for the others."""
 

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from aligner.errors import UserError
+
 METRICS_FILE = "metrics.jsonl"
 LOSS_CURVE_FILE = "loss_curve.png"
 WANDB_DEFAULT_URL = "https://api.wandb.ai"
@@ -21,7 +23,7 @@ REACH_TIMEOUT_S = 10.0
 """How long the W&B server may take to answer before the run is refused."""
 
 
-class TrackerError(ValueError):
+class TrackerError(UserError):
     """A tracker the run cannot log to, found before any work; one line."""
 
 

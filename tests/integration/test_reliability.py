@@ -129,7 +129,7 @@ def stops(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     )
 
     def ranks_started(marker: str) -> bool:
-        return any("aligner.training.main" in line for line in _processes_of(marker))
+        return any("aligner.commands.train" in line for line in _processes_of(marker))
 
     resumed = command("--max_steps", "1000", "--resume_from_checkpoint", "auto")
     interrupted = _stop(resumed, env, work / "int.log", ranks_started, signal.SIGINT)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from aligner.commands import correct as correct_command
 from aligner.datasets.collate import PaddingCollator
 from aligner.datasets.encode import Request, SampleEncoder
 from aligner.inference import correct
@@ -47,7 +48,7 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
 
 
 def run_correct(*args: str | Path) -> int:
-    return correct.main([str(a) for a in args])
+    return correct_command.main([str(a) for a in args])
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aligner.training.arguments import ArgumentError, parse_arguments
+from aligner.config import ArgumentError, TrainConfig
 from aligner.training.model import check_model_flags
 
 REQUIRED = ["--model_name_or_path", "m", "--train_datasets", "d.jsonl", "--output_dir", "o"]
@@ -25,12 +25,12 @@ REQUIRED = ["--model_name_or_path", "m", "--train_datasets", "d.jsonl", "--outpu
 )
 def test_gpu_only_flags_are_refused_on_the_cpu(flags: list[str], message: str) -> None:
     with pytest.raises(ArgumentError, match=message):
-        check_model_flags(parse_arguments([*REQUIRED, *flags]), on_cpu=True)
+        check_model_flags(TrainConfig.parse([*REQUIRED, *flags]), on_cpu=True)
 
 
 def test_missing_package_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
-    args = parse_arguments([*REQUIRED, "--use_liger"])
+    args = TrainConfig.parse([*REQUIRED, "--use_liger"])
     with pytest.raises(ArgumentError, match="needs the liger_kernel package"):
         check_model_flags(args, on_cpu=False)
 

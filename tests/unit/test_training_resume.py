@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from aligner.secrets import REDACTED, redact, secret_values
 from aligner.training import faults, resume
 from aligner.training.resume import (
     CheckpointManager,
@@ -21,7 +22,6 @@ from aligner.training.resume import (
     find_checkpoint,
     write_run_file,
 )
-from aligner.training.secrets import REDACTED, redact, secret_values
 from aligner.training.tracking import Tracker, read_metrics
 
 
