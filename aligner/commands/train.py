@@ -43,7 +43,7 @@ class PreparedRun:
 
 def check_output_and_tracker(config: TrainConfig) -> None:
     """The output folder may be written (or resumed into), and the tracker is reachable."""
-    from aligner.training.resume import check_output_dir, find_checkpoint
+    from aligner.training.checkpoints import check_output_dir, find_checkpoint
     from aligner.training.tracking import check_tracker_reachable
 
     output = config.output

@@ -25,9 +25,18 @@ from aligner.constants import IGNORE_INDEX
 from aligner.datasets.collate import Batch, PackedBatch, PaddingCollator
 from aligner.prompts import Template
 from aligner.training.batching import global_batches, split_evenly
-from aligner.training.checkpoint import save_model
+from aligner.training.checkpoints import (
+    CheckpointManager,
+    TrainState,
+    WriteError,
+    complete_checkpoints,
+    data_fingerprint,
+    write_failure,
+    write_run_file,
+)
 from aligner.training.devices import Runtime
 from aligner.training.ds_config import get_deepspeed_train_config
+from aligner.training.export import save_model
 from aligner.training.faults import (
     FAULT_INF_GRAD_ENV,
     FAULT_KILL_ENV,
@@ -45,15 +54,6 @@ from aligner.training.layout import BatchLayout, real_tokens
 from aligner.training.loss import TokenLoss
 from aligner.training.model import load_model_to_train
 from aligner.training.optim import build_optimizer, build_scheduler
-from aligner.training.resume import (
-    CheckpointManager,
-    TrainState,
-    WriteError,
-    complete_checkpoints,
-    data_fingerprint,
-    write_failure,
-    write_run_file,
-)
 from aligner.training.tracking import Tracker
 
 # Test hooks, read from the environment so that no user-facing flag exists for them.

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from aligner.training.resume import MARKER_FILE, complete_checkpoints
+from aligner.training.checkpoints import MARKER_FILE, complete_checkpoints
 from aligner.training.tracking import read_metrics
 from tests.integration.conftest import SCRIPT, clean_env, run_command
 

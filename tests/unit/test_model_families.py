@@ -82,7 +82,7 @@ def saved(tiny_model, tiny_tokenizer, tmp_path_factory: pytest.TempPathFactory):
     from transformers import AutoModelForCausalLM
 
     from aligner.prompts import get_template
-    from aligner.training.checkpoint import save_model
+    from aligner.training.export import save_model
 
     folders: dict[tuple[str, torch.dtype], tuple] = {}
 

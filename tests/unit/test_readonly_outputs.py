@@ -22,7 +22,7 @@ from pathlib import Path
 from aligner.commands.data import main as data_main
 from aligner.commands import correct as correct_cmd
 from aligner.inference import correct
-from aligner.training.resume import check_output_dir
+from aligner.training.checkpoints import check_output_dir
 
 readonly, checkpoint, data = map(Path, sys.argv[1:4])
 

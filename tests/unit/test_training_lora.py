@@ -115,7 +115,7 @@ def test_saved_adapter_or_merged_model_reloads_with_the_same_logits(
     from transformers import AutoModelForCausalLM
 
     from aligner.prompts import get_template
-    from aligner.training.checkpoint import save_model
+    from aligner.training.export import save_model
 
     out = save_model(
         lora_model,

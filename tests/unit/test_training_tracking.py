@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from aligner.training.resume import check_output_dir
+from aligner.training.checkpoints import check_output_dir
 from aligner.training.tracking import (
     Tracker,
     TrackerError,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from aligner.training import checkpoint
+from aligner.training import export
 
 
 def test_publish_replaces_an_old_model_and_moves_the_config_last(
@@ -23,14 +23,14 @@ def test_publish_replaces_an_old_model_and_moves_the_config_last(
         (staging / name).write_text("new")
 
     moved: list[str] = []
-    replace = checkpoint.os.replace
+    replace = export.os.replace
 
     def record(source, target):
         moved.append(Path(target).name)
         replace(source, target)
 
-    monkeypatch.setattr(checkpoint.os, "replace", record)
-    checkpoint._publish(staging, output)
+    monkeypatch.setattr(export.os, "replace", record)
+    export._publish(staging, output)
     assert moved[-1] == "config.json"
     assert not (output / "pytorch_model.bin").exists()
     assert (output / "metrics.jsonl").read_text() == "kept"

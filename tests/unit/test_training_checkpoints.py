@@ -13,8 +13,8 @@ import torch
 import torch.distributed as dist
 
 from aligner.secrets import REDACTED, redact, secret_values
-from aligner.training import faults, resume
-from aligner.training.resume import (
+from aligner.training import checkpoints, faults
+from aligner.training.checkpoints import (
     CheckpointManager,
     ResumeError,
     check_output_dir,
@@ -26,15 +26,15 @@ from aligner.training.tracking import Tracker, read_metrics
 
 
 def _checkpoint(output: Path, step: int, *, complete: bool, extra: str | None = None) -> Path:
-    folder = output / resume.CHECKPOINTS_DIR / f"step-{step}"
+    folder = output / checkpoints.CHECKPOINTS_DIR / f"step-{step}"
     folder.mkdir(parents=True)
     (folder / "mp_rank_00_model_states.pt").write_bytes(b"weights")
     (folder / "trainer_state_rank0.pt").write_bytes(b"rng")
     if extra:
         (folder / extra).write_text("a file the toolkit never writes")
     if complete:
-        marker = {"format": resume.FORMAT_VERSION, "step": step, "plan": {}}
-        (folder / resume.MARKER_FILE).write_text(json.dumps(marker))
+        marker = {"format": checkpoints.FORMAT_VERSION, "step": step, "plan": {}}
+        (folder / checkpoints.MARKER_FILE).write_text(json.dumps(marker))
     return folder
 
 
@@ -72,22 +72,22 @@ def test_rng_states_round_trip_through_weights_only_load(tmp_path: Path) -> None
     random.seed(1)
     np.random.seed(2)
     torch.manual_seed(3)
-    torch.save({"rng": resume.capture_rng()}, tmp_path / "state.pt")
+    torch.save({"rng": checkpoints.capture_rng()}, tmp_path / "state.pt")
     expected = (random.random(), np.random.rand(), torch.rand(3))
     random.seed(9)
     np.random.seed(9)
     torch.manual_seed(9)
-    resume.restore_rng(torch.load(tmp_path / "state.pt", weights_only=True)["rng"])
+    checkpoints.restore_rng(torch.load(tmp_path / "state.pt", weights_only=True)["rng"])
     assert random.random() == expected[0]
     assert np.random.rand() == expected[1]
     assert torch.equal(torch.rand(3), expected[2])
 
 
 def test_data_fingerprint_changes_with_the_data() -> None:
-    base = resume.data_fingerprint([("correction", [3, 4, 5])])
-    assert base == resume.data_fingerprint([("correction", np.array([3, 4, 5]))])
-    assert base != resume.data_fingerprint([("correction", [3, 4, 6])])
-    assert base != resume.data_fingerprint([("warmup", [3, 4, 5])])
+    base = checkpoints.data_fingerprint([("correction", [3, 4, 5])])
+    assert base == checkpoints.data_fingerprint([("correction", np.array([3, 4, 5]))])
+    assert base != checkpoints.data_fingerprint([("correction", [3, 4, 6])])
+    assert base != checkpoints.data_fingerprint([("warmup", [3, 4, 5])])
 
 
 def test_output_dir_guard(tmp_path: Path) -> None:
