@@ -19,7 +19,7 @@ from typing import Any
 from transformers import SchedulerType
 
 from aligner.errors import UserError
-from aligner.options import add_options, bool_or_auto, option, str2bool, take
+from aligner.options import add_options, bool_or_auto, option, take
 from aligner.secrets import redact
 
 RECORD_FIELDS = ("question", "messages", "answer", "correction")
@@ -224,10 +224,6 @@ class PrecisionArgs:
     bf16: bool | None = option(
         None,
         "train in bfloat16 (default: on where the accelerator supports it, else fp32)",
-        parse=str2bool,
-        nargs="?",
-        const=True,
-        metavar="BOOL",
     )
     fp16: bool = option(False, "train in float16 with loss scaling")
     tf32: bool | None = option(
@@ -275,10 +271,6 @@ class OutputArgs:
         None,
         "the original toolkit's flag: True saves 16-bit weights (the training precision, "
         "or bf16 when training in fp32), False as --save_fp32; default: the training precision",
-        parse=str2bool,
-        nargs="?",
-        const=True,
-        metavar="BOOL",
     )
     save_interval: int = option(
         0, "also save a model folder every this many optimizer steps (0: only at the end)"

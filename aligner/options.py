@@ -32,6 +32,10 @@ def str2bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean (True/False), got {text!r}")
 
 
+BOOLEAN: dict[str, Any] = {"type": str2bool, "nargs": "?", "const": True, "metavar": "BOOL"}
+"""How a boolean flag parses: a bare ``--flag`` is True, else the value given."""
+
+
 def add_bool(
     group: argparse.ArgumentParser | argparse._ArgumentGroup,
     *names: str,
@@ -40,9 +44,7 @@ def add_bool(
 ) -> None:
     """A boolean flag: ``--flag``, ``--flag True`` and ``--flag False`` all work, as in the
     original toolkit (whose scripts write ``--bf16 True``)."""
-    group.add_argument(
-        *names, type=str2bool, nargs="?", const=True, default=default, metavar="BOOL", help=help
-    )
+    group.add_argument(*names, **BOOLEAN, default=default, help=help)
 
 
 def bool_or_auto(text: str) -> bool | None:
@@ -96,8 +98,7 @@ def _argument(field: dataclasses.Field, annotation: Any, default: Any) -> dict[s
         settings["required"] = True
     value_type = _value_type(annotation)
     if value_type is bool and meta["parse"] is None and "action" not in meta["argparse"]:
-        # --flag, --flag True and --flag False, as the original toolkit's scripts write them.
-        settings.update(type=str2bool, nargs="?", const=True, metavar="BOOL")
+        settings.update(BOOLEAN)
     elif meta["parse"] is not None:
         settings["type"] = meta["parse"]
     elif value_type in (int, float):
