@@ -82,9 +82,12 @@ def run_command(
     """
     try:
         plan = prepare()
-    except (UserError, OSError, ValueError) as error:
-        # ValueError too: libraries (json, datasets, tokenizers) report a bad user file so.
+    except UserError as error:
         return _say_once(command, error, EXIT_REFUSED)
+    except (OSError, ValueError) as error:
+        # A library's own report of a bad user file (json, datasets, tokenizers). It may be
+        # this rank's alone (a file another rank is writing), so every rank that meets it says so.
+        return report(command, error, EXIT_REFUSED)
     except KeyboardInterrupt:
         return _say_once(command, "interrupted", EXIT_SIGINT)
     try:
