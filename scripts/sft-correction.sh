@@ -78,7 +78,7 @@ trap 'on_signal HUP 129' HUP # the terminal closed: its hangup no longer reaches
 group_alive() { # PGID: whether a live (not zombie) process is left in the process group
 	local stat fields
 	for stat in /proc/[0-9]*/stat; do
-		read -r fields <"${stat}" 2>/dev/null || continue
+		{ read -r fields; } <"${stat}" 2>/dev/null || continue # the process may be gone
 		fields="${fields##*) }" # after "PID (COMMAND) ": STATE PPID PGRP ...
 		read -r -a fields <<<"${fields}"
 		[[ "${fields[2]}" == "$1" && "${fields[0]}" != Z ]] && return 0
@@ -206,8 +206,10 @@ flag_given() { # NAME ARGS...: whether boolean flag NAME is among ARGS and not s
 	return 1
 }
 
-may_log_into() { # FOLDER: new, empty, a run of ours, or --overwrite was given
+may_log_into() { # FOLDER: new, empty, a run of ours, or --overwrite was given; never the model's
 	local entry
+	# Training refuses an output folder that is the base model's, --overwrite or not.
+	[[ "$(realpath -m -- "$1")" != "$(realpath -m -- "${MODEL_NAME_OR_PATH}")" ]] || return 1
 	[[ -e "$1" ]] || return 0
 	[[ -d "$1" && -w "$1" ]] || return 1
 	[[ -f "$1/aligner_run.json" ]] && return 0
