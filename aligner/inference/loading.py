@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from aligner.config import ArgumentError, ModelArgs
@@ -82,7 +83,7 @@ def load_model(args: argparse.Namespace, local_rank: int = 0) -> PreTrainedModel
             dtype=resolve_dtype(args.dtype, device),
             trust_remote_code=args.trust_remote_code,
         )
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, SafetensorError) as error:
         raise CheckpointError(
             f"--model_name_or_path {args.model_name_or_path}: {one_line(error)}"
         ) from None

@@ -372,6 +372,23 @@ def test_an_own_output_without_corrections_is_refused_before_the_pairs(
     assert not pairs.exists()
 
 
+def test_truncated_weights_are_one_line_and_exit_1(
+    tiny_checkpoint_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    checkpoint = tmp_path / "checkpoint"
+    shutil.copytree(tiny_checkpoint_dir, checkpoint)
+    weights = checkpoint / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # a copy cut short
+    source = write_jsonl(tmp_path / "in.jsonl", QUESTIONS[:2])
+    args = ["--model_name_or_path", checkpoint, "--input", source, "--output", tmp_path / "o"]
+    assert run_correct(*args) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"aligner correct: error: --model_name_or_path {checkpoint}: ")
+    assert len(error.splitlines()) == 1
+
+
 def test_resuming_after_new_weights_at_the_same_path_is_refused(
     tiny_checkpoint_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
