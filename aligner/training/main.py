@@ -5,12 +5,7 @@ Usage:
         --model_name_or_path MODEL --output_dir DIR [flags]     # or scripts/sft-correction.sh
     aligner train --train_datasets FILE --model_name_or_path MODEL --output_dir DIR   # 1 process
 
-Test hooks (environment): ALIGNER_FAULT_RANK=R with ALIGNER_FAULT_STEP=S makes rank R raise
-before optimizer step S; ALIGNER_PROBE_LOGITS=FILE makes rank 0 save the engine's logits on the
-first two training samples after the final save; ALIGNER_FAULT_KILL, ALIGNER_FAULT_SAVE,
-ALIGNER_FAULT_INF_GRAD and ALIGNER_FAULT_NAN_WEIGHT (see aligner.training.faults) kill a rank
-after a step, kill it during a checkpoint save, give it an infinite gradient, and make one of
-its weights NaN.
+Test hooks read from the environment are listed in ``aligner.training.hooks``.
 
 Exit status: 0 done, 1 failed while training, 2 refused before any work, 130 interrupted.
 """
