@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from aligner.loss import CorrectionLM
 from aligner.training.arguments import ArgumentError
 from aligner.training.lora import (
     LoraSettings,
@@ -16,7 +17,6 @@ from aligner.training.lora import (
     default_target_modules,
     missing_target_modules,
 )
-from aligner.training.loss import CorrectionLM
 
 EMBEDDING_ROW_MULTIPLE = 64
 """--resize_embeddings rounds the rows up to a multiple of this, as released models do, so that

@@ -22,6 +22,7 @@ from transformers import PreTrainedTokenizerBase
 
 from aligner.constants import IGNORE_INDEX
 from aligner.datasets.collate import Batch, PackedBatch, PaddingCollator
+from aligner.loss import TokenLoss
 from aligner.prompts import Template
 from aligner.training.arguments import arguments_for_saving
 from aligner.training.batching import global_batches, split_evenly
@@ -35,7 +36,6 @@ from aligner.training.faults import (
 )
 from aligner.training.hooks import TestHooks
 from aligner.training.layout import BatchLayout, real_tokens
-from aligner.training.loss import TokenLoss
 from aligner.training.model import load_model_to_train
 from aligner.training.optim import build_optimizer, build_scheduler
 from aligner.training.resume import (
