@@ -28,6 +28,7 @@ from aligner.datasets.encode import (
 )
 from aligner.datasets.spec import DatasetSpec, parse_dataset_spec, sample_indices
 from aligner.datasets.validation import record_columns
+from aligner.files import write_atomically
 from aligner.prompts import Template, get_template, resolve_template
 from aligner.tokenizer import tokenizer_fingerprint
 
@@ -158,7 +159,7 @@ def tokenize_source(
         if not from_cache:
             # Written last: the cache counts only once the Arrow file is complete. It also
             # records which template and tokenizer the processed data was made with.
-            meta_file.write_text(json.dumps(key_material, indent=2, ensure_ascii=False))
+            write_atomically(meta_file, json.dumps(key_material, indent=2, ensure_ascii=False))
     return tokenized, from_cache
 
 

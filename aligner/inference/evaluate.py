@@ -18,11 +18,9 @@ from typing import Any
 import datasets
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 from transformers import PreTrainedModel
 
-from aligner.constants import IGNORE_INDEX
 from aligner.datasets.base import DataError
 from aligner.datasets.collate import PaddingCollator
 from aligner.datasets.loading import load_records
@@ -34,6 +32,7 @@ from aligner.inference.loading import checkpoint_template, load_model
 from aligner.inference.metrics import correction_metrics
 from aligner.inference.pairs import Pair, read_pairs
 from aligner.inference.summary import summary_table
+from aligner.loss import CorrectionLM
 from aligner.runtime import Ranks
 from aligner.tokenizer import load_tokenizer
 
@@ -78,8 +77,10 @@ def prediction_metrics(
 def target_loss(
     model: PreTrainedModel, dataset: datasets.Dataset, pad_token_id: int, batch_size: int
 ) -> dict[str, float | int]:
-    """Mean cross-entropy over every target token of ``dataset`` (not a mean of batch means)."""
+    """Mean cross-entropy over every target token of ``dataset`` (not a mean of batch means),
+    computed as training computes it."""
     collate = PaddingCollator(pad_token_id)
+    correction_loss = CorrectionLM(model)
     # Longest first, so that each batch pads little and memory trouble shows up at once.
     order = np.argsort(-np.asarray(dataset["length"]), kind="stable")
     columns = dataset.select_columns(["input_ids", "labels"])
@@ -88,19 +89,9 @@ def target_loss(
         chunk = columns[order[start : start + batch_size].tolist()]
         pairs = zip(chunk["input_ids"], chunk["labels"], strict=True)
         batch = collate([{"input_ids": ids, "labels": labels} for ids, labels in pairs])
-        logits = model(
-            input_ids=batch["input_ids"].to(model.device),
-            attention_mask=batch["attention_mask"].to(model.device),
-        ).logits  # (B, L, V)
-        # Position t predicts token t + 1.
-        labels = batch["labels"][:, 1:].to(model.device)  # (B, L - 1)
-        total += F.cross_entropy(
-            logits[:, :-1].flatten(0, 1).float(),
-            labels.flatten(),
-            ignore_index=IGNORE_INDEX,
-            reduction="sum",
-        ).item()
-        count += int((labels != IGNORE_INDEX).sum())
+        out = correction_loss(**{key: value.to(model.device) for key, value in batch.items()})
+        total += out.loss_sum.item()
+        count += int(out.tokens)
     loss = total / count
     return {
         "num_samples": len(dataset),

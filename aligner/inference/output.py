@@ -9,13 +9,13 @@ decoding settings.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 from aligner.errors import UserError
 from aligner.files import write_atomically as write_text_atomically
+from aligner.files import write_durably
 
 
 class OutputError(UserError):
@@ -66,13 +66,6 @@ def read_written(
 
 def to_jsonl(records: Iterable[dict[str, Any]]) -> str:
     return "".join(dumps(record) + "\n" for record in records)
-
-
-def write_durably(handle: IO[str], text: str) -> None:
-    """Write and force the text to disk, so a crash after this returns loses none of it."""
-    handle.write(text)
-    handle.flush()
-    os.fsync(handle.fileno())
 
 
 def append_durably(handle: IO[str], records: Iterable[dict[str, Any]]) -> None:

@@ -9,13 +9,13 @@ from dataclasses import dataclass
 import torch
 
 from aligner.config import ArgumentError, TrainConfig
+from aligner.loss import CorrectionLM
 from aligner.training.lora import (
     LoraSettings,
     add_lora,
     default_target_modules,
     missing_target_modules,
 )
-from aligner.training.loss import CorrectionLM
 
 EMBEDDING_ROW_MULTIPLE = 64
 """--resize_embeddings rounds the rows up to a multiple of this, as released models do, so that

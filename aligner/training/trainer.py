@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import resource
 import time
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from transformers import PreTrainedTokenizerBase
 from aligner.config import TrainConfig
 from aligner.constants import IGNORE_INDEX
 from aligner.datasets.collate import Batch, PackedBatch, PaddingCollator
+from aligner.loss import TokenLoss
 from aligner.prompts import Template
 from aligner.training.batching import global_batches, split_evenly
 from aligner.training.checkpoints import (
@@ -38,34 +38,16 @@ from aligner.training.devices import Runtime
 from aligner.training.ds_config import get_deepspeed_train_config
 from aligner.training.export import save_model
 from aligner.training.faults import (
-    FAULT_INF_GRAD_ENV,
-    FAULT_KILL_ENV,
-    FAULT_NAN_WEIGHT_ENV,
-    FAULT_SAVE_ENV,
     NonFiniteGuard,
     NonFiniteWeights,
     TooManySkippedSteps,
-    fault_steps,
-    kill_self,
-    poison_a_weight,
     weights_are_finite,
 )
+from aligner.training.hooks import TestHooks
 from aligner.training.layout import BatchLayout, real_tokens
-from aligner.training.loss import TokenLoss
 from aligner.training.model import load_model_to_train
 from aligner.training.optim import build_optimizer, build_scheduler
 from aligner.training.tracking import Tracker
-
-# Test hooks, read from the environment so that no user-facing flag exists for them.
-FAULT_RANK_ENV = "ALIGNER_FAULT_RANK"
-"""Fault injection: the rank that raises (with ALIGNER_FAULT_STEP, the step it raises at)."""
-FAULT_STEP_ENV = "ALIGNER_FAULT_STEP"
-PROBE_LOGITS_ENV = "ALIGNER_PROBE_LOGITS"
-"""A file where rank 0 writes the engine's logits on the first training batch after saving."""
-
-
-class InjectedFault(RuntimeError):
-    """Raised by the fault-injection hook."""
 
 
 @dataclass(frozen=True)
@@ -107,9 +89,13 @@ class Trainer:
         train_dataset: datasets.Dataset,
         eval_dataset: datasets.Dataset | None,
         warmup_dataset: datasets.Dataset | None = None,
+        *,
+        hooks: TestHooks | None = None,
     ) -> None:
+        """``hooks`` default to those this process's environment sets (none, in a real run)."""
         self.config = config
         self.rt = runtime
+        self.hooks = TestHooks.from_env(runtime.rank) if hooks is None else hooks
         self.tokenizer = tokenizer
         self.template = template
         self.train_dataset = train_dataset
@@ -187,12 +173,8 @@ class Trainer:
             eps=config.optim.adam_epsilon,
             cpu_adam=config.dist.offload in ("optimizer", "all") and not self.rt.on_cpu,
         )
-        self.guard = NonFiniteGuard(
-            model,
-            optimizer,
-            watch_gradients=self.rt.precision != "fp16",
-            inject_steps=fault_steps(FAULT_INF_GRAD_ENV, self.rt.rank),
-        )
+        self.hooks.corrupt_gradients(model)  # before the guard, which must see what it does
+        self.guard = NonFiniteGuard(model, optimizer, watch_gradients=self.rt.precision != "fp16")
         engine, *_ = deepspeed.initialize(
             model=model,
             optimizer=optimizer,
@@ -282,7 +264,6 @@ class Trainer:
             f"global batch {self.global_batch_size}, {self.total_steps} optimizer steps, "
             f"ZeRO-{config.dist.zero_stage}, {rt.precision}"
         )
-        fault_step = self._fault_step()
         evaluating = self.eval_dataset is not None
         every = (
             config.eval.eval_interval if evaluating and config.eval.eval_strategy == "steps" else 0
@@ -296,21 +277,16 @@ class Trainer:
             disable=rt.rank != 0,
             dynamic_ncols=True,
         )
-        kill_steps = fault_steps(FAULT_KILL_ENV, rt.rank)
-        save_fault_steps = fault_steps(FAULT_SAVE_ENV, rt.rank)
-        nan_steps = fault_steps(FAULT_NAN_WEIGHT_ENV, rt.rank)
         started = time.perf_counter()
         # The data order is a pure function of (seed, step): a resumed run skips what it trained.
         try:
             for planned in itertools.islice(self._plan(), step, None):
                 if step >= self.total_steps:
                     break
-                if step == fault_step:
-                    raise InjectedFault(f"rank {rt.rank}: injected fault at step {step}")
+                self.hooks.before_step(step)
                 row = self._train_step(planned, step + 1)
                 step += 1
-                if step in nan_steps:
-                    poison_a_weight(self.engine.module)
+                self.hooks.after_update(step, self.engine.module)
                 self._count_skips(row, step)
                 self._log(row, step)
                 if self.state.consecutive_skips >= config.optim.max_consecutive_skips:
@@ -331,8 +307,7 @@ class Trainer:
                     last_eval = self._evaluate(step)
                 if config.output.save_interval and step % config.output.save_interval == 0:
                     self._save(Path(config.output.output_dir) / f"checkpoint-{step}")
-                if step in kill_steps:
-                    kill_self()
+                self.hooks.after_step(step)
                 if (
                     config.output.checkpoint_interval
                     and step % config.output.checkpoint_interval == 0
@@ -340,7 +315,7 @@ class Trainer:
                     self._refuse_non_finite_weights(self.checkpoints.folder(step))
                     self.state = replace(self.state, phase=planned.phase.name, epoch=row["epoch"])
                     self.checkpoints.save(
-                        self.engine, self.state, fault_after_write=step in save_fault_steps
+                        self.engine, self.state, after_write=self.hooks.during_save
                     )
         finally:
             # Also on the way out, so that an error is printed on a line of its own.
@@ -350,7 +325,7 @@ class Trainer:
         self._say(f"trained {step} steps in {time.perf_counter() - started:.1f}s")
         self._log_peak_memory(step)
         self._save(Path(config.output.output_dir))
-        self._probe_logits()
+        self.hooks.after_final_save(self._probe_logits)
         if self.tracker is not None:
             self.tracker.close()
 
@@ -392,7 +367,7 @@ class Trainer:
         totals = torch.tensor(
             [0.0, 0.0, local_tokens, local_positions], dtype=torch.float64, device=rt.device
         )
-        self.guard.begin_step(step)
+        self.guard.begin_step()
         for number, micro in enumerate(micro_batches, start=1):
             # A packed step may hold more micro-batches than the configured accumulation steps:
             # the optimizer steps after the global batch's last one, however many there are.
@@ -504,15 +479,12 @@ class Trainer:
         self._say(f"saved model to {directory}")
 
     @torch.no_grad()
-    def _probe_logits(self) -> None:
-        path = os.environ.get(PROBE_LOGITS_ENV)
-        if not path:
-            return
+    def _probe_logits(self) -> dict[str, torch.Tensor]:
+        """The engine's logits on the first two training samples, with the batch. Collective."""
         self.engine.eval()
         batch = self._batch(self.train_dataset, list(range(min(2, len(self.train_dataset)))), 0)
         logits = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        if self.rt.rank == 0:
-            torch.save({**batch, "logits": logits.float().cpu()}, path)
+        return {**batch, "logits": logits.float().cpu()}
 
     def _log_peak_memory(self, step: int) -> None:
         """Each rank's peak memory so far: accelerator memory on a GPU, resident memory on CPU."""
@@ -527,11 +499,6 @@ class Trainer:
         self._log({"peak_memory_mib": mib}, step)
         kind = "resident" if self.rt.on_cpu else "GPU"
         self._say(f"peak {kind} memory per rank (MiB): {', '.join(f'{m:,.0f}' for m in mib)}")
-
-    def _fault_step(self) -> int | None:
-        if os.environ.get(FAULT_RANK_ENV) == str(self.rt.rank):
-            return int(os.environ.get(FAULT_STEP_ENV, "0"))
-        return None
 
     def _log(self, row: dict[str, float], step: int) -> None:
         if self.tracker is not None:

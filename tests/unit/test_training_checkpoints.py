@@ -22,6 +22,7 @@ from aligner.training.checkpoints import (
     find_checkpoint,
     write_run_file,
 )
+from aligner.training.hooks import TestHooks
 from aligner.training.tracking import Tracker, read_metrics
 
 
@@ -196,16 +197,6 @@ def test_redact_masks_secret_variables_everywhere() -> None:
     assert secret_values({"HF_TOKEN": "", "AWS_KEY": "no"}) == []
 
 
-def test_fault_steps_parse_rank_and_steps(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(faults.FAULT_INF_GRAD_ENV, "1:3,4")
-    assert faults.fault_steps(faults.FAULT_INF_GRAD_ENV, 1) == {3, 4}
-    assert faults.fault_steps(faults.FAULT_INF_GRAD_ENV, 0) == frozenset()
-    assert faults.fault_steps(faults.FAULT_KILL_ENV, 1) == frozenset()
-    monkeypatch.setenv(faults.FAULT_KILL_ENV, "step 3")
-    with pytest.raises(ValueError, match="RANK:STEP"):
-        faults.fault_steps(faults.FAULT_KILL_ENV, 0)
-
-
 @pytest.fixture
 def one_rank_group():
     dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
@@ -228,13 +219,14 @@ def test_guard_skips_the_update_of_a_step_with_an_infinite_gradient() -> None:
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
-    guard = faults.NonFiniteGuard(
-        model, optimizer, watch_gradients=True, inject_steps=frozenset({1})
-    )
+    hooks = TestHooks(inf_gradient=frozenset({1}))
+    hooks.corrupt_gradients(model)
+    guard = faults.NonFiniteGuard(model, optimizer, watch_gradients=True)
     before = [p.detach().clone() for p in model.parameters()]
 
     def step(number: int) -> bool:
-        guard.begin_step(number)
+        hooks.before_step(number - 1)
+        guard.begin_step()
         loss = model(torch.ones(4, 3)).sum()
         guard.observe_loss(loss)
         loss.backward()
@@ -255,15 +247,12 @@ def test_guard_skips_the_update_of_a_step_with_an_infinite_gradient() -> None:
 def test_guard_sees_a_non_finite_loss_without_watching_gradients() -> None:
     model = torch.nn.Linear(3, 1)
     guard = faults.NonFiniteGuard(
-        model,
-        torch.optim.SGD(model.parameters(), lr=0.1),
-        watch_gradients=False,
-        inject_steps=frozenset(),
+        model, torch.optim.SGD(model.parameters(), lr=0.1), watch_gradients=False
     )
-    guard.begin_step(1)
+    guard.begin_step()
     guard.observe_loss(torch.tensor(float("nan")))
     assert not guard.decide(torch.device("cpu"))
-    guard.begin_step(2)
+    guard.begin_step()
     guard.observe_loss(torch.tensor(1.0))
     assert guard.decide(torch.device("cpu"))
 

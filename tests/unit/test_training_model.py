@@ -50,7 +50,7 @@ def test_fused_loss_gives_the_plain_loss(tiny_llama_dir, monkeypatch: pytest.Mon
     from transformers import AutoModelForCausalLM
 
     from aligner.constants import IGNORE_INDEX
-    from aligner.training.loss import CorrectionLM
+    from aligner.loss import CorrectionLM
 
     fake = types.ModuleType("liger_kernel.transformers")
     fake.LigerFusedLinearCrossEntropyLoss = _ReferenceFusedLoss
@@ -73,7 +73,7 @@ def test_liger_not_installed_is_a_clear_error(
 ) -> None:
     from transformers import AutoModelForCausalLM
 
-    from aligner.training.loss import CorrectionLM
+    from aligner.loss import CorrectionLM
 
     monkeypatch.setitem(sys.modules, "liger_kernel", None)
     lm = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
