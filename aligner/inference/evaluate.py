@@ -25,6 +25,7 @@ from aligner.datasets.base import DataError
 from aligner.datasets.collate import PaddingCollator
 from aligner.datasets.loading import load_records
 from aligner.datasets.pipeline import build_dataset
+from aligner.files import write_atomically
 from aligner.inference import judge, scoring
 from aligner.inference.chat_client import ChatClient, check_base_url
 from aligner.inference.correct import CORRECTION_FIELD, REFERENCE_FIELD
@@ -218,5 +219,5 @@ def run(args: argparse.Namespace) -> int:
     print(summary_table(report), file=sys.stderr)
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(text + "\n", encoding="utf-8")
+        write_atomically(args.output, text + "\n")
     return 1 if failed else 0
