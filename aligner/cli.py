@@ -15,10 +15,10 @@ import sys
 # Each command's module is imported only when that command runs, so that `aligner data`
 # never pays for (or needs) DeepSpeed.
 COMMANDS = {
-    "data": ("aligner.datasets.cli", "validate, inspect and dump the processed training data"),
-    "train": ("aligner.training.main", "supervised correction training on DeepSpeed"),
-    "correct": ("aligner.inference.correct", "correct upstream answers with a trained aligner"),
-    "eval": ("aligner.inference.evaluate", "did corrections help (reward, cost, judge); eval loss"),
+    "data": ("aligner.commands.data", "validate, inspect and dump the processed training data"),
+    "train": ("aligner.commands.train", "supervised correction training on DeepSpeed"),
+    "correct": ("aligner.commands.correct", "correct upstream answers with a trained aligner"),
+    "eval": ("aligner.commands.evaluate", "did corrections help (reward, cost, judge); eval loss"),
 }
 
 

@@ -1,9 +1,20 @@
-"""How every command ends: its exit codes, its one-line error, and usage errors in two lines."""
+"""How every command ends: its exit codes, its one-line error, and usage errors in two lines.
+
+Every command runs as ``run_command(name, prepare, execute)``, the one place where errors
+become exit codes: a ``UserError`` (a bad flag, record, template, path, or a refused resume) or
+an unreadable file met while preparing refuses the command with ``EXIT_REFUSED`` before any work;
+a ``RunFailure`` or an ``OSError`` (a full disk) while executing fails it with ``EXIT_FAILED``,
+keeping what was written; Ctrl-C is ``EXIT_SIGINT``. Each is one line, never a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+Plan = TypeVar("Plan")
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -14,6 +25,16 @@ EXIT_SIGINT = 130
 """Interrupted (Ctrl-C, SIGINT): 128 + 2, as the shell reports it."""
 EXIT_SIGTERM = 143
 """Stopped by SIGTERM (a scheduler, ``timeout``): 128 + 15, as the shell reports it."""
+
+
+class UserError(ValueError):
+    """Something the user asked for that the command cannot do: a bad flag, record, template
+    or path, a refused resume or overwrite. Raised before any work, so nothing was changed."""
+
+
+class RunFailure(RuntimeError):
+    """A run that started and could not finish: a full disk, non-finite weights, too many
+    skipped steps. What was written before (complete checkpoints, corrections) is kept."""
 
 
 def one_line(error: BaseException) -> str:
@@ -45,3 +66,45 @@ class CommandParser(argparse.ArgumentParser):
             if action.required and action.option_strings
         ]
         return f"usage: {' '.join([self.prog, *required])} [options] (see {self.prog} --help)\n"
+
+
+def run_command(
+    command: str,
+    prepare: Callable[[], Plan],
+    execute: Callable[[Plan], int],
+    *,
+    interrupted: str = "interrupted",
+) -> int:
+    """Run ``prepare`` (every check, before any work) then ``execute``; return the exit code.
+
+    Under a launcher every rank meets the same user error, and only rank 0 prints it.
+    ``interrupted`` is what Ctrl-C prints (how to resume, or what was kept).
+    """
+    try:
+        plan = prepare()
+    except UserError as error:
+        return _say_once(command, error, EXIT_REFUSED)
+    except (OSError, ValueError) as error:
+        # A library's own report of a bad user file (json, datasets, tokenizers). It may be
+        # this rank's alone (a file another rank is writing), so every rank that meets it says so.
+        return report(command, error, EXIT_REFUSED)
+    except KeyboardInterrupt:
+        return _say_once(command, "interrupted", EXIT_SIGINT)
+    try:
+        return execute(plan)
+    except UserError as error:  # found once the work began: a checkpoint that does not fit
+        return _say_once(command, error, EXIT_REFUSED)
+    except RunFailure as error:  # decided collectively: every rank raises it alike
+        return _say_once(command, error, EXIT_FAILED)
+    except OSError as error:  # only the rank that met it knows
+        return report(command, error, EXIT_FAILED)
+    except KeyboardInterrupt:
+        return _say_once(command, interrupted, EXIT_SIGINT)
+
+
+def _say_once(command: str, error: BaseException | str, code: int) -> int:
+    from aligner.runtime import Ranks
+
+    if Ranks.from_env().is_main:
+        return report(command, error, code)
+    return code

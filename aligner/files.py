@@ -1,16 +1,25 @@
-"""Writing files safely: replaced atomically and durably, into folders checked to be writable."""
+"""Writing files safely, the one place that does it: a file replaced atomically and durably, an
+append forced to disk, a folder published whole, into folders checked to be writable.
+
+Temporary files and folders are hidden (their names start with a dot) and unique per process, so
+that a crash leaves nothing that looks like an output: a file's is ``.NAME.XXXXXXXX.tmp`` beside
+it, a folder's ``.NAME.saving-PID`` beside it.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
+from aligner.errors import UserError
 
-class UnwritableError(ValueError):
+
+class UnwritableError(UserError):
     """A path the command was asked to write to that cannot be written; one line."""
 
 
@@ -28,8 +37,7 @@ def atomic_writer(path: str | Path, mode: str = "w") -> Iterator[IO]:
     try:
         with os.fdopen(handle, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as file:
             yield file
-            file.flush()
-            os.fsync(file.fileno())
+            _force_to_disk(file)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -40,6 +48,63 @@ def write_atomically(path: str | Path, data: str | bytes) -> None:
     """Replace ``path`` with ``data``, atomically and durably."""
     with atomic_writer(path, "wb" if isinstance(data, bytes) else "w") as handle:
         handle.write(data)
+
+
+def write_durably(handle: IO, data: str | bytes) -> None:
+    """Write ``data`` to an open file (an append, say) and force it to disk, so that a crash
+    after this returns loses none of it."""
+    handle.write(data)
+    _force_to_disk(handle)
+
+
+def _force_to_disk(handle: IO) -> None:
+    handle.flush()
+    os.fsync(handle.fileno())
+
+
+@contextmanager
+def staged_folder(
+    folder: str | Path, *, last: Sequence[str] = (), stale: tuple[str, ...] = ()
+) -> Iterator[Path]:
+    """An empty hidden folder beside ``folder`` to write into; once the block ends, its files
+    replace those of the same names in ``folder`` (see :func:`publish_folder`).
+
+    If the block raises, ``folder`` is untouched and the temporary folder is removed. ``last``
+    names the files that make ``folder`` look complete; files of an earlier version whose names
+    end with one of ``stale`` go even where the new version has none of that name.
+    """
+    folder = Path(folder)
+    staging = folder.parent / f".{folder.name}.saving-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)  # an earlier, interrupted save of this process
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+        publish_folder(staging, folder, last=last, stale=stale)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def publish_folder(
+    staging: Path, folder: Path, *, last: Sequence[str] = (), stale: tuple[str, ...] = ()
+) -> None:
+    """Move the files of a finished ``staging`` folder into ``folder``, the ``last`` ones last,
+    and remove ``staging``.
+
+    Each file is replaced atomically. Before any is, the ``last`` files already in ``folder`` go,
+    so that an earlier version stops looking complete before its files are replaced, and so do
+    those whose names end with one of ``stale``, so that none of it is left mixed in with the
+    new one. Other files of ``folder`` stay.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    for marker in last:
+        (folder / marker).unlink(missing_ok=True)
+    for entry in folder.iterdir():
+        if entry.is_file() and entry.name.endswith(stale):
+            entry.unlink()
+    for path in sorted(staging.iterdir(), key=lambda path: path.name in last):
+        os.replace(path, folder / path.name)
+    staging.rmdir()
 
 
 def check_writable(path: str | Path, flag: str, *, folder: bool = False) -> None:

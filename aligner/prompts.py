@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from aligner import constants
+from aligner.errors import UserError
 
 TEMPLATE_FILENAME = "prompt_template.json"
 DEFAULT_TEMPLATE = "correction"
@@ -37,7 +38,7 @@ ROLE_LABELS = {"system": "System", "user": "User", "assistant": "Assistant"}
 """How a string template writes each role when a conversation fills its question slot."""
 
 
-class TemplateError(ValueError):
+class TemplateError(UserError):
     """A template that is unknown, malformed, or missing a placeholder."""
 
 

@@ -11,11 +11,21 @@ from typing import Any
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from aligner.errors import UserError, one_line
+
 PAD_TOKEN = "<pad>"
 
 
+class TokenizerError(UserError):
+    """A tokenizer that cannot be loaded or used; one line naming its flag."""
+
+
 def load_tokenizer(
-    name_or_path: str, *, trust_remote_code: bool = False, add_pad_token: bool = False
+    name_or_path: str,
+    *,
+    trust_remote_code: bool = False,
+    add_pad_token: bool = False,
+    flag: str = "--model_name_or_path",
 ) -> PreTrainedTokenizerBase:
     """Load a fast tokenizer and make sure it has a pad id.
 
@@ -24,15 +34,18 @@ def load_tokenizer(
     never trained on and the embeddings need no new row. ``add_pad_token`` adds a real
     ``<pad>`` token instead; the caller must then resize the model's embeddings.
     """
-    tokenizer = AutoTokenizer.from_pretrained(
-        name_or_path, trust_remote_code=trust_remote_code, use_fast=True
-    )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            name_or_path, trust_remote_code=trust_remote_code, use_fast=True
+        )
+    except (OSError, ValueError) as error:
+        raise TokenizerError(f"{flag} {name_or_path}: {one_line(error)}") from None
     if not tokenizer.is_fast:
-        raise ValueError(
+        raise TokenizerError(
             f"{name_or_path}: a fast (Rust) tokenizer is required for offset-based masking"
         )
     if tokenizer.eos_token_id is None:
-        raise ValueError(f"{name_or_path}: the tokenizer has no EOS token")
+        raise TokenizerError(f"{name_or_path}: the tokenizer has no EOS token")
     if tokenizer.pad_token_id is None:
         if add_pad_token:
             tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})

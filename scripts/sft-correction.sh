@@ -16,16 +16,14 @@
 #   --master_port PORT       default: a free port
 #   --demo                   train a tiny model on the bundled correction set (no downloads),
 #                            then correct its held-out set and print accuracy before and after
-# Training flags with their defaults here (the original toolkit's):
-#   --zero_stage 3 --offload none --epochs 3 --lr 2e-5 --lr_scheduler_type cosine
-#   --lr_warmup_ratio 0.03 --weight_decay 0.0 --per_device_train_batch_size 4
-#   --gradient_accumulation_steps 8 --max_length 2048 --gradient_checkpointing True --seed 42
-#   bf16 where the GPU supports it, else fp32 (see `aligner train --help` for every flag).
-# And the original script's own settings (`--defaults original`): wandb logging to project
+# Training flags pass through to `aligner train`, whose defaults are the original toolkit's
+# (`aligner train --help` lists every flag and its default; they are declared once, in
+# aligner/config.py): --zero_stage 3 --epochs 3 --lr 2e-5 --per_device_train_batch_size 4
+# --gradient_accumulation_steps 8 --max_length 2048 ..., bf16 where the GPU supports it.
+# On top, the original script's own settings (`--defaults original`): wandb logging to project
 # Aligner-SFT (offline with a notice when no API key is set), TF32 where the GPU supports it,
 # and a 16-bit model save. Each can be turned off: --log_type none, --tf32 False,
 # --save_16bit False (or --save_fp32); --defaults aligner takes `aligner train`'s neutral ones.
-# Every other flag passes through to the trainer.
 #
 # Logs: stdout and stderr are appended to OUTPUT_DIR/stdout.log and stderr.log (with
 # --node_rank N: stdout.nodeN.log and stderr.nodeN.log), each run under a header line with the
@@ -45,8 +43,6 @@ ORIGINAL_ARGS=("$@")
 PYTHON="${PYTHON:-python3}"
 MODEL_NAME_OR_PATH=""
 OUTPUT_DIR=""
-ZERO_STAGE=""
-OFFLOAD="none"
 NUM_GPUS=""
 MASTER_PORT="${MASTER_PORT:-}"
 DEMO=0
@@ -82,7 +78,7 @@ trap 'on_signal HUP 129' HUP # the terminal closed: its hangup no longer reaches
 group_alive() { # PGID: whether a live (not zombie) process is left in the process group
 	local stat fields
 	for stat in /proc/[0-9]*/stat; do
-		read -r fields <"${stat}" 2>/dev/null || continue
+		{ read -r fields; } <"${stat}" 2>/dev/null || continue # the process may be gone
 		fields="${fields##*) }" # after "PID (COMMAND) ": STATE PPID PGRP ...
 		read -r -a fields <<<"${fields}"
 		[[ "${fields[2]}" == "$1" && "${fields[0]}" != Z ]] && return 0
@@ -144,8 +140,6 @@ while [[ $# -gt 0 ]]; do
 		;;
 	--model_name_or_path) need_value "$@"; MODEL_NAME_OR_PATH="$2"; shift 2 ;;
 	--output_dir) need_value "$@"; OUTPUT_DIR="$2"; shift 2 ;;
-	--zero_stage) need_value "$@"; ZERO_STAGE="$2"; shift 2 ;;
-	--offload) need_value "$@"; OFFLOAD="$2"; shift 2 ;;
 	--num_gpus) need_value "$@"; NUM_GPUS="$2"; shift 2 ;;
 	--master_port) need_value "$@"; MASTER_PORT="$2"; shift 2 ;;
 	--hostfile | --include | --exclude)
@@ -180,11 +174,11 @@ if [[ "${DEMO}" == 1 ]]; then
 	[[ ${#TRAIN_DATASETS[@]} -gt 0 ]] || TRAIN_DATASETS=("${DEMO_TRAIN}")
 	# A random tiny model needs a large learning rate; ZeRO-2 is the fastest sharded stage here.
 	# 6 epochs of 32 steps of 16 records (8 per rank on 2) learn the lookups and the copying.
-	ZERO_STAGE="${ZERO_STAGE:-2}"
 	# The demo always starts over (--overwrite): its folder holds only what the demo wrote.
 	# The demo is offline and self-contained: no tracker, and the model saved as trained.
+	# Flags given on the command line come after these, so they win.
 	DEMO_ARGS=(
-		--defaults aligner
+		--defaults aligner --zero_stage 2
 		--overwrite --eval_datasets "${DEMO_EVAL}" --epochs 6 --lr 3e-3 --lr_warmup_ratio 0.05
 		--per_device_train_batch_size 8 --gradient_accumulation_steps 1 --max_length 128
 		--gradient_checkpointing False --per_device_eval_batch_size 32
@@ -196,7 +190,6 @@ if [[ ${#TRAIN_DATASETS[@]} -eq 0 || -z "${MODEL_NAME_OR_PATH}" || -z "${OUTPUT_
 		"(or --demo); see --help" >&2
 	exit 2
 fi
-ZERO_STAGE="${ZERO_STAGE:-3}"
 
 # ---- logs ----------------------------------------------------------------------------------------
 
@@ -213,8 +206,10 @@ flag_given() { # NAME ARGS...: whether boolean flag NAME is among ARGS and not s
 	return 1
 }
 
-may_log_into() { # FOLDER: new, empty, a run of ours, or --overwrite was given
+may_log_into() { # FOLDER: new, empty, a run of ours, or --overwrite was given; never the model's
 	local entry
+	# Training refuses an output folder that is the base model's, --overwrite or not.
+	[[ "$(realpath -m -- "$1")" != "$(realpath -m -- "${MODEL_NAME_OR_PATH}")" ]] || return 1
 	[[ -e "$1" ]] || return 0
 	[[ -d "$1" && -w "$1" ]] || return 1
 	[[ -f "$1/aligner_run.json" ]] && return 0
@@ -234,7 +229,7 @@ if may_log_into "${OUTPUT_DIR}" && mkdir -p "${OUTPUT_DIR}" 2>/dev/null; then
 	STDERR_LOG="${OUTPUT_DIR}/stderr${NODE_RANK:+.node${NODE_RANK}}.log"
 	# Appended, never truncated: the logs of a run that crashed stay for the one that resumes it.
 	HEADER="$(
-		"${PYTHON}" -c 'import shlex, sys; from aligner.training.secrets import redact
+		"${PYTHON}" -c 'import shlex, sys; from aligner.secrets import redact
 print(redact(shlex.join(sys.argv[1:])))' bash "$0" ${ORIGINAL_ARGS[@]+"${ORIGINAL_ARGS[@]}"}
 	)"
 	HEADER="==== $(date '+%Y-%m-%d %H:%M:%S %z') on ${HOSTNAME}, node rank ${NODE_RANK:-0}: ${HEADER}"
@@ -284,15 +279,10 @@ fi
 COMMAND=(
 	"${PYTHON}" -m deepspeed.launcher.runner --master_port "${MASTER_PORT}"
 	${LAUNCHER_ARGS[@]+"${LAUNCHER_ARGS[@]}"}
-	--module aligner.training.main
+	--module aligner.commands.train
 	--train_datasets "${TRAIN_DATASETS[@]}"
 	--model_name_or_path "${MODEL_NAME_OR_PATH}"
 	--output_dir "${OUTPUT_DIR}"
-	--zero_stage "${ZERO_STAGE}"
-	--offload "${OFFLOAD}"
-	--epochs 3 --lr 2e-5 --lr_scheduler_type cosine --lr_warmup_ratio 0.03 --weight_decay 0.0
-	--per_device_train_batch_size 4 --gradient_accumulation_steps 8 --max_length 2048
-	--gradient_checkpointing True --seed 42
 	--defaults original
 	${DEMO_ARGS[@]+"${DEMO_ARGS[@]}"}
 	${TRAINER_ARGS[@]+"${TRAINER_ARGS[@]}"}

@@ -325,7 +325,7 @@ def train_row(check: Check, name: str, timeout_s: float) -> dict[str, Any]:
     argv = train_argv(check, name)
     ranks = check.args.ranks
     if ranks == 1:
-        command = [sys.executable, "-m", "aligner.training.main", *argv]
+        command = [sys.executable, "-m", "aligner.commands.train", *argv]
     else:
         command = ["bash", str(REPO_ROOT / "scripts" / "sft-correction.sh")]
         command += ["--num_gpus", str(ranks), *argv]

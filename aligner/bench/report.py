@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from aligner.files import write_atomically
 
 TRAIN_COLUMNS = (
     ("row", "name"),
@@ -116,14 +117,8 @@ def render_markdown(
     return "\n".join(lines)
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    os.replace(partial, path)
-
-
 def write_report(
     output: Path, rows: list[dict[str, Any]], environment: dict[str, Any], summary: dict[str, Any]
 ) -> None:
-    _write_atomically(output / "gpu-check.json", json.dumps(rows, indent=2) + "\n")
-    _write_atomically(output / "gpu-check.md", render_markdown(rows, environment, summary))
+    write_atomically(output / "gpu-check.json", json.dumps(rows, indent=2) + "\n")
+    write_atomically(output / "gpu-check.md", render_markdown(rows, environment, summary))

@@ -230,7 +230,7 @@ def run_aligner(work: Path, mode: str, max_length: int, threads: int, *flags: st
     from aligner.training.tracking import read_metrics
 
     output_dir = work / mode.replace(" ", "-")
-    command = [sys.executable, "-m", "aligner.training.main"]
+    command = [sys.executable, "-m", "aligner.commands.train"]
     command += _trainer_command(work, output_dir, max_length, "--zero_stage", "0", *flags)
     _run(command, offline_env(threads), work / f"{output_dir.name}.log")
     rows = [row for row in read_metrics(output_dir / "metrics.jsonl") if "train_loss" in row]

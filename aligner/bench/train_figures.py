@@ -64,28 +64,22 @@ def planned_batches(train_argv: list[str], world_size: int) -> list[list[int]]:
     function of the flags, and the tokenized data comes from the run's cache)."""
     import numpy as np
 
-    from aligner.datasets.arguments import build_datasets_from_args
+    from aligner.config import TrainConfig
+    from aligner.datasets.pipeline import training_sets
     from aligner.prompts import get_template
     from aligner.tokenizer import load_tokenizer
-    from aligner.training.arguments import parse_arguments
     from aligner.training.batching import global_batches
     from aligner.training.layout import BatchLayout
 
-    args = parse_arguments(train_argv)
-    tokenizer = load_tokenizer(args.model_name_or_path)
-    dataset, _, _ = build_datasets_from_args(args, tokenizer, get_template(args.prompt_template))
+    config = TrainConfig.parse(train_argv)
+    tokenizer = load_tokenizer(config.model.model_name_or_path)
+    template = get_template(config.data.prompt_template)
+    dataset, _, _ = training_sets(config.data, tokenizer, template)
     lengths = np.asarray(dataset["length"])
-    layout = BatchLayout(
-        micro_batch_size=args.per_device_train_batch_size,
-        accumulation_steps=args.gradient_accumulation_steps,
-        world_size=world_size,
-        rank=0,
-        pad_token_id=tokenizer.pad_token_id,
-        packing=args.packing,
-        max_tokens=args.packing_max_tokens,
-        group_by_length=args.group_by_length,
+    layout = BatchLayout.from_flags(
+        config.layout, world_size=world_size, rank=0, pad_token_id=tokenizer.pad_token_id
     )
-    order = layout.epoch_order(lengths, args.seed, 0)
+    order = layout.epoch_order(lengths, config.data.seed, 0)
     return [lengths[batch].tolist() for batch in global_batches(order, layout.global_batch_size)]
 
 

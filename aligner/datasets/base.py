@@ -9,13 +9,15 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, TypedDict
 
+from aligner.errors import UserError
+
 if TYPE_CHECKING:
     import datasets
 
 SAMPLE_FIELDS = ("question", "messages", "dialogue", "answer", "correction", "input")
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Bad input a user can fix: the message is one line naming the file, record and field."""
 
 

@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 from filelock import FileLock
 from transformers import PreTrainedTokenizerBase
 
+from aligner.config import DataArgs
 from aligner.datasets.base import DataError, RawDataset, get_dataset_class, load_dataset_modules
 from aligner.datasets.correction import HubCorrectionDataset
 from aligner.datasets.encode import (
@@ -27,7 +28,8 @@ from aligner.datasets.encode import (
 )
 from aligner.datasets.spec import DatasetSpec, parse_dataset_spec, sample_indices
 from aligner.datasets.validation import record_columns
-from aligner.prompts import Template
+from aligner.files import write_atomically
+from aligner.prompts import Template, get_template, resolve_template
 from aligner.tokenizer import tokenizer_fingerprint
 
 PIPELINE_VERSION = "2"
@@ -157,7 +159,7 @@ def tokenize_source(
         if not from_cache:
             # Written last: the cache counts only once the Arrow file is complete. It also
             # records which template and tokenizer the processed data was made with.
-            meta_file.write_text(json.dumps(key_material, indent=2, ensure_ascii=False))
+            write_atomically(meta_file, json.dumps(key_material, indent=2, ensure_ascii=False))
     return tokenized, from_cache
 
 
@@ -232,3 +234,90 @@ def build_dataset(
         parts.append(chosen.remove_columns(["status", "shortened", "split_boundary"]))
     mixed = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
     return mixed, stats
+
+
+def template_for(
+    data: DataArgs, tokenizer: PreTrainedTokenizerBase, model_name_or_path: str
+) -> Template:
+    """The prompt template the data flags name, resolved against the tokenizer.
+
+    The ``--dataset_module`` modules are imported first, so that one which edits a prompt
+    constant (``aligner.constants.CORRECTION_INSTRUCTION``) changes the template.
+    """
+    load_dataset_modules(data.dataset_module)
+    template = get_template(data.prompt_template, data.system_prompt)
+    return resolve_template(template, tokenizer, model_name_or_path)
+
+
+@dataclass
+class DataReport:
+    train: DataStats
+    eval: DataStats | None
+    eval_split: int = 0
+    """Samples held out of the training set by ``--eval_split_ratio``."""
+
+    def describe(
+        self, train: datasets.Dataset, evaluation: datasets.Dataset | None, warmup: int | None
+    ) -> str:
+        """One line: the samples of each set training will use."""
+        parts = [f"data: {len(train)} training samples"]
+        if self.eval_split:
+            parts.append(f"{self.eval_split} held out for evaluation")
+        if evaluation is not None:
+            parts.append(f"{len(evaluation)} eval samples")
+        if warmup is not None:
+            parts.append(f"{warmup} identity warm-up samples")
+        return ", ".join(parts)
+
+
+def _pipeline_options(args: DataArgs) -> dict[str, object]:
+    return {
+        "max_length": args.max_length,
+        "seed": args.seed,
+        "lenient": args.lenient_data,
+        "num_proc": args.num_proc,
+        "cache_dir": args.data_cache_dir,
+        "dataset_modules": args.dataset_module,
+        "column_map": dict(args.column_map or []),
+    }
+
+
+def training_sets(
+    args: DataArgs, tokenizer: PreTrainedTokenizerBase, template: Template
+) -> tuple[datasets.Dataset, datasets.Dataset | None, DataReport]:
+    """The training set, the evaluation set (or None), and what happened to the records."""
+    args.check()
+    common = _pipeline_options(args)
+    train, train_stats = build_dataset(args.train_datasets, tokenizer, template, **common)
+    if args.eval_datasets:
+        evaluation, eval_stats = build_dataset(args.eval_datasets, tokenizer, template, **common)
+        return train, evaluation, DataReport(train_stats, eval_stats)
+    if args.eval_split_ratio > 0:
+        order = np.random.default_rng(args.seed).permutation(len(train))
+        held_out = max(1, round(len(train) * args.eval_split_ratio))
+        if held_out >= len(train):
+            raise DataError(
+                f"--eval_split_ratio {args.eval_split_ratio} leaves no training sample "
+                f"out of {len(train)}"
+            )
+        evaluation = train.select(np.sort(order[:held_out]))
+        train = train.select(np.sort(order[held_out:]))
+        return train, evaluation, DataReport(train_stats, None, eval_split=held_out)
+    return train, None, DataReport(train_stats, None)
+
+
+def warmup_set(
+    args: DataArgs, tokenizer: PreTrainedTokenizerBase, template: Template
+) -> datasets.Dataset | None:
+    """The identity warm-up set: a seeded ``--identity_warmup_ratio`` share of the training
+    records, each with its answer as the target; None when the ratio is 0."""
+    args.check()
+    ratio = args.identity_warmup_ratio
+    if ratio == 0:
+        return None
+    identity, _ = build_dataset(
+        args.train_datasets, tokenizer, template, identity=True, **_pipeline_options(args)
+    )
+    count = max(1, round(len(identity) * ratio))
+    chosen = np.random.default_rng([args.seed, 1]).choice(len(identity), count, replace=False)
+    return identity.select(np.sort(chosen))

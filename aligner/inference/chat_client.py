@@ -18,11 +18,13 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 
+from aligner.errors import UserError
+
 MAX_RETRY_AFTER = 60.0
 """Most seconds a server's Retry-After makes a request wait."""
 
 
-class ChatRequestError(ValueError):
+class ChatRequestError(UserError):
     """A request the server refuses for good (a bad key, model or body): the run stops."""
 
 

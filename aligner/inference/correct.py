@@ -1,18 +1,11 @@
-"""The ``aligner correct`` command: apply a trained aligner to (question, answer) records.
-
-Usage:
-    aligner correct --model_name_or_path CKPT --input answers.jsonl --output corrected.jsonl
-        [--rounds N] [--preference_output pairs.jsonl] [--batch_size 8] [--max_new_tokens 512]
+"""Correcting (question, answer) records with a trained aligner, resumably, over ranks.
 
 Each output line is an input record plus ``correction`` (and ``id`` where the input had none);
 an input's own ``correction`` (a test split's reference) is kept as ``reference_correction``.
 Re-running with the same ``--output`` skips the records already written; a crash loses at most
 the batch in flight. When done, the output is in input order. An existing file this command did
-not write is never resumed into or replaced without ``--overwrite``.
-
-Under a launcher the records are spread over the ranks, one GPU each:
-    torchrun --nproc_per_node 8 -m aligner.cli correct ...
-    deepspeed --num_gpus 8 --module aligner.inference.correct ...
+not write is never resumed into or replaced without ``--overwrite``. Under a launcher the records
+are spread over the ranks, one GPU each. The command itself is ``aligner.commands.correct``.
 """
 
 from __future__ import annotations
@@ -20,8 +13,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,11 +23,10 @@ from transformers import set_seed
 
 from aligner.datasets.encode import Request, SampleEncoder
 from aligner.datasets.loading import load_records
-from aligner.errors import EXIT_FAILED, EXIT_REFUSED, EXIT_SIGINT, CommandParser, report
+from aligner.errors import UserError
 from aligner.files import check_writable
-from aligner.inference.distributed import Ranks, shard_path, shard_paths
 from aligner.inference.generate import GenerationOptions, generate
-from aligner.inference.loading import add_model_arguments, checkpoint_template, load_model
+from aligner.inference.loading import checkpoint_template, load_model
 from aligner.inference.metrics import is_copy
 from aligner.inference.output import (
     append_durably,
@@ -44,10 +34,13 @@ from aligner.inference.output import (
     check_settings,
     claim_output,
     read_written,
+    shard_path,
+    shard_paths,
     write_atomically,
 )
-from aligner.inference.preference import FORMATS, write_preferences
+from aligner.inference.preference import write_preferences
 from aligner.prompts import Template
+from aligner.runtime import Ranks
 from aligner.tokenizer import load_tokenizer
 
 CORRECTION_FIELD = "correction"
@@ -61,121 +54,8 @@ INFERENCE_MAX_LENGTH = 1 << 30
 Record = dict[str, Any]
 
 
-class CorrectionError(ValueError):
+class CorrectionError(UserError):
     """A flag or input that the command cannot work with."""
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = CommandParser(
-        prog="aligner correct",
-        description="Correct upstream answers with a trained aligner.",
-    )
-    io = parser.add_argument_group("input and output")
-    io.add_argument("--model_name_or_path", required=True, help="the trained aligner checkpoint")
-    io.add_argument(
-        "--input",
-        required=True,
-        help="records with question and answer: JSON, JSONL, Parquet, CSV or a save_to_disk "
-        "folder, read and checked as for training",
-    )
-    io.add_argument(
-        "--output",
-        required=True,
-        help="JSONL written (and resumed) here: each input record plus its correction; an "
-        f"input's own correction field is kept as {REFERENCE_FIELD}",
-    )
-    io.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace an existing --output (and --preference_output) instead of resuming it; "
-        "without it, a file this command did not write is refused",
-    )
-    io.add_argument(
-        "--template",
-        "--prompt_template",
-        dest="template",
-        default=None,
-        help="prompt template name (correction, aligner-v1, chat) or file; default: the "
-        "checkpoint's prompt_template.json",
-    )
-    io.add_argument(
-        "--system_prompt",
-        default=None,
-        help="the aligner's system message with a chat template; default: the checkpoint's",
-    )
-    io.add_argument(
-        "--rounds",
-        type=int,
-        default=1,
-        help="correct each correction again, N rounds in all; a record stops early once a "
-        "round returns it unchanged",
-    )
-    io.add_argument(
-        "--preference_output",
-        default=None,
-        help="also write DPO pairs (prompt=question, chosen=correction, rejected=answer)",
-    )
-    io.add_argument(
-        "--upstream_tokenizer",
-        default=None,
-        metavar="PATH",
-        help="the upstream model's tokenizer: its chat template writes standard-format "
-        "preference prompts exactly as that model is prompted (default: the question and a "
-        "blank line)",
-    )
-    io.add_argument(
-        "--preference_format",
-        choices=FORMATS,
-        default="standard",
-        help="TRL's standard (strings) or conversational (message lists) preference records",
-    )
-    gen = parser.add_argument_group("generation")
-    gen.add_argument(
-        "--batch_size", type=int, default=8, help="records per generate call (%(default)s)"
-    )
-    gen.add_argument(
-        "--max_new_tokens", type=int, default=512, help="most tokens per correction (%(default)s)"
-    )
-    gen.add_argument("--do_sample", action="store_true", help="sample instead of greedy decoding")
-    sampled = "with --do_sample; default: the checkpoint's generation_config"
-    gen.add_argument("--temperature", type=float, default=None, help=sampled)
-    gen.add_argument("--top_p", type=float, default=None, help=sampled)
-    gen.add_argument("--top_k", type=int, default=None, help=f"{sampled}; 0 disables it")
-    gen.add_argument("--seed", type=int, default=42, help="seed of sampling (%(default)s)")
-    add_model_arguments(gen)
-    # The deepspeed launcher passes --local_rank; the rank is read from the environment.
-    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
-    return parser
-
-
-def check_args(args: argparse.Namespace) -> None:
-    for flag in ("rounds", "batch_size", "max_new_tokens"):
-        if getattr(args, flag) < 1:
-            raise CorrectionError(f"--{flag} must be at least 1")
-    if args.upstream_tokenizer and (
-        not args.preference_output or args.preference_format != "standard"
-    ):
-        raise CorrectionError(
-            "--upstream_tokenizer writes standard-format preference prompts: it needs "
-            "--preference_output with --preference_format standard"
-        )
-    sampling = [f"--{f}" for f in ("temperature", "top_p", "top_k") if getattr(args, f) is not None]
-    if sampling and not args.do_sample:
-        raise CorrectionError(f"{', '.join(sampling)} take effect only with --do_sample")
-    if args.temperature is not None and not 0 < args.temperature < math.inf:
-        raise CorrectionError(
-            "--temperature must be a finite number above 0 (greedy decoding is the default)"
-        )
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise CorrectionError("--top_p must be in (0, 1]")
-    if args.top_k is not None and args.top_k < 0:
-        raise CorrectionError("--top_k must be at least 0 (0 disables it)")
-    paths = {"--input": args.input, "--output": args.output}
-    if args.preference_output:
-        paths["--preference_output"] = args.preference_output
-    resolved = {flag: Path(path).resolve() for flag, path in paths.items()}
-    if len(set(resolved.values())) < len(resolved):
-        raise CorrectionError(f"{', '.join(paths)} must be different files")
 
 
 def id_key(record_id: object) -> str:
@@ -363,12 +243,17 @@ class Plan:
 
 def check(args: argparse.Namespace) -> Plan:
     """Every check that needs no model, on every rank alike; nothing is written."""
-    check_args(args)
     tokenizer = load_tokenizer(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
     upstream = None
     if args.upstream_tokenizer:
-        upstream = load_tokenizer(args.upstream_tokenizer, trust_remote_code=args.trust_remote_code)
-    template = checkpoint_template(args.model_name_or_path, args.template, args.system_prompt)
+        upstream = load_tokenizer(
+            args.upstream_tokenizer,
+            trust_remote_code=args.trust_remote_code,
+            flag="--upstream_tokenizer",
+        )
+    template = checkpoint_template(
+        args.model_name_or_path, args.prompt_template, args.system_prompt
+    )
     encoder = SampleEncoder(tokenizer, template, max_length=INFERENCE_MAX_LENGTH)
     rows = load_records(args.input, fields=("question", "answer")).to_list()
     records = prepare_records(rows, args.input)
@@ -419,27 +304,3 @@ def run(args: argparse.Namespace, plan: Plan) -> int:
             f"{stats.skipped_unchanged} unchanged and {stats.skipped_empty} empty corrections"
         )
     return 0
-
-
-def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        plan = check(args)
-    except (ValueError, OSError) as error:
-        # Bad records, templates, flags, paths and outputs: one line, nothing written.
-        return report("aligner correct", error, EXIT_REFUSED)
-    try:
-        return run(args, plan)
-    except KeyboardInterrupt:
-        print(
-            "aligner correct: interrupted; run the same command again to resume",
-            file=sys.stderr,
-        )
-        return EXIT_SIGINT
-    except (ValueError, OSError) as error:
-        # A checkpoint that does not load, a full disk: one line; what was written is kept.
-        return report("aligner correct", error, EXIT_FAILED)
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

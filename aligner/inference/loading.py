@@ -6,9 +6,12 @@ import argparse
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from aligner.flags import add_trust_remote_code
+from aligner.config import ArgumentError, ModelArgs
+from aligner.errors import RunFailure, one_line
+from aligner.options import add_options
 from aligner.prompts import TEMPLATE_FILENAME, Template, TemplateError, get_template
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -23,9 +26,9 @@ def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as error:
-        raise ValueError(f"--device {name!r}: {error}") from None
+        raise ArgumentError(f"--device {name!r}: {error}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name!r}: no CUDA device is available")
+        raise ArgumentError(f"--device {name!r}: no CUDA device is available")
     return device
 
 
@@ -36,7 +39,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
             return torch.float32
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if name not in DTYPES:
-        raise ValueError(f"--dtype {name!r}: use auto or one of {', '.join(DTYPES)}")
+        raise ArgumentError(f"--dtype {name!r}: use auto or one of {', '.join(DTYPES)}")
     return DTYPES[name]
 
 
@@ -64,15 +67,24 @@ def add_model_arguments(group: argparse._ArgumentGroup) -> None:
     """The flags that say where and how a checkpoint is loaded."""
     group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     group.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
-    add_trust_remote_code(group)
+    add_options(group, ModelArgs, only=("trust_remote_code",))
+
+
+class CheckpointError(RunFailure):
+    """A checkpoint that does not load."""
 
 
 def load_model(args: argparse.Namespace, local_rank: int = 0) -> PreTrainedModel:
     """The model that ``args`` name, in evaluation mode on its device (this rank's GPU)."""
     device = resolve_device(args.device, local_rank)
-    model = AutoModelForCausalLM.from_pretrained(
-        args.model_name_or_path,
-        dtype=resolve_dtype(args.dtype, device),
-        trust_remote_code=args.trust_remote_code,
-    )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            args.model_name_or_path,
+            dtype=resolve_dtype(args.dtype, device),
+            trust_remote_code=args.trust_remote_code,
+        )
+    except (OSError, ValueError, SafetensorError) as error:
+        raise CheckpointError(
+            f"--model_name_or_path {args.model_name_or_path}: {one_line(error)}"
+        ) from None
     return model.to(device).eval()

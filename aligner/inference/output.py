@@ -9,16 +9,16 @@ decoding settings.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from aligner.errors import UserError
 from aligner.files import write_atomically as write_text_atomically
-from aligner.inference.distributed import shard_paths
+from aligner.files import write_durably
 
 
-class OutputError(ValueError):
+class OutputError(UserError):
     """An existing output file that cannot be resumed from."""
 
 
@@ -66,13 +66,6 @@ def read_written(
 
 def to_jsonl(records: Iterable[dict[str, Any]]) -> str:
     return "".join(dumps(record) + "\n" for record in records)
-
-
-def write_durably(handle: IO[str], text: str) -> None:
-    """Write and force the text to disk, so a crash after this returns loses none of it."""
-    handle.write(text)
-    handle.flush()
-    os.fsync(handle.fileno())
 
 
 def append_durably(handle: IO[str], records: Iterable[dict[str, Any]]) -> None:
@@ -159,3 +152,16 @@ def claim_output(
         written = []
     check_settings(output, settings, resuming=bool(written))
     return bool(written)
+
+
+def shard_path(output: str | Path, rank: int) -> Path:
+    """Where one rank appends its corrections; the main rank merges these into ``output``."""
+    output = Path(output)
+    return output.with_name(f"{output.name}.rank{rank}")
+
+
+def shard_paths(output: str | Path) -> list[Path]:
+    """The shard files of ``output`` on disk, from this run or an interrupted one."""
+    output = Path(output)
+    found = output.parent.glob(f"{output.name}.rank*") if output.parent.is_dir() else []
+    return sorted(path for path in found if path.name[len(output.name) + 5 :].isdigit())

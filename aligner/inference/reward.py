@@ -25,6 +25,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from aligner.errors import UserError
 from aligner.inference.loading import resolve_device, resolve_dtype
 from aligner.inference.pairs import Context, as_messages
 
@@ -32,7 +33,7 @@ PLAIN_BEGIN = "BEGINNING OF CONVERSATION: "
 PLAIN_USER = "USER: {content} ASSISTANT:"
 
 
-class ScoringError(ValueError):
+class ScoringError(UserError):
     """A reward or cost model that cannot be used, or a pair it cannot score."""
 
 

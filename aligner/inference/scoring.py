@@ -16,10 +16,16 @@ from tqdm import tqdm
 
 from aligner.inference.comparison import LOSE, WIN, outcomes, paired_summary
 from aligner.inference.correct import id_key, merge_written
-from aligner.inference.distributed import Ranks, shard_path
-from aligner.inference.output import append_durably, check_claim, claim_output, read_written
+from aligner.inference.output import (
+    append_durably,
+    check_claim,
+    claim_output,
+    read_written,
+    shard_path,
+)
 from aligner.inference.pairs import Pair, pairs_digest, transcript
 from aligner.inference.reward import RewardModel, ScoringError, load_reward_model
+from aligner.runtime import Ranks
 
 RECORDS_PER_WRITE = 4
 """Records scored, then appended and synced, per ``--batch_size``: about eight batches."""

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from aligner.config import LayoutArgs
 from aligner.datasets.collate import Batch, PackedBatch, PackingCollator, PaddingCollator
 from aligner.training.batching import epoch_order, rank_micro_batches
 from aligner.training.grouping import grouped_epoch_order
@@ -31,6 +32,22 @@ class BatchLayout:
     packing: bool = False
     max_tokens: int = 0
     group_by_length: bool = False
+
+    @classmethod
+    def from_flags(
+        cls, flags: LayoutArgs, *, world_size: int, rank: int, pad_token_id: int
+    ) -> BatchLayout:
+        """The layout the batch-layout flags give one rank of ``world_size``."""
+        return cls(
+            micro_batch_size=flags.per_device_train_batch_size,
+            accumulation_steps=flags.gradient_accumulation_steps,
+            world_size=world_size,
+            rank=rank,
+            pad_token_id=pad_token_id,
+            packing=flags.packing,
+            max_tokens=flags.packing_max_tokens,
+            group_by_length=flags.group_by_length,
+        )
 
     @property
     def global_batch_size(self) -> int:

@@ -3,35 +3,34 @@ maybe quantized, resized and given a LoRA adapter, wrapped in the correction los
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 from dataclasses import dataclass
 
 import torch
 
-from aligner.training.arguments import ArgumentError
+from aligner.config import ArgumentError, TrainConfig
+from aligner.loss import CorrectionLM
 from aligner.training.lora import (
     LoraSettings,
     add_lora,
     default_target_modules,
     missing_target_modules,
 )
-from aligner.training.loss import CorrectionLM
 
 EMBEDDING_ROW_MULTIPLE = 64
 """--resize_embeddings rounds the rows up to a multiple of this, as released models do, so that
 the LM head's matrix multiplications stay aligned."""
 
 
-def check_model_flags(args: argparse.Namespace, on_cpu: bool) -> None:
+def check_model_flags(config: TrainConfig, on_cpu: bool) -> None:
     """Refuse, in one line, kernel and quantization flags this machine cannot honour."""
     needs = {
         "--attn_implementation flash_attention_2": (
-            args.attn_implementation == "flash_attention_2",
+            config.model.attn_implementation == "flash_attention_2",
             "flash_attn",
         ),
-        "--use_liger": (args.use_liger, "liger_kernel"),
-        "--load_in_4bit": (args.load_in_4bit, "bitsandbytes"),
+        "--use_liger": (config.model.use_liger, "liger_kernel"),
+        "--load_in_4bit": (config.lora.load_in_4bit, "bitsandbytes"),
     }
     for flag, (asked, package) in needs.items():
         if not asked:
@@ -75,47 +74,48 @@ def _first_sentence(error: Exception) -> str:
     return text.split(". ")[0].rstrip(".")
 
 
-def plan_model(args: argparse.Namespace, tokenizer_size: int) -> ModelPlan:
+def plan_model(config: TrainConfig, tokenizer_size: int) -> ModelPlan:
     """Check the model against the flags and the tokenizer, in one line and before any rank
     trains: builds it on the meta device (no weights, no memory) so that transformers' own
     checks run, instead of failing deep inside loading or the forward pass."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    source = f"--model_name_or_path {args.model_name_or_path}"
-    remote = {"trust_remote_code": args.trust_remote_code}
+    model, lora = config.model, config.lora
+    source = f"--model_name_or_path {model.model_name_or_path}"
+    remote = {"trust_remote_code": model.trust_remote_code}
     try:
-        config = AutoConfig.from_pretrained(args.model_name_or_path, **remote)
+        family = AutoConfig.from_pretrained(model.model_name_or_path, **remote)
     except (OSError, ValueError) as error:
         raise ArgumentError(f"{source}: {_first_sentence(error)}") from None
     try:
         with torch.device("meta"):
             lm = AutoModelForCausalLM.from_config(
-                config, attn_implementation=args.attn_implementation, **remote
+                family, attn_implementation=model.attn_implementation, **remote
             )
     except (ValueError, ImportError) as error:
-        if args.attn_implementation is None:
+        if model.attn_implementation is None:
             raise ArgumentError(f"{source}: {_first_sentence(error)}") from None
         raise ArgumentError(
-            f"--attn_implementation {args.attn_implementation}: {_first_sentence(error)}; "
+            f"--attn_implementation {model.attn_implementation}: {_first_sentence(error)}; "
             "leave the flag out to use the kernel transformers picks for this model"
         ) from None
     rows = lm.get_input_embeddings().num_embeddings
-    if tokenizer_size > rows and not args.resize_embeddings:
+    if tokenizer_size > rows and not model.resize_embeddings:
         raise ArgumentError(
             f"{source}: the tokenizer has {tokenizer_size} tokens but the model only {rows} "
             f"embedding rows (ids {rows} and up would fail in the forward pass); pass "
             "--resize_embeddings to add rows for them"
         )
     targets = None
-    if args.lora_r > 0:
-        targets = tuple(args.lora_target_modules or default_target_modules(config.model_type))
+    if lora.lora_r > 0:
+        targets = tuple(lora.lora_target_modules or default_target_modules(family.model_type))
         missing = missing_target_modules(lm, targets)
         if missing:
             raise ArgumentError(
                 f"--lora_target_modules: no module of {type(lm).__name__} is named "
                 f"{' or '.join(missing)}"
             )
-        if tokenizer_size > rows and not args.lora_merge:
+        if tokenizer_size > rows and not lora.lora_merge:
             raise ArgumentError(
                 "--resize_embeddings with LoRA needs --lora_merge: an adapter saved alone "
                 "cannot hold the new embedding rows"
@@ -125,27 +125,27 @@ def plan_model(args: argparse.Namespace, tokenizer_size: int) -> ModelPlan:
     )
 
 
-def lora_settings(args: argparse.Namespace) -> LoraSettings | None:
-    if args.lora_r == 0:
+def lora_settings(config: TrainConfig) -> LoraSettings | None:
+    if config.lora.lora_r == 0:
         return None
-    targets = args.lora_target_modules
+    targets = config.lora.lora_target_modules
     return LoraSettings(
-        r=args.lora_r,
-        alpha=args.lora_alpha,
-        dropout=args.lora_dropout,
+        r=config.lora.lora_r,
+        alpha=config.lora.lora_alpha,
+        dropout=config.lora.lora_dropout,
         target_modules=tuple(targets) if targets else None,
     )
 
 
 def load_model_to_train(
-    args: argparse.Namespace, dtype: torch.dtype, local_rank: int, tokenizer_size: int
+    config: TrainConfig, dtype: torch.dtype, local_rank: int, tokenizer_size: int
 ) -> CorrectionLM:
-    """The causal LM of ``args.model_name_or_path`` ready for ``deepspeed.initialize``, its
+    """The causal LM of ``config.model.model_name_or_path`` ready for ``deepspeed.initialize``, its
     embeddings grown to ``tokenizer_size`` with ``--resize_embeddings``."""
     from transformers import AutoModelForCausalLM
 
     extra = {}
-    if args.load_in_4bit:
+    if config.lora.load_in_4bit:
         from transformers import BitsAndBytesConfig
 
         extra["quantization_config"] = BitsAndBytesConfig(
@@ -156,20 +156,20 @@ def load_model_to_train(
         )
         extra["device_map"] = {"": local_rank}  # quantized weights load straight to the GPU
     lm = AutoModelForCausalLM.from_pretrained(
-        args.model_name_or_path,
+        config.model.model_name_or_path,
         dtype=dtype,
-        trust_remote_code=args.trust_remote_code,
-        attn_implementation=args.attn_implementation,
+        trust_remote_code=config.model.trust_remote_code,
+        attn_implementation=config.model.attn_implementation,
         **extra,
     )
-    if args.resize_embeddings and tokenizer_size > lm.get_input_embeddings().num_embeddings:
+    if config.model.resize_embeddings and tokenizer_size > lm.get_input_embeddings().num_embeddings:
         # New rows start at the mean of the old ones (transformers' default), so the
         # distribution over the known tokens barely moves.
         lm.resize_token_embeddings(tokenizer_size, pad_to_multiple_of=EMBEDDING_ROW_MULTIPLE)
-    settings = lora_settings(args)
+    settings = lora_settings(config)
     if settings is not None:
-        lm = add_lora(lm, settings, quantized=args.load_in_4bit)
-    model = CorrectionLM(lm, use_liger=args.use_liger)
-    if args.gradient_checkpointing:
+        lm = add_lora(lm, settings, quantized=config.lora.load_in_4bit)
+    model = CorrectionLM(lm, use_liger=config.model.use_liger)
+    if config.optim.gradient_checkpointing:
         model.enable_activation_checkpointing()
     return model

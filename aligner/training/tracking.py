@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from aligner.errors import UserError
+from aligner.files import write_atomically
+
 METRICS_FILE = "metrics.jsonl"
 LOSS_CURVE_FILE = "loss_curve.png"
 WANDB_DEFAULT_URL = "https://api.wandb.ai"
@@ -21,7 +24,7 @@ REACH_TIMEOUT_S = 10.0
 """How long the W&B server may take to answer before the run is refused."""
 
 
-class TrackerError(ValueError):
+class TrackerError(UserError):
     """A tracker the run cannot log to, found before any work; one line."""
 
 
@@ -125,7 +128,7 @@ class Tracker:
         self.metrics_path = self.output_dir / METRICS_FILE
         if resume_step is not None and self.metrics_path.is_file():
             kept = [row for row in read_metrics(self.metrics_path) if row["step"] <= resume_step]
-            self.metrics_path.write_text("".join(json.dumps(row) + "\n" for row in kept))
+            write_atomically(self.metrics_path, "".join(json.dumps(row) + "\n" for row in kept))
         append = resume_step is not None
         self._metrics = self.metrics_path.open("a" if append else "w", encoding="utf-8")
         self._tensorboard = None

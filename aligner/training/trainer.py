@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import math
-import os
 import resource
 import time
 from collections.abc import Iterator
@@ -21,31 +19,13 @@ from safetensors import SafetensorError
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from aligner.config import TrainConfig
 from aligner.constants import IGNORE_INDEX
 from aligner.datasets.collate import Batch, PackedBatch, PaddingCollator
+from aligner.loss import TokenLoss
 from aligner.prompts import Template
-from aligner.training.arguments import arguments_for_saving
 from aligner.training.batching import global_batches, split_evenly
-from aligner.training.checkpoint import save_model
-from aligner.training.ds_config import get_deepspeed_train_config
-from aligner.training.faults import (
-    FAULT_INF_GRAD_ENV,
-    FAULT_KILL_ENV,
-    FAULT_NAN_WEIGHT_ENV,
-    FAULT_SAVE_ENV,
-    NonFiniteGuard,
-    NonFiniteWeights,
-    TooManySkippedSteps,
-    fault_steps,
-    kill_self,
-    poison_a_weight,
-    weights_are_finite,
-)
-from aligner.training.layout import BatchLayout, real_tokens
-from aligner.training.loss import TokenLoss
-from aligner.training.model import load_model_to_train
-from aligner.training.optim import build_optimizer, build_scheduler
-from aligner.training.resume import (
+from aligner.training.checkpoints import (
     CheckpointManager,
     TrainState,
     WriteError,
@@ -54,36 +34,20 @@ from aligner.training.resume import (
     write_failure,
     write_run_file,
 )
+from aligner.training.devices import Runtime
+from aligner.training.ds_config import get_deepspeed_train_config
+from aligner.training.export import save_model
+from aligner.training.faults import (
+    NonFiniteGuard,
+    NonFiniteWeights,
+    TooManySkippedSteps,
+    weights_are_finite,
+)
+from aligner.training.hooks import TestHooks
+from aligner.training.layout import BatchLayout, real_tokens
+from aligner.training.model import load_model_to_train
+from aligner.training.optim import build_optimizer, build_scheduler
 from aligner.training.tracking import Tracker
-
-# Test hooks, read from the environment so that no user-facing flag exists for them.
-FAULT_RANK_ENV = "ALIGNER_FAULT_RANK"
-"""Fault injection: the rank that raises (with ALIGNER_FAULT_STEP, the step it raises at)."""
-FAULT_STEP_ENV = "ALIGNER_FAULT_STEP"
-PROBE_LOGITS_ENV = "ALIGNER_PROBE_LOGITS"
-"""A file where rank 0 writes the engine's logits on the first training batch after saving."""
-
-
-class InjectedFault(RuntimeError):
-    """Raised by the fault-injection hook."""
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """Where this process runs and in what precision."""
-
-    rank: int
-    local_rank: int
-    world_size: int
-    device: torch.device
-    precision: str  # bf16 | fp16 | fp32
-    on_cpu: bool
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
-            self.precision
-        ]
 
 
 @dataclass(frozen=True)
@@ -118,74 +82,74 @@ class Trainer:
 
     def __init__(
         self,
-        args: argparse.Namespace,
+        config: TrainConfig,
         runtime: Runtime,
         tokenizer: PreTrainedTokenizerBase,
         template: Template,
         train_dataset: datasets.Dataset,
         eval_dataset: datasets.Dataset | None,
         warmup_dataset: datasets.Dataset | None = None,
+        *,
+        hooks: TestHooks | None = None,
     ) -> None:
-        self.args = args
+        """``hooks`` default to those this process's environment sets (none, in a real run)."""
+        self.config = config
         self.rt = runtime
+        self.hooks = TestHooks.from_env(runtime.rank) if hooks is None else hooks
         self.tokenizer = tokenizer
         self.template = template
         self.train_dataset = train_dataset
         self.eval_dataset = eval_dataset
         self.collate = PaddingCollator(pad_token_id=tokenizer.pad_token_id)
         # The identity warm-up (copying the answer) runs once, before the correction epochs.
-        self.phases = [Phase("correction", train_dataset, args.epochs)]
+        self.phases = [Phase("correction", train_dataset, config.optim.epochs)]
         if warmup_dataset is not None:
             self.phases.insert(0, Phase("warmup", warmup_dataset, 1))
         self.lengths = {p.name: np.asarray(p.dataset["length"]) for p in self.phases}
-        self.layout = BatchLayout(
-            micro_batch_size=args.per_device_train_batch_size,
-            accumulation_steps=args.gradient_accumulation_steps,
+        self.layout = BatchLayout.from_flags(
+            config.layout,
             world_size=runtime.world_size,
             rank=runtime.rank,
             pad_token_id=tokenizer.pad_token_id,
-            packing=args.packing,
-            max_tokens=args.packing_max_tokens,
-            group_by_length=args.group_by_length,
         )
         self.global_batch_size = self.layout.global_batch_size
         self.total_steps = sum(
             phase.epochs * math.ceil(len(phase.dataset) / self.global_batch_size)
             for phase in self.phases
         )
-        if args.max_steps > 0:
-            self.total_steps = min(self.total_steps, args.max_steps)
+        if config.optim.max_steps > 0:
+            self.total_steps = min(self.total_steps, config.optim.max_steps)
         self.ds_config = get_deepspeed_train_config(
-            micro_batch_size_per_gpu=args.per_device_train_batch_size,
-            gradient_accumulation_steps=args.gradient_accumulation_steps,
+            micro_batch_size_per_gpu=config.layout.per_device_train_batch_size,
+            gradient_accumulation_steps=config.layout.gradient_accumulation_steps,
             world_size=runtime.world_size,
-            stage=args.zero_stage,
-            offload=args.offload,
+            stage=config.dist.zero_stage,
+            offload=config.dist.offload,
             precision=runtime.precision,
-            max_grad_norm=args.max_grad_norm,
+            max_grad_norm=config.optim.max_grad_norm,
             on_cpu=runtime.on_cpu,
-            overrides=args.deepspeed_overrides,
+            overrides=config.deepspeed_overrides,
         )
         self.engine = self._build_engine()
         self.checkpoints = CheckpointManager(
-            args.output_dir,
+            config.output.output_dir,
             rank=runtime.rank,
             device=runtime.device,
-            keep=args.save_total_limit,
+            keep=config.output.save_total_limit,
             plan=self._resume_plan(),
         )
-        folder = self.checkpoints.find(args.resume_from_checkpoint)
+        folder = self.checkpoints.find(config.output.resume_from_checkpoint)
         self.resumed = folder is not None
         if self.resumed:
             self.state = self.checkpoints.load(self.engine, folder)
             self._say(f"resuming from {folder} after step {self.state.step}")
         else:
-            run_name = args.log_run_name or time.strftime("sft-%Y%m%d-%H%M%S")
+            run_name = config.output.log_run_name or time.strftime("sft-%Y%m%d-%H%M%S")
             self.state = TrainState(step=0, run_name=run_name)
             # An earlier run's checkpoints in this folder must never be resumed into this one.
             self.checkpoints.clear()
             if runtime.rank == 0:
-                write_run_file(args.output_dir, run_name)
+                write_run_file(config.output.output_dir, run_name)
         self.tracker = self._build_tracker() if runtime.rank == 0 else None
         if self.tracker is not None:
             self.state = replace(self.state, tracker_run_id=self.tracker.run_id)
@@ -193,36 +157,32 @@ class Trainer:
     # ---- setup -------------------------------------------------------------------------------
 
     def _build_engine(self) -> deepspeed.DeepSpeedEngine:
-        args = self.args
-        if args.zero_stage == 3:
+        config = self.config
+        if config.dist.zero_stage == 3:
             from transformers.integrations import HfDeepSpeedConfig
 
             # While this object lives, from_pretrained loads each weight straight into its
             # ZeRO-3 partition instead of materialising the whole model on every rank.
             self._hf_ds_config = HfDeepSpeedConfig(self.ds_config)
-        model = load_model_to_train(args, self.rt.dtype, self.rt.local_rank, len(self.tokenizer))
+        model = load_model_to_train(config, self.rt.dtype, self.rt.local_rank, len(self.tokenizer))
         optimizer = build_optimizer(
             model,
-            lr=args.lr,
-            weight_decay=args.weight_decay,
-            betas=(args.adam_beta1, args.adam_beta2),
-            eps=args.adam_epsilon,
-            cpu_adam=args.offload in ("optimizer", "all") and not self.rt.on_cpu,
+            lr=config.optim.lr,
+            weight_decay=config.optim.weight_decay,
+            betas=(config.optim.adam_beta1, config.optim.adam_beta2),
+            eps=config.optim.adam_epsilon,
+            cpu_adam=config.dist.offload in ("optimizer", "all") and not self.rt.on_cpu,
         )
-        self.guard = NonFiniteGuard(
-            model,
-            optimizer,
-            watch_gradients=self.rt.precision != "fp16",
-            inject_steps=fault_steps(FAULT_INF_GRAD_ENV, self.rt.rank),
-        )
+        self.hooks.corrupt_gradients(model)  # before the guard, which must see what it does
+        self.guard = NonFiniteGuard(model, optimizer, watch_gradients=self.rt.precision != "fp16")
         engine, *_ = deepspeed.initialize(
             model=model,
             optimizer=optimizer,
             lr_scheduler=lambda opt: build_scheduler(
                 opt,
-                args.lr_scheduler_type,
+                config.optim.lr_scheduler_type,
                 total_steps=self.total_steps,
-                warmup_ratio=args.lr_warmup_ratio,
+                warmup_ratio=config.optim.lr_warmup_ratio,
             ),
             config=self.ds_config,
             dist_init_required=False,
@@ -230,14 +190,14 @@ class Trainer:
         return engine
 
     def _build_tracker(self) -> Tracker:
-        args = self.args
+        config = self.config
         return Tracker(
-            args.output_dir,
-            log_type=args.log_type,
-            log_dir=args.log_dir,
-            project=args.log_project,
+            config.output.output_dir,
+            log_type=config.output.log_type,
+            log_dir=config.output.log_dir,
+            project=config.output.log_project,
             run_name=self.state.run_name,
-            config=arguments_for_saving(args),
+            config=config.for_saving(),
             resume_step=self.state.step if self.resumed else None,
             run_id=self.state.tracker_run_id,
         )
@@ -245,18 +205,18 @@ class Trainer:
     def _resume_plan(self) -> dict[str, int | str | bool]:
         """What a checkpoint's data position and ZeRO partitions depend on: resuming under other
         values would silently train on other batches or fail to load, so they must match."""
-        args, rt = self.args, self.rt
+        config, rt = self.config, self.rt
         return {
             "world_size": rt.world_size,
-            "seed": args.seed,
-            "per_device_train_batch_size": args.per_device_train_batch_size,
-            "gradient_accumulation_steps": args.gradient_accumulation_steps,
+            "seed": config.data.seed,
+            "per_device_train_batch_size": config.layout.per_device_train_batch_size,
+            "gradient_accumulation_steps": config.layout.gradient_accumulation_steps,
             "total_steps": self.total_steps,
-            "zero_stage": args.zero_stage,
+            "zero_stage": config.dist.zero_stage,
             "precision": rt.precision,
-            "packing": args.packing,
-            "packing_max_tokens": args.packing_max_tokens,
-            "group_by_length": args.group_by_length,
+            "packing": config.layout.packing,
+            "packing_max_tokens": config.layout.packing_max_tokens,
+            "group_by_length": config.layout.group_by_length,
             "data": data_fingerprint([(p.name, self.lengths[p.name]) for p in self.phases]),
         }
 
@@ -289,22 +249,25 @@ class Trainer:
         for number, phase in enumerate(self.phases):
             for epoch in range(phase.epochs):
                 lengths = self.lengths[phase.name]
-                order = self.layout.epoch_order(lengths, self.args.seed, epoch, stream=number)
+                order = self.layout.epoch_order(
+                    lengths, self.config.data.seed, epoch, stream=number
+                )
                 batches = global_batches(order, self.global_batch_size)
                 for index, batch in enumerate(batches):
                     yield PlannedStep(phase, epoch, index, len(batches), batch)
 
     def train(self) -> None:
-        args, rt = self.args, self.rt
+        config, rt = self.config, self.rt
         samples = " + ".join(f"{len(p.dataset)} {p.name}" for p in self.phases)
         self._say(
             f"training on {samples} samples, {rt.world_size} rank(s), "
             f"global batch {self.global_batch_size}, {self.total_steps} optimizer steps, "
-            f"ZeRO-{args.zero_stage}, {rt.precision}"
+            f"ZeRO-{config.dist.zero_stage}, {rt.precision}"
         )
-        fault_step = self._fault_step()
         evaluating = self.eval_dataset is not None
-        every = args.eval_interval if evaluating and args.eval_strategy == "steps" else 0
+        every = (
+            config.eval.eval_interval if evaluating and config.eval.eval_strategy == "steps" else 0
+        )
         step = self.state.step
         last_eval = self._evaluate(step=0) if evaluating and step == 0 else None
         progress = tqdm(
@@ -314,27 +277,23 @@ class Trainer:
             disable=rt.rank != 0,
             dynamic_ncols=True,
         )
-        kill_steps = fault_steps(FAULT_KILL_ENV, rt.rank)
-        save_fault_steps = fault_steps(FAULT_SAVE_ENV, rt.rank)
-        nan_steps = fault_steps(FAULT_NAN_WEIGHT_ENV, rt.rank)
         started = time.perf_counter()
         # The data order is a pure function of (seed, step): a resumed run skips what it trained.
         try:
             for planned in itertools.islice(self._plan(), step, None):
                 if step >= self.total_steps:
                     break
-                if step == fault_step:
-                    raise InjectedFault(f"rank {rt.rank}: injected fault at step {step}")
+                self.hooks.before_step(step)
                 row = self._train_step(planned, step + 1)
                 step += 1
-                if step in nan_steps:
-                    poison_a_weight(self.engine.module)
+                self.hooks.after_update(step, self.engine.module)
                 self._count_skips(row, step)
                 self._log(row, step)
-                if self.state.consecutive_skips >= args.max_consecutive_skips:
+                if self.state.consecutive_skips >= config.optim.max_consecutive_skips:
                     raise TooManySkippedSteps(
                         f"{self.state.consecutive_skips} optimizer steps in a row had a non-finite "
-                        f"loss or gradient (--max_consecutive_skips {args.max_consecutive_skips}); "
+                        "loss or gradient (--max_consecutive_skips "
+                        f"{config.optim.max_consecutive_skips}); "
                         "stopped, the last complete checkpoint is kept"
                     )
                 progress.update()
@@ -343,18 +302,20 @@ class Trainer:
                     lr=f"{row['lr']:.2e}",
                     tok_s=f"{row['tokens_per_s']:.0f}",
                 )
-                epoch_eval = args.eval_strategy == "epoch" and planned.ends_epoch
+                epoch_eval = config.eval.eval_strategy == "epoch" and planned.ends_epoch
                 if evaluating and (epoch_eval or (every and step % every == 0)):
                     last_eval = self._evaluate(step)
-                if args.save_interval and step % args.save_interval == 0:
-                    self._save(Path(args.output_dir) / f"checkpoint-{step}")
-                if step in kill_steps:
-                    kill_self()
-                if args.checkpoint_interval and step % args.checkpoint_interval == 0:
+                if config.output.save_interval and step % config.output.save_interval == 0:
+                    self._save(Path(config.output.output_dir) / f"checkpoint-{step}")
+                self.hooks.after_step(step)
+                if (
+                    config.output.checkpoint_interval
+                    and step % config.output.checkpoint_interval == 0
+                ):
                     self._refuse_non_finite_weights(self.checkpoints.folder(step))
                     self.state = replace(self.state, phase=planned.phase.name, epoch=row["epoch"])
                     self.checkpoints.save(
-                        self.engine, self.state, fault_after_write=step in save_fault_steps
+                        self.engine, self.state, after_write=self.hooks.during_save
                     )
         finally:
             # Also on the way out, so that an error is printed on a line of its own.
@@ -363,8 +324,8 @@ class Trainer:
             self._evaluate(step)
         self._say(f"trained {step} steps in {time.perf_counter() - started:.1f}s")
         self._log_peak_memory(step)
-        self._save(Path(args.output_dir))
-        self._probe_logits()
+        self._save(Path(config.output.output_dir))
+        self.hooks.after_final_save(self._probe_logits)
         if self.tracker is not None:
             self.tracker.close()
 
@@ -387,7 +348,7 @@ class Trainer:
 
     def _train_step(self, planned: PlannedStep, step: int) -> dict[str, float | str]:
         """Train optimizer step ``step`` (1-based) on ``planned``'s global batch."""
-        args, rt, engine = self.args, self.rt, self.engine
+        config, rt, engine = self.config, self.rt, self.engine
         started = time.perf_counter()
         dataset, batch = planned.phase.dataset, planned.batch
         slots = self.layout.micro_batches(batch, self.lengths[planned.phase.name])
@@ -399,14 +360,14 @@ class Trainer:
         (global_targets,) = self._all_reduce([local_targets])
         # engine.backward divides by the accumulation steps and the gradient all-reduce averages
         # over ranks; this factor undoes both so the gradient is d(sum of losses)/global_targets.
-        scale = rt.world_size * args.gradient_accumulation_steps / global_targets
+        scale = rt.world_size * config.layout.gradient_accumulation_steps / global_targets
         lr = engine.get_lr()[0]
         engine.train()
         # Summed on the device and read once per step: no host sync between micro-batches.
         totals = torch.tensor(
             [0.0, 0.0, local_tokens, local_positions], dtype=torch.float64, device=rt.device
         )
-        self.guard.begin_step(step)
+        self.guard.begin_step()
         for number, micro in enumerate(micro_batches, start=1):
             # A packed step may hold more micro-batches than the configured accumulation steps:
             # the optimizer steps after the global batch's last one, however many there are.
@@ -454,7 +415,10 @@ class Trainer:
         engine.eval()
         loss_sum = correct = targets = 0.0
         batches = split_evenly(
-            len(self.eval_dataset), self.args.per_device_eval_batch_size, rt.world_size, rt.rank
+            len(self.eval_dataset),
+            self.config.layout.per_device_eval_batch_size,
+            rt.world_size,
+            rt.rank,
         )
         for indices in batches:
             out: TokenLoss = engine(**self._batch(self.eval_dataset, indices, 0))
@@ -476,7 +440,7 @@ class Trainer:
         """Stop the run rather than save NaN or infinite weights to ``destination``. Collective."""
         if weights_are_finite(self.engine.module, self.rt.device):
             return
-        kept = complete_checkpoints(self.args.output_dir)
+        kept = complete_checkpoints(self.config.output.output_dir)
         last = (
             f"the last complete checkpoint ({kept[-1]}) is kept"
             if kept
@@ -496,13 +460,13 @@ class Trainer:
                 directory,
                 tokenizer=self.tokenizer,
                 template=self.template,
-                training_args=arguments_for_saving(self.args),
-                fp32_master=self.args.save_fp32,
+                training_args=self.config.for_saving(),
+                fp32_master=self.config.output.save_fp32,
                 rank=self.rt.rank,
-                merge_adapter=self.args.lora_merge,
+                merge_adapter=self.config.lora.lora_merge,
                 # The original's --save_16bit writes 16-bit weights even from an fp32 run.
                 cast_to=torch.bfloat16
-                if self.args.save_16bit and self.rt.precision == "fp32"
+                if self.config.output.save_16bit and self.rt.precision == "fp32"
                 else None,
             )
         except (OSError, SafetensorError) as error:  # rank 0 writes; a full disk, say
@@ -515,15 +479,12 @@ class Trainer:
         self._say(f"saved model to {directory}")
 
     @torch.no_grad()
-    def _probe_logits(self) -> None:
-        path = os.environ.get(PROBE_LOGITS_ENV)
-        if not path:
-            return
+    def _probe_logits(self) -> dict[str, torch.Tensor]:
+        """The engine's logits on the first two training samples, with the batch. Collective."""
         self.engine.eval()
         batch = self._batch(self.train_dataset, list(range(min(2, len(self.train_dataset)))), 0)
         logits = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        if self.rt.rank == 0:
-            torch.save({**batch, "logits": logits.float().cpu()}, path)
+        return {**batch, "logits": logits.float().cpu()}
 
     def _log_peak_memory(self, step: int) -> None:
         """Each rank's peak memory so far: accelerator memory on a GPU, resident memory on CPU."""
@@ -538,11 +499,6 @@ class Trainer:
         self._log({"peak_memory_mib": mib}, step)
         kind = "resident" if self.rt.on_cpu else "GPU"
         self._say(f"peak {kind} memory per rank (MiB): {', '.join(f'{m:,.0f}' for m in mib)}")
-
-    def _fault_step(self) -> int | None:
-        if os.environ.get(FAULT_RANK_ENV) == str(self.rt.rank):
-            return int(os.environ.get(FAULT_STEP_ENV, "0"))
-        return None
 
     def _log(self, row: dict[str, float], step: int) -> None:
         if self.tracker is not None:

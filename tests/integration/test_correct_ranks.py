@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from aligner.inference import correct
+from aligner.commands import correct
 from aligner.inference.output import read_written
 
 pytestmark = pytest.mark.integration

@@ -132,7 +132,7 @@ def test_tied_embeddings_stay_tied_after_the_zero3_save(family_run, family: str)
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("family", FAMILY_RUNS)
 def test_correct_generates_from_the_saved_folder(family_run, family: str, tmp_path: Path) -> None:
-    from aligner.inference import correct
+    from aligner.commands import correct
 
     run = family_run(family)
     _assert_succeeded(run)
@@ -194,7 +194,7 @@ def test_a_model_that_cannot_train_as_asked_is_one_line_before_any_rank_trains(
     case: list[str],
     message: str,
 ) -> None:
-    from aligner.training.main import main
+    from aligner.commands.train import main
 
     model_dir = tiny_model(family)
     flags = case

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from aligner.training.resume import MARKER_FILE, complete_checkpoints
+from aligner.training.checkpoints import MARKER_FILE, complete_checkpoints
 from aligner.training.tracking import read_metrics
 from tests.integration.conftest import SCRIPT, clean_env, run_command
 
@@ -129,7 +129,7 @@ def stops(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     )
 
     def ranks_started(marker: str) -> bool:
-        return any("aligner.training.main" in line for line in _processes_of(marker))
+        return any("aligner.commands.train" in line for line in _processes_of(marker))
 
     resumed = command("--max_steps", "1000", "--resume_from_checkpoint", "auto")
     interrupted = _stop(resumed, env, work / "int.log", ranks_started, signal.SIGINT)
@@ -248,3 +248,26 @@ def test_a_full_disk_during_a_checkpoint_is_one_line(tiny_llama_dir: Path, tmp_p
     assert not any(name.endswith((MARKER_FILE, "config.json")) for name in left), left
     assert "checkpoints/step-1" not in left, left
     assert {"aligner_run.json", "metrics.jsonl", "stdout.log", "stderr.log"} <= left
+
+
+@pytest.mark.timeout(RUN_TIMEOUT + 60)
+def test_the_wrapper_writes_no_log_into_the_base_models_folder(
+    tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    """Training refuses an output folder that is the base model's, --overwrite or not; the
+    wrapper must not append its logs there either."""
+    from aligner.demo import write_demo_records
+
+    model_dir = tmp_path / "base"
+    shutil.copytree(tiny_llama_dir, model_dir)
+    before = sorted(path.name for path in model_dir.iterdir())
+    train_file = write_demo_records(tmp_path / "train.jsonl", 8, seed=3)
+    command = [
+        "bash", str(SCRIPT), "--num_gpus", "1", "--model_name_or_path", str(model_dir),
+        "--train_datasets", str(train_file), "--output_dir", str(model_dir), *FLAGS,
+        "--overwrite",
+    ]  # fmt: skip
+    run = run_command(command, clean_env(tmp_path), model_dir, timeout=RUN_TIMEOUT)
+    assert run.returncode == 2, run.output[-3000:]
+    assert "is the base model's folder" in run.output.splitlines()[-1]
+    assert sorted(path.name for path in model_dir.iterdir()) == before

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from aligner.training.resume import MARKER_FILE, complete_checkpoints, find_checkpoint
+from aligner.training.checkpoints import MARKER_FILE, complete_checkpoints, find_checkpoint
 from aligner.training.tracking import read_metrics
 from tests.integration.conftest import SCRIPT, Run, clean_env, kill_session, run_command
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from aligner.commands import correct as correct_command
 from aligner.datasets.collate import PaddingCollator
 from aligner.datasets.encode import Request, SampleEncoder
 from aligner.inference import correct
@@ -47,7 +48,7 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
 
 
 def run_correct(*args: str | Path) -> int:
-    return correct.main([str(a) for a in args])
+    return correct_command.main([str(a) for a in args])
 
 
 @pytest.fixture(scope="module")
@@ -369,6 +370,23 @@ def test_an_own_output_without_corrections_is_refused_before_the_pairs(
         "cannot resume"
     )
     assert not pairs.exists()
+
+
+def test_truncated_weights_are_one_line_and_exit_1(
+    tiny_checkpoint_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    checkpoint = tmp_path / "checkpoint"
+    shutil.copytree(tiny_checkpoint_dir, checkpoint)
+    weights = checkpoint / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # a copy cut short
+    source = write_jsonl(tmp_path / "in.jsonl", QUESTIONS[:2])
+    args = ["--model_name_or_path", checkpoint, "--input", source, "--output", tmp_path / "o"]
+    assert run_correct(*args) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"aligner correct: error: --model_name_or_path {checkpoint}: ")
+    assert len(error.splitlines()) == 1
 
 
 def test_resuming_after_new_weights_at_the_same_path_is_refused(

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from aligner.datasets.cli import main as data_main
-from aligner.datasets.cli import shorten
+from aligner.commands.data import main as data_main
+from aligner.commands.data import shorten
 from tests.conftest import TEMPLATE_DATASET
 
 

@@ -10,6 +10,7 @@ import datasets
 import pytest
 import torch
 
+from aligner.commands import evaluate as eval_command
 from aligner.constants import IGNORE_INDEX
 from aligner.inference import evaluate
 from aligner.prompts import get_template
@@ -77,7 +78,7 @@ def test_eval_reports_the_metrics_of_a_corrected_file(tmp_path: Path) -> None:
     ]
     predictions = write_jsonl(tmp_path / "corrected.jsonl", records)
     output = tmp_path / "report" / "eval.json"
-    assert evaluate.main(["--predictions", str(predictions), "--output", str(output)]) == 0
+    assert eval_command.main(["--predictions", str(predictions), "--output", str(output)]) == 0
     report = json.loads(output.read_text())["predictions"]
     assert report["num_records"] == 3
     assert report["copy_rate"] == pytest.approx(1 / 3)
@@ -93,7 +94,7 @@ def test_eval_reports_the_loss_of_a_checkpoint(tiny_checkpoint_dir: Path, tmp_pa
     data = write_jsonl(tmp_path / "test.jsonl", CORRECTIONS)
     output = tmp_path / "eval.json"
     argv = ["--model_name_or_path", str(tiny_checkpoint_dir), "--eval_datasets", str(data)]
-    assert evaluate.main([*argv, "--output", str(output), "--batch_size", "2"]) == 0
+    assert eval_command.main([*argv, "--output", str(output), "--batch_size", "2"]) == 0
     report = json.loads(output.read_text())["eval_loss"]
     tokenizer = load_tokenizer(str(tiny_checkpoint_dir))
     columns = {key: [r[key] for r in CORRECTIONS] for key in CORRECTIONS[0]}
@@ -131,7 +132,7 @@ def test_eval_reports_the_loss_of_a_checkpoint(tiny_checkpoint_dir: Path, tmp_pa
 def test_eval_user_errors_are_one_line(
     argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert evaluate.main(argv) == 2
+    assert eval_command.main(argv) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("aligner eval: error:") and message in error
     assert len(error.splitlines()) == 1
@@ -144,9 +145,9 @@ def test_a_reference_field_no_record_has_is_refused(
     predictions = write_jsonl(tmp_path / "corrected.jsonl", records)
     for field in ("golden", "gold"):  # absent from the file, and present but null everywhere
         argv = ["--predictions", str(predictions), "--reference_field", field]
-        assert evaluate.main(argv) == 2
+        assert eval_command.main(argv) == 2
         error = capsys.readouterr().err.strip()
         assert error.startswith("aligner eval: error:") and len(error.splitlines()) == 1
         assert str(predictions) in error and repr(field) in error and "--reference_field" in error
     # Without the flag, records without references are fine: the default field is optional.
-    assert evaluate.main(["--predictions", str(predictions)]) == 0
+    assert eval_command.main(["--predictions", str(predictions)]) == 0

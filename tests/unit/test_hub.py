@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from aligner.commands.data import main as data_main
 from aligner.datasets import DataError, parse_dataset_spec
-from aligner.datasets.cli import main as data_main
 from aligner.datasets.pipeline import build_dataset
 from aligner.prompts import get_template
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from aligner.inference import evaluate
+from aligner.commands import evaluate
 from aligner.inference.judge import (
     DEFAULT_PROMPT,
     order_for,

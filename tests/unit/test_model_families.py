@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from aligner.config import ArgumentError, TrainConfig
 from aligner.tiny import FAMILIES
-from aligner.training.arguments import ArgumentError, parse_arguments
 from aligner.training.model import load_model_to_train, plan_model
 from tests.conftest import saved_tensors
 
@@ -20,7 +20,7 @@ REFUSES_SDPA = {"gemma2"}
 
 def _args(model_dir: Path, *flags: str):
     required = ["--train_datasets", "d.jsonl", "--output_dir", "o"]
-    return parse_arguments(["--model_name_or_path", str(model_dir), *required, *flags])
+    return TrainConfig.parse(["--model_name_or_path", str(model_dir), *required, *flags])
 
 
 @pytest.mark.parametrize("kernel", [None, "sdpa", "eager"])
@@ -82,7 +82,7 @@ def saved(tiny_model, tiny_tokenizer, tmp_path_factory: pytest.TempPathFactory):
     from transformers import AutoModelForCausalLM
 
     from aligner.prompts import get_template
-    from aligner.training.checkpoint import save_model
+    from aligner.training.export import save_model
 
     folders: dict[tuple[str, torch.dtype], tuple] = {}
 
@@ -133,7 +133,7 @@ def test_saved_model_reloads_tied_in_its_dtype_with_the_same_logits(
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_correct_generates_from_the_saved_folder(saved, family: str, tmp_path: Path) -> None:
-    from aligner.inference import correct
+    from aligner.commands import correct
 
     _, out = saved(family, torch.float32)
     source = tmp_path / "in.jsonl"

@@ -162,7 +162,7 @@ def test_the_original_constants_are_there() -> None:
 def test_a_dataset_module_that_edits_a_constant_changes_the_prompt(
     records_file, llama_tokenizer, llama_tokenizer_dir, tmp_path, monkeypatch
 ) -> None:
-    from aligner.datasets.cli import main as data_main
+    from aligner.commands.data import main as data_main
 
     # Restored after the test, whatever the module sets.
     monkeypatch.setattr(constants, "CORRECTION_INSTRUCTION", constants.CORRECTION_INSTRUCTION)

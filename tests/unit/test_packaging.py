@@ -26,7 +26,7 @@ def test_conda_recipe_lists_the_same_dependencies_as_pyproject() -> None:
 def test_data_pipeline_imports_without_deepspeed() -> None:
     code = (
         "import sys, aligner.datasets, aligner.prompts, aligner.datasets.pipeline, "
-        "aligner.datasets.cli, aligner.datasets.collate; "
+        "aligner.commands.data, aligner.datasets.collate; "
         "print('deepspeed' in sys.modules)"
     )
     result = subprocess.run(

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
+from aligner.commands.data import main as data_main
 from aligner.constants import IGNORE_INDEX
 from aligner.datasets import DataError
-from aligner.datasets.cli import main as data_main
 from aligner.datasets.encode import SampleEncoder
 from aligner.datasets.pipeline import build_dataset
 from aligner.prompts import get_template

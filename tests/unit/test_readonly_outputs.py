@@ -19,9 +19,10 @@ from tests.conftest import TEMPLATE_DATASET
 PROBE = """
 import contextlib, io, json, sys
 from pathlib import Path
-from aligner.datasets.cli import main as data_main
+from aligner.commands.data import main as data_main
+from aligner.commands import correct as correct_cmd
 from aligner.inference import correct
-from aligner.training.resume import check_output_dir
+from aligner.training.checkpoints import check_output_dir
 
 readonly, checkpoint, data = map(Path, sys.argv[1:4])
 
@@ -35,7 +36,7 @@ try:
 except ValueError as error:  # what aligner train prints after "error: "
     results["train"] = str(error)
 for name, command, argv in [
-    ("correct", correct.main, ["--model_name_or_path", str(checkpoint), "--input", str(data),
+    ("correct", correct_cmd.main, ["--model_name_or_path", str(checkpoint), "--input", str(data),
                                "--output", str(readonly / "out.jsonl")]),
     ("data", data_main, ["--model_name_or_path", str(checkpoint), "--train_datasets", str(data),
                          "--dump", str(readonly / "samples.jsonl")]),

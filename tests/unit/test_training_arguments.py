@@ -4,38 +4,44 @@ from __future__ import annotations
 
 import pytest
 
-from aligner.datasets import DataError
-from aligner.training.arguments import (
-    FLOAT_RANGES,
-    ArgumentError,
-    arguments_for_saving,
-    build_parser,
-    parse_arguments,
-)
+from aligner.config import FLOAT_RANGES, ArgumentError, TrainConfig, saved_values
 
 REQUIRED = ["--model_name_or_path", "m", "--train_datasets", "d.jsonl", "--output_dir", "o"]
 
 
 def parse(*flags: str):
-    return parse_arguments([*REQUIRED, *flags])
+    return TrainConfig.parse([*REQUIRED, *flags])
 
 
 def test_defaults_are_the_original_toolkit_ones() -> None:
     args = parse()
-    assert (args.epochs, args.lr, args.lr_scheduler_type, args.lr_warmup_ratio) == (
+    assert (
+        args.optim.epochs,
+        args.optim.lr,
+        args.optim.lr_scheduler_type,
+        args.optim.lr_warmup_ratio,
+    ) == (
         3,
         2e-5,
         "cosine",
         0.03,
     )
-    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (4, 8)
-    assert (args.zero_stage, args.offload, args.seed, args.max_length) == (3, "none", 42, 2048)
-    assert args.gradient_checkpointing is True and args.weight_decay == 0.0
-    assert args.trust_remote_code is False
-    assert args.bf16 is None  # bf16 where the accelerator supports it
-    assert args.attn_implementation is None  # transformers picks the family's kernel
-    assert args.lora_target_modules is None  # the family's projections
-    assert args.resize_embeddings is False
+    assert (args.layout.per_device_train_batch_size, args.layout.gradient_accumulation_steps) == (
+        4,
+        8,
+    )
+    assert (args.dist.zero_stage, args.dist.offload, args.data.seed, args.data.max_length) == (
+        3,
+        "none",
+        42,
+        2048,
+    )
+    assert args.optim.gradient_checkpointing is True and args.optim.weight_decay == 0.0
+    assert args.model.trust_remote_code is False
+    assert args.precision.bf16 is None  # bf16 where the accelerator supports it
+    assert args.model.attn_implementation is None  # transformers picks the family's kernel
+    assert args.lora.lora_target_modules is None  # the family's projections
+    assert args.model.resize_embeddings is False
 
 
 @pytest.mark.parametrize(
@@ -51,7 +57,7 @@ def test_defaults_are_the_original_toolkit_ones() -> None:
 def test_weights_are_saved_in_the_training_precision_unless_fp32_is_asked_for(
     flags: list[str], save_fp32: bool
 ) -> None:
-    assert parse(*flags).save_fp32 is save_fp32
+    assert parse(*flags).output.save_fp32 is save_fp32
 
 
 @pytest.mark.parametrize(
@@ -65,7 +71,7 @@ def test_weights_are_saved_in_the_training_precision_unless_fp32_is_asked_for(
     ],
 )
 def test_original_names_and_aliases(flags: list[str], name: str, value: object) -> None:
-    assert getattr(parse(*flags), name) == value
+    assert parse(*flags).flat()[name] == value
 
 
 @pytest.mark.parametrize(
@@ -73,7 +79,7 @@ def test_original_names_and_aliases(flags: list[str], name: str, value: object) 
     [(["--bf16"], True), (["--bf16", "True"], True), (["--bf16", "false"], False), ([], None)],
 )
 def test_boolean_flags_take_an_optional_value(flags: list[str], expected: bool | None) -> None:
-    assert parse(*flags).bf16 is expected
+    assert parse(*flags).precision.bf16 is expected
 
 
 def test_a_bad_boolean_is_an_argparse_error() -> None:
@@ -108,10 +114,9 @@ def test_deepspeed_config_file_is_read_as_overrides(tmp_path) -> None:
 
 
 def test_saved_arguments_are_json_values_without_credentials() -> None:
-    args = parse("--eval_datasets", "e.jsonl")
-    args.hub_token = "hf_secret"
-    args.wandb_api_key = "secret"
-    saved = arguments_for_saving(args)
+    config = parse("--eval_datasets", "e.jsonl")
+    saved = saved_values({**config.flat(), "hub_token": "hf_secret", "wandb_api_key": "secret"})
+    assert config.for_saving() == saved
     assert "hub_token" not in saved and "wandb_api_key" not in saved
     assert saved["eval_datasets"] == ["e.jsonl"] and saved["lr"] == 2e-5
     assert all(
@@ -121,7 +126,7 @@ def test_saved_arguments_are_json_values_without_credentials() -> None:
 
 def test_packing_budget_defaults_to_a_padded_micro_batch_and_fits_every_sample() -> None:
     args = parse("--packing", "--per_device_train_batch_size", "3", "--max_length", "512")
-    assert args.packing is True and args.packing_max_tokens == 3 * 512
+    assert args.layout.packing is True and args.layout.packing_max_tokens == 3 * 512
     with pytest.raises(ArgumentError, match="--packing_max_tokens 100 must be at least"):
         parse("--packing", "--packing_max_tokens", "100", "--max_length", "512")
 
@@ -147,15 +152,15 @@ def test_bad_lora_and_kernel_flags_are_refused(flags: list[str], message: str | 
 
 @pytest.mark.parametrize("value", ["True", "False", None])
 def test_trust_remote_code_takes_the_original_form_in_every_command(value, tmp_path) -> None:
-    from aligner.datasets.cli import parse_args as data_args
-    from aligner.inference.correct import build_parser as correct_parser
-    from aligner.inference.evaluate import build_parser as eval_parser
+    from aligner.commands.correct import build_parser as correct_parser
+    from aligner.commands.data import parse_args as data_args
+    from aligner.commands.evaluate import build_parser as eval_parser
 
     flag = ["--trust_remote_code"] + ([value] if value else [])
     expected = value != "False"
     common = ["--model_name_or_path", "m"]
     parsed = [
-        build_parser().parse_args([*REQUIRED, *flag]),
+        TrainConfig.parser().parse_args([*REQUIRED, *flag]),
         data_args(["--train_datasets", "x", *common, *flag]),
         correct_parser().parse_args([*common, "--input", "i", "--output", "o", *flag]),
         eval_parser().parse_args(["--predictions", "p", *flag]),
@@ -164,7 +169,9 @@ def test_trust_remote_code_takes_the_original_form_in_every_command(value, tmp_p
 
 
 def test_deepscale_flags_are_accepted_as_in_the_original() -> None:
-    args = build_parser().parse_args([*REQUIRED, "--deepscale", "--deepscale_config", "ds.json"])
+    args = TrainConfig.parser().parse_args(
+        [*REQUIRED, "--deepscale", "--deepscale_config", "ds.json"]
+    )
     assert args.deepspeed and args.deepspeed_config == "ds.json"
 
 
@@ -198,7 +205,7 @@ def test_float_flags_must_be_finite_and_in_range(flags: list[str], message: str)
 
 
 def test_every_float_flag_has_a_range() -> None:
-    floats = {a.dest for a in build_parser()._actions if a.type is float}
+    floats = {a.dest for a in TrainConfig.parser()._actions if a.type is float}
     data_flags = {"eval_split_ratio", "identity_warmup_ratio"}  # checked with the data flags
     assert floats - data_flags == set(FLOAT_RANGES)
 
@@ -212,27 +219,32 @@ def test_every_float_flag_has_a_range() -> None:
     ],
 )
 def test_data_flags_are_named_as_given(flags: list[str], message: str) -> None:
-    with pytest.raises(DataError) as error:
+    with pytest.raises(ArgumentError) as error:
         parse(*flags)
     assert str(error.value) == message
 
 
 def test_the_original_scripts_defaults_are_a_profile_that_flags_override() -> None:
     neutral = parse()
-    assert (neutral.log_type, neutral.log_project, neutral.tf32, neutral.save_16bit) == (
+    assert (
+        neutral.output.log_type,
+        neutral.output.log_project,
+        neutral.precision.tf32,
+        neutral.output.save_16bit,
+    ) == (
         "none",
         "aligner",
         False,
         None,
     )
     original = parse("--defaults", "original")
-    assert (original.log_type, original.log_project, original.tf32) == (
+    assert (original.output.log_type, original.output.log_project, original.precision.tf32) == (
         "wandb",
         "Aligner-SFT",
         None,
     )
-    assert original.save_16bit is True and original.save_fp32 is False
+    assert original.output.save_16bit is True and original.output.save_fp32 is False
     overridden = parse("--defaults", "original", "--log_type", "none", "--tf32", "False")
-    assert (overridden.log_type, overridden.tf32) == ("none", False)
-    assert parse("--defaults", "original", "--save_16bit", "False").save_fp32 is True
-    assert parse("--tf32", "auto").tf32 is None
+    assert (overridden.output.log_type, overridden.precision.tf32) == ("none", False)
+    assert parse("--defaults", "original", "--save_16bit", "False").output.save_fp32 is True
+    assert parse("--tf32", "auto").precision.tf32 is None

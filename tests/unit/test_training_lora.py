@@ -77,13 +77,13 @@ def test_default_targets_are_every_projection_of_the_blocks(
 
 
 def test_unknown_target_is_refused_in_one_line_before_loading(lora_model, family_dir: Path) -> None:
-    from aligner.training.arguments import ArgumentError, parse_arguments
+    from aligner.config import ArgumentError, TrainConfig
     from aligner.training.model import plan_model
 
     real = sorted(lora_model.peft_config["default"].target_modules)[0]
     flags = ["--lora_r", "4", "--lora_target_modules", "q_projj", real]
     paths = ["--train_datasets", "d.jsonl", "--output_dir", "o"]
-    args = parse_arguments(["--model_name_or_path", str(family_dir), *paths, *flags])
+    args = TrainConfig.parse(["--model_name_or_path", str(family_dir), *paths, *flags])
     with pytest.raises(
         ArgumentError, match=r"^--lora_target_modules: no module of \w+ is named q_projj$"
     ):
@@ -115,7 +115,7 @@ def test_saved_adapter_or_merged_model_reloads_with_the_same_logits(
     from transformers import AutoModelForCausalLM
 
     from aligner.prompts import get_template
-    from aligner.training.checkpoint import save_model
+    from aligner.training.export import save_model
 
     out = save_model(
         lora_model,

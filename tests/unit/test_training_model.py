@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aligner.training.arguments import ArgumentError, parse_arguments
+from aligner.config import ArgumentError, TrainConfig
 from aligner.training.model import check_model_flags
 
 REQUIRED = ["--model_name_or_path", "m", "--train_datasets", "d.jsonl", "--output_dir", "o"]
@@ -25,12 +25,12 @@ REQUIRED = ["--model_name_or_path", "m", "--train_datasets", "d.jsonl", "--outpu
 )
 def test_gpu_only_flags_are_refused_on_the_cpu(flags: list[str], message: str) -> None:
     with pytest.raises(ArgumentError, match=message):
-        check_model_flags(parse_arguments([*REQUIRED, *flags]), on_cpu=True)
+        check_model_flags(TrainConfig.parse([*REQUIRED, *flags]), on_cpu=True)
 
 
 def test_missing_package_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
-    args = parse_arguments([*REQUIRED, "--use_liger"])
+    args = TrainConfig.parse([*REQUIRED, "--use_liger"])
     with pytest.raises(ArgumentError, match="needs the liger_kernel package"):
         check_model_flags(args, on_cpu=False)
 
@@ -50,7 +50,7 @@ def test_fused_loss_gives_the_plain_loss(tiny_llama_dir, monkeypatch: pytest.Mon
     from transformers import AutoModelForCausalLM
 
     from aligner.constants import IGNORE_INDEX
-    from aligner.training.loss import CorrectionLM
+    from aligner.loss import CorrectionLM
 
     fake = types.ModuleType("liger_kernel.transformers")
     fake.LigerFusedLinearCrossEntropyLoss = _ReferenceFusedLoss
@@ -73,7 +73,7 @@ def test_liger_not_installed_is_a_clear_error(
 ) -> None:
     from transformers import AutoModelForCausalLM
 
-    from aligner.training.loss import CorrectionLM
+    from aligner.loss import CorrectionLM
 
     monkeypatch.setitem(sys.modules, "liger_kernel", None)
     lm = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)

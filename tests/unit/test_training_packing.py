@@ -66,7 +66,7 @@ def _rows(count: int, seed: int) -> list[dict]:
 def test_packed_loss_and_gradients_equal_the_padded_batch(tiny_model, family: str) -> None:
     from transformers import AutoModelForCausalLM
 
-    from aligner.training.loss import CorrectionLM
+    from aligner.loss import CorrectionLM
 
     lm = AutoModelForCausalLM.from_pretrained(tiny_model(family), dtype=torch.float32)
     model = CorrectionLM(lm).train()

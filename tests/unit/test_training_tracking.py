@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from aligner.training.resume import check_output_dir
+from aligner.training.checkpoints import check_output_dir
 from aligner.training.tracking import (
     Tracker,
     TrackerError,
@@ -105,7 +105,7 @@ def test_wandb_with_a_key_but_no_server_is_refused_before_any_work(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from aligner.training import main
+    from aligner.commands import train as main
 
     monkeypatch.setenv("RANK", "0")  # one process, as `aligner train` without a launcher
     monkeypatch.setenv("WORLD_SIZE", "1")

@@ -7,18 +7,19 @@ import json
 
 import pytest
 
+from aligner.config import ArgumentError, DataArgs
 from aligner.constants import IGNORE_INDEX
-from aligner.datasets import DataError
-from aligner.datasets.arguments import add_data_arguments, build_warmup_from_args
+from aligner.datasets.pipeline import warmup_set
+from aligner.options import add_options, take
 from aligner.prompts import get_template
 
 from ..conftest import TEMPLATE_DATASET
 
 
-def parse(*argv: str) -> argparse.Namespace:
-    parser = add_data_arguments(argparse.ArgumentParser())
-    parser.add_argument("--seed", type=int, default=42)
-    return parser.parse_args(["--train_datasets", *argv])
+def parse(*argv: str) -> DataArgs:
+    parser = argparse.ArgumentParser()
+    add_options(parser, DataArgs)
+    return take(parser.parse_args(["--train_datasets", *argv]), DataArgs)
 
 
 def test_warmup_targets_are_the_answers_in_the_stated_share(bpe_tokenizer, tmp_path) -> None:
@@ -30,7 +31,7 @@ def test_warmup_targets_are_the_answers_in_the_stated_share(bpe_tokenizer, tmp_p
     records[5]["answer"] = "  "  # nothing to copy: never a warm-up sample
     data.write_text("".join(json.dumps(r) + "\n" for r in records))
     args = parse(str(data), "--identity_warmup_ratio", "0.25", "--data_cache_dir", str(tmp_path))
-    warmup = build_warmup_from_args(args, bpe_tokenizer, get_template())
+    warmup = warmup_set(args, bpe_tokenizer, get_template())
     assert len(warmup) == round(39 * 0.25)
     answers = {r["answer"] for r in records}
     seen = set()
@@ -44,15 +45,13 @@ def test_warmup_targets_are_the_answers_in_the_stated_share(bpe_tokenizer, tmp_p
         assert f"##Answer: {answer}\n" in prompt
         seen.add(answer)
     assert len(seen) == len(warmup)  # distinct records, no repeats
-    again = build_warmup_from_args(args, bpe_tokenizer, get_template())
+    again = warmup_set(args, bpe_tokenizer, get_template())
     assert again["input_ids"] == warmup["input_ids"]
     assert all(IGNORE_INDEX in row["labels"] for row in warmup)
 
 
 def test_no_warmup_by_default_and_bad_ratio(bpe_tokenizer, tmp_path) -> None:
-    assert (
-        build_warmup_from_args(parse(str(TEMPLATE_DATASET)), bpe_tokenizer, get_template()) is None
-    )
+    assert warmup_set(parse(str(TEMPLATE_DATASET)), bpe_tokenizer, get_template()) is None
     args = parse(str(TEMPLATE_DATASET), "--identity_warmup_ratio", "1.5")
-    with pytest.raises(DataError, match="--identity_warmup_ratio must be in"):
-        build_warmup_from_args(args, bpe_tokenizer, get_template())
+    with pytest.raises(ArgumentError, match="--identity_warmup_ratio must be in"):
+        warmup_set(args, bpe_tokenizer, get_template())

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from aligner.training import checkpoint
+from aligner import files
+from aligner.training import export
 
 
 def test_publish_replaces_an_old_model_and_moves_the_config_last(
@@ -17,20 +18,21 @@ def test_publish_replaces_an_old_model_and_moves_the_config_last(
     (output / "config.json").write_text("old")
     (output / "pytorch_model.bin").write_text("old weights")
     (output / "metrics.jsonl").write_text("kept")
-    staging = tmp_path / ".out.saving"
-    staging.mkdir()
-    for name in ("config.json", "model.safetensors", "tokenizer.json"):
-        (staging / name).write_text("new")
 
     moved: list[str] = []
-    replace = checkpoint.os.replace
+    replace = files.os.replace
 
     def record(source, target):
         moved.append(Path(target).name)
         replace(source, target)
 
-    monkeypatch.setattr(checkpoint.os, "replace", record)
-    checkpoint._publish(staging, output)
+    monkeypatch.setattr(files.os, "replace", record)
+    with export.staged_model_folder(output) as staging:
+        assert staging.parent == tmp_path and staging.name.startswith(".out.saving")
+        for name in ("config.json", "model.safetensors", "tokenizer.json"):
+            (staging / name).write_text("new")
+        assert (output / "config.json").read_text() == "old"  # nothing moves before the end
+    assert sorted(moved) == ["config.json", "model.safetensors", "tokenizer.json"]
     assert moved[-1] == "config.json"
     assert not (output / "pytorch_model.bin").exists()
     assert (output / "metrics.jsonl").read_text() == "kept"

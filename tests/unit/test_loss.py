@@ -1,14 +1,18 @@
-"""The correction loss: the LM head on target positions only equals the plain full-logits loss."""
+"""The correction loss: the LM head on target positions only equals the plain full-logits loss;
+evaluation computes it without loading DeepSpeed."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from aligner.constants import IGNORE_INDEX
+from aligner.loss import CorrectionLM, target_positions
 from aligner.tiny import FAMILIES
-from aligner.training.loss import CorrectionLM, target_positions
 
 
 def tiny_config() -> LlamaConfig:
@@ -104,3 +108,12 @@ def test_activation_checkpointing_keeps_the_gradients(tiny_model, family: str) -
     assert checkpointed.get_decoder().gradient_checkpointing
     for a, b in zip(plain.parameters(), checkpointed.parameters(), strict=True):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_the_loss_and_evaluation_load_no_deepspeed() -> None:
+    code = "import sys, aligner.loss, aligner.inference.evaluate; print('deepspeed' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

@@ -1,7 +1,7 @@
 """Benchmark: tokenize + mask throughput of the data pipeline against a naive per-record loop.
 
 Usage:
-    python scripts/bench_tokenize.py [--records 100000] [--num_proc 1 2] [--templates]
+    python -m aligner.bench.data [--records 100000] [--num_proc 1 2] [--templates]
 
 Synthetic correction records of realistic length (median about 400 tokens per sample, a long
 tail to 2k) are written to a temporary JSONL file. The pipeline (load, validate, one batched
@@ -18,7 +18,10 @@ import argparse
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+import numpy as np
 
 
 def naive_loop(records, tokenizer, template, max_length: int) -> None:
@@ -36,8 +39,10 @@ def naive_loop(records, tokenizer, template, max_length: int) -> None:
         torch.is_tensor(labels)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m aligner.bench.data", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--num_proc", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--max_length", type=int, default=2048)
@@ -45,54 +50,61 @@ def main() -> None:
     parser.add_argument(
         "--templates", action="store_true", help="also time string against chat rendering"
     )
-    args = parser.parse_args()
+    return parser.parse_args(argv)
 
-    import numpy as np
 
+def timed(run: Callable[[], object]) -> tuple[float, object]:
+    """Seconds that ``run`` took, and what it returned."""
+    start = time.perf_counter()
+    result = run()
+    return time.perf_counter() - start, result
+
+
+def measure(args: argparse.Namespace, work: Path) -> tuple[dict, dict, np.ndarray]:
+    """Seconds of each pipeline mode and of the naive loop, of each template's rendering (with
+    ``--templates``), and the tokens per sample."""
     from aligner.bench.synthetic import synthetic_records
     from aligner.datasets.pipeline import build_dataset
     from aligner.prompts import get_template
     from aligner.tiny import write_llama_tokenizer, write_tekken_tokenizer
     from aligner.tokenizer import load_tokenizer
 
+    tokenizer = load_tokenizer(str(write_llama_tokenizer(work / "tokenizer")))
+    template = get_template()
+    records = synthetic_records(args.records, args.seed)
+    data = work / "records.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    def pipeline(tokenizer, template, cache: str, num_proc: int = 1) -> Callable[[], object]:
+        return lambda: build_dataset(
+            [str(data)],
+            tokenizer,
+            template,
+            max_length=args.max_length,
+            num_proc=num_proc,
+            cache_dir=work / f"cache-{cache}",
+        )[0]
+
+    results = {}
+    for num_proc in args.num_proc:
+        seconds, dataset = timed(pipeline(tokenizer, template, str(num_proc), num_proc))
+        results[f"pipeline, num_proc={num_proc}"] = seconds
+    lengths = np.asarray(dataset["length"])
+    seconds, _ = timed(lambda: naive_loop(records, tokenizer, template, args.max_length))
+    results["naive per-record loop"] = seconds
+    rendering = {}
+    if args.templates:
+        tekken = load_tokenizer(str(write_tekken_tokenizer(work / "tekken")))
+        for name in ("correction", "chat"):
+            seconds, _ = timed(pipeline(tekken, get_template(name), name))
+            rendering[f"Tekken, {name} template"] = seconds
+    return results, rendering, lengths
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_arguments(argv)
     with tempfile.TemporaryDirectory() as work:
-        work = Path(work)
-        tokenizer = load_tokenizer(str(write_llama_tokenizer(work / "tokenizer")))
-        template = get_template()
-        records = synthetic_records(args.records, args.seed)
-        data = work / "records.jsonl"
-        data.write_text("".join(json.dumps(r) + "\n" for r in records))
-
-        results = {}
-        for num_proc in args.num_proc:
-            start = time.perf_counter()
-            dataset, _ = build_dataset(
-                [str(data)],
-                tokenizer,
-                template,
-                max_length=args.max_length,
-                num_proc=num_proc,
-                cache_dir=work / f"cache-{num_proc}",
-            )
-            results[f"pipeline, num_proc={num_proc}"] = time.perf_counter() - start
-        lengths = np.asarray(dataset["length"])
-        start = time.perf_counter()
-        naive_loop(records, tokenizer, template, args.max_length)
-        results["naive per-record loop"] = time.perf_counter() - start
-        rendering = {}
-        if args.templates:
-            tekken = load_tokenizer(str(write_tekken_tokenizer(work / "tekken")))
-            for name in ("correction", "chat"):
-                start = time.perf_counter()
-                build_dataset(
-                    [str(data)],
-                    tekken,
-                    get_template(name),
-                    max_length=args.max_length,
-                    cache_dir=work / f"cache-{name}",
-                )
-                rendering[f"Tekken, {name} template"] = time.perf_counter() - start
-
+        results, rendering, lengths = measure(args, Path(work))
     print(
         f"{args.records} records; tokens per sample: median {np.median(lengths):.0f}, "
         f"p99 {np.percentile(lengths, 99):.0f}, max {lengths.max()}"

@@ -10,26 +10,28 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from aligner.datasets.arguments import (
-    DataReport,
-    add_data_arguments,
-    build_datasets_from_args,
-    check_data_flags,
-    template_from_args,
-)
+from aligner.config import DataArgs, LayoutArgs, ModelArgs
 from aligner.datasets.base import DataError
+from aligner.datasets.pipeline import DataReport, template_for, training_sets
 from aligner.datasets.spec import parse_dataset_spec
-from aligner.errors import EXIT_FAILED, EXIT_REFUSED, CommandParser, report
+from aligner.errors import CommandParser, run_command
 from aligner.files import atomic_writer, check_writable
-from aligner.flags import add_trust_remote_code
+from aligner.options import add_options, option, take
 from aligner.tokenizer import load_tokenizer
 
 NAME_WIDTH = 40
 """Characters of a dataset's name in the table; longer names lose their middle."""
+
+
+@dataclass
+class DumpArgs:
+    dump: str | None = option(None, 'write each sample as {"input_ids", "labels"}')
+    overwrite: bool = option(False, "let --dump replace an existing file")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -37,22 +39,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         prog="aligner data",
         description="Validate correction data and show exactly what the model will train on.",
     )
-    parser.add_argument("--model_name_or_path", required=True, help="model or tokenizer folder")
-    add_trust_remote_code(parser)
-    parser.add_argument("--seed", type=int, default=42, help="seed of proportion sampling")
-    parser.add_argument(
-        "--per_device_train_batch_size",
-        type=int,
-        default=4,
-        help="batch size used to estimate the padding share",
+    add_options(parser, ModelArgs, only=("model_name_or_path", "trust_remote_code"))
+    add_options(
+        parser,
+        LayoutArgs,
+        only=("per_device_train_batch_size",),
+        helps={"per_device_train_batch_size": "batch size used to estimate the padding share"},
     )
-    parser.add_argument(
-        "--dump", type=Path, default=None, help='write each sample as {"input_ids", "labels"}'
-    )
-    parser.add_argument(
-        "--overwrite", action="store_true", help="let --dump replace an existing file"
-    )
-    add_data_arguments(parser)
+    add_options(parser, DumpArgs)
+    add_options(parser, DataArgs, title="data", helps={"seed": "seed of proportion sampling"})
     return parser.parse_args(argv)
 
 
@@ -133,7 +128,7 @@ def input_paths(args: argparse.Namespace) -> list[Path]:
 def check_dump(args: argparse.Namespace) -> None:
     """Refuse a --dump path that is an input, inside an input folder, or (unless --overwrite)
     any existing file; and one that cannot be written."""
-    dump = args.dump.resolve()
+    dump = Path(args.dump).resolve()
     for source in input_paths(args):
         if dump == source or source in dump.parents:
             raise DataError(f"--dump {args.dump}: is an input of this command ({source})")
@@ -152,32 +147,30 @@ def dump_samples(train, path: Path) -> None:
                 handle.write(json.dumps({"input_ids": ids, "labels": labels}) + "\n")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        check_data_flags(args)
-        if args.dump:
-            check_dump(args)
-        try:
-            tokenizer = load_tokenizer(
-                args.model_name_or_path, trust_remote_code=args.trust_remote_code
-            )
-        except OSError as error:
-            raise DataError(f"--model_name_or_path {args.model_name_or_path}: {error}") from None
-        template = template_from_args(args, tokenizer)
-        train, _, data_report = build_datasets_from_args(args, tokenizer, template)
-    except (ValueError, OSError) as error:
-        # Bad flags, records, templates and paths: one line, nothing written.
-        return report("aligner data", error, EXIT_REFUSED)
+def prepare(args: argparse.Namespace) -> tuple:
+    """Check the flags and the dump path, then read, check and tokenize every record."""
+    data = take(args, DataArgs)
+    data.check()
+    if args.dump:
+        check_dump(args)
+    tokenizer = load_tokenizer(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
+    template = template_for(data, tokenizer, args.model_name_or_path)
+    train, _, data_report = training_sets(data, tokenizer, template)
+    return template, train, data_report
+
+
+def execute(args: argparse.Namespace, template, train, data_report: DataReport) -> int:
     print(f"prompt template: {template.name} ({template.kind})")
     print(format_report(data_report, train, args.per_device_train_batch_size, args.seed))
     if args.dump:
-        try:
-            dump_samples(train, args.dump)
-        except OSError as error:
-            return report("aligner data", error, EXIT_FAILED)
+        dump_samples(train, Path(args.dump))
         print(f"\nwrote {len(train)} samples to {args.dump}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    return run_command("aligner data", lambda: prepare(args), lambda plan: execute(args, *plan))
 
 
 if __name__ == "__main__":

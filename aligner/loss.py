@@ -1,8 +1,10 @@
-"""The correction loss: summed token cross-entropy at target positions, for a global-batch mean.
+"""The correction loss, the one that training and evaluation both compute: summed token
+cross-entropy at target positions (where the next token is a target), for a mean over tokens.
 
-A micro-batch returns its *sum* of target-token losses and its target-token count; the trainer
-divides by the target tokens of the whole global batch (all micro-batches, all ranks), so the
-loss and its gradient do not depend on how the batch is split.
+A batch returns its *sum* of target-token losses and its target-token count. The trainer divides
+by the target tokens of the whole global batch (all micro-batches, all ranks), so the loss and
+its gradient do not depend on how the batch is split; ``aligner eval`` by those of the whole
+evaluation set. This module loads no DeepSpeed.
 """
 
 from __future__ import annotations

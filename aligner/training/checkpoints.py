@@ -17,7 +17,7 @@ import os
 import random
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,9 +26,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from aligner.errors import one_line
+from aligner.errors import RunFailure, UserError, one_line
 from aligner.files import atomic_writer, check_writable, write_atomically
-from aligner.training.secrets import redact
+from aligner.secrets import redact
 
 CHECKPOINTS_DIR = "checkpoints"
 MARKER_FILE = "COMPLETE.json"
@@ -48,11 +48,11 @@ _CHECKPOINT_FILES = re.compile(
 )
 
 
-class ResumeError(ValueError):
+class ResumeError(UserError):
     """A checkpoint that cannot be resumed from, or an output folder that is not ours; one line."""
 
 
-class WriteError(RuntimeError):
+class WriteError(RunFailure):
     """A checkpoint or model some rank could not write (a full disk, say); raised on every rank
     alike, so that none is left waiting for the others."""
 
@@ -309,24 +309,28 @@ class CheckpointManager:
                     _remove(folder)
         dist.barrier()
 
-    def save(self, engine: Any, state: TrainState, *, fault_after_write: bool = False) -> Path:
+    def save(
+        self,
+        engine: Any,
+        state: TrainState,
+        *,
+        after_write: Callable[[int], object] | None = None,
+    ) -> Path:
         """Write a checkpoint of ``engine`` and ``state`` and commit it. Collective.
 
         A rank that cannot write its files (a full disk) does not leave the others waiting: the
         ranks agree on the failure, the incomplete folder is removed, and every rank raises
-        :class:`WriteError`. ``fault_after_write`` (a test hook) kills this rank after
-        its files are written and before the commit, as a crash during the save would.
+        :class:`WriteError`. ``after_write`` (a test hook, where a crash during the save is
+        injected) is called with the step once this rank's files are written, before the commit.
         """
-        from aligner.training.faults import kill_self
-
         folder = self.folder(state.step)
         if self.rank == 0 and folder.exists() and _is_ours(folder):
             # A stale save of this step (an interrupted one, or one from before a resume).
             _remove(folder)
         dist.barrier()
         failure = self._write(engine, folder, state.step)
-        if fault_after_write:
-            kill_self()
+        if after_write is not None:
+            after_write(state.step)
         # Every rank's files are in place before any node calls the checkpoint complete.
         self._agree(failure, folder)
         if self.rank == 0:

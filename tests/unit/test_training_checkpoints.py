@@ -12,8 +12,9 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from aligner.training import faults, resume
-from aligner.training.resume import (
+from aligner.secrets import REDACTED, redact, secret_values
+from aligner.training import checkpoints, faults
+from aligner.training.checkpoints import (
     CheckpointManager,
     ResumeError,
     check_output_dir,
@@ -21,20 +22,20 @@ from aligner.training.resume import (
     find_checkpoint,
     write_run_file,
 )
-from aligner.training.secrets import REDACTED, redact, secret_values
+from aligner.training.hooks import TestHooks
 from aligner.training.tracking import Tracker, read_metrics
 
 
 def _checkpoint(output: Path, step: int, *, complete: bool, extra: str | None = None) -> Path:
-    folder = output / resume.CHECKPOINTS_DIR / f"step-{step}"
+    folder = output / checkpoints.CHECKPOINTS_DIR / f"step-{step}"
     folder.mkdir(parents=True)
     (folder / "mp_rank_00_model_states.pt").write_bytes(b"weights")
     (folder / "trainer_state_rank0.pt").write_bytes(b"rng")
     if extra:
         (folder / extra).write_text("a file the toolkit never writes")
     if complete:
-        marker = {"format": resume.FORMAT_VERSION, "step": step, "plan": {}}
-        (folder / resume.MARKER_FILE).write_text(json.dumps(marker))
+        marker = {"format": checkpoints.FORMAT_VERSION, "step": step, "plan": {}}
+        (folder / checkpoints.MARKER_FILE).write_text(json.dumps(marker))
     return folder
 
 
@@ -72,22 +73,22 @@ def test_rng_states_round_trip_through_weights_only_load(tmp_path: Path) -> None
     random.seed(1)
     np.random.seed(2)
     torch.manual_seed(3)
-    torch.save({"rng": resume.capture_rng()}, tmp_path / "state.pt")
+    torch.save({"rng": checkpoints.capture_rng()}, tmp_path / "state.pt")
     expected = (random.random(), np.random.rand(), torch.rand(3))
     random.seed(9)
     np.random.seed(9)
     torch.manual_seed(9)
-    resume.restore_rng(torch.load(tmp_path / "state.pt", weights_only=True)["rng"])
+    checkpoints.restore_rng(torch.load(tmp_path / "state.pt", weights_only=True)["rng"])
     assert random.random() == expected[0]
     assert np.random.rand() == expected[1]
     assert torch.equal(torch.rand(3), expected[2])
 
 
 def test_data_fingerprint_changes_with_the_data() -> None:
-    base = resume.data_fingerprint([("correction", [3, 4, 5])])
-    assert base == resume.data_fingerprint([("correction", np.array([3, 4, 5]))])
-    assert base != resume.data_fingerprint([("correction", [3, 4, 6])])
-    assert base != resume.data_fingerprint([("warmup", [3, 4, 5])])
+    base = checkpoints.data_fingerprint([("correction", [3, 4, 5])])
+    assert base == checkpoints.data_fingerprint([("correction", np.array([3, 4, 5]))])
+    assert base != checkpoints.data_fingerprint([("correction", [3, 4, 6])])
+    assert base != checkpoints.data_fingerprint([("warmup", [3, 4, 5])])
 
 
 def test_output_dir_guard(tmp_path: Path) -> None:
@@ -196,16 +197,6 @@ def test_redact_masks_secret_variables_everywhere() -> None:
     assert secret_values({"HF_TOKEN": "", "AWS_KEY": "no"}) == []
 
 
-def test_fault_steps_parse_rank_and_steps(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(faults.FAULT_INF_GRAD_ENV, "1:3,4")
-    assert faults.fault_steps(faults.FAULT_INF_GRAD_ENV, 1) == {3, 4}
-    assert faults.fault_steps(faults.FAULT_INF_GRAD_ENV, 0) == frozenset()
-    assert faults.fault_steps(faults.FAULT_KILL_ENV, 1) == frozenset()
-    monkeypatch.setenv(faults.FAULT_KILL_ENV, "step 3")
-    with pytest.raises(ValueError, match="RANK:STEP"):
-        faults.fault_steps(faults.FAULT_KILL_ENV, 0)
-
-
 @pytest.fixture
 def one_rank_group():
     dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
@@ -228,13 +219,14 @@ def test_guard_skips_the_update_of_a_step_with_an_infinite_gradient() -> None:
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
-    guard = faults.NonFiniteGuard(
-        model, optimizer, watch_gradients=True, inject_steps=frozenset({1})
-    )
+    hooks = TestHooks(inf_gradient=frozenset({1}))
+    hooks.corrupt_gradients(model)
+    guard = faults.NonFiniteGuard(model, optimizer, watch_gradients=True)
     before = [p.detach().clone() for p in model.parameters()]
 
     def step(number: int) -> bool:
-        guard.begin_step(number)
+        hooks.before_step(number - 1)
+        guard.begin_step()
         loss = model(torch.ones(4, 3)).sum()
         guard.observe_loss(loss)
         loss.backward()
@@ -255,15 +247,12 @@ def test_guard_skips_the_update_of_a_step_with_an_infinite_gradient() -> None:
 def test_guard_sees_a_non_finite_loss_without_watching_gradients() -> None:
     model = torch.nn.Linear(3, 1)
     guard = faults.NonFiniteGuard(
-        model,
-        torch.optim.SGD(model.parameters(), lr=0.1),
-        watch_gradients=False,
-        inject_steps=frozenset(),
+        model, torch.optim.SGD(model.parameters(), lr=0.1), watch_gradients=False
     )
-    guard.begin_step(1)
+    guard.begin_step()
     guard.observe_loss(torch.tensor(float("nan")))
     assert not guard.decide(torch.device("cpu"))
-    guard.begin_step(2)
+    guard.begin_step()
     guard.observe_loss(torch.tensor(1.0))
     assert guard.decide(torch.device("cpu"))
 

@@ -1,13 +1,17 @@
-"""Running a command on every rank of a launcher (torchrun, deepspeed): ranks, barriers, shards."""
+"""Ranks and world size, read from the launcher's environment in this one place.
+
+``aligner train``, ``correct`` and ``eval`` run under torchrun or the deepspeed launcher (or as
+one process without one); each asks ``Ranks.from_env()`` which rank it is.
+"""
 
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 
 import torch.distributed as dist
 
@@ -57,14 +61,18 @@ class Ranks:
             dist.destroy_process_group()
 
 
-def shard_path(output: str | Path, rank: int) -> Path:
-    """Where one rank appends its corrections; the main rank merges these into ``output``."""
-    output = Path(output)
-    return output.with_name(f"{output.name}.rank{rank}")
-
-
-def shard_paths(output: str | Path) -> list[Path]:
-    """The shard files of ``output`` on disk, from this run or an interrupted one."""
-    output = Path(output)
-    found = output.parent.glob(f"{output.name}.rank*") if output.parent.is_dir() else []
-    return sorted(path for path in found if path.name[len(output.name) + 5 :].isdigit())
+def training_ranks(local_rank_flag: int = -1) -> Ranks:
+    """This process's ranks for training; a process started without a launcher becomes a
+    one-rank job with the environment a process group needs (a free port on 127.0.0.1)."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        os.environ.update(
+            RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+        )
+    return Ranks(
+        rank=int(os.environ["RANK"]),
+        world_size=int(os.environ["WORLD_SIZE"]),
+        local_rank=int(os.environ.get("LOCAL_RANK", max(local_rank_flag, 0))),
+    )

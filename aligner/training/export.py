@@ -8,8 +8,7 @@ that looks like a complete model.
 from __future__ import annotations
 
 import json
-import os
-import shutil
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from aligner.files import staged_folder
 from aligner.prompts import Template
 from aligner.training.lora import ADAPTER_CONFIG_FILE, merge_lora_state
 
@@ -88,15 +88,20 @@ def save_model(
         model = model.get_base_model()
     if cast_to is not None:
         state = {k: v.to(cast_to) if v.is_floating_point() else v for k, v in state.items()}
-    staging = output_dir.parent / f".{output_dir.name}.saving-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging, state_dict=state)
-    _config_says_saved_dtype(model, staging, next(iter(state.values())).dtype)
-    tokenizer.save_pretrained(staging)
-    template.save(staging)
-    (staging / TRAINING_ARGS_FILE).write_text(json.dumps(training_args, indent=2) + "\n")
-    _publish(staging, output_dir)
+    with staged_model_folder(output_dir) as staging:
+        model.save_pretrained(staging, state_dict=state)
+        _config_says_saved_dtype(model, staging, next(iter(state.values())).dtype)
+        tokenizer.save_pretrained(staging)
+        template.save(staging)
+        (staging / TRAINING_ARGS_FILE).write_text(json.dumps(training_args, indent=2) + "\n")
     return output_dir
+
+
+def staged_model_folder(output_dir: Path) -> AbstractContextManager[Path]:
+    """A temporary folder to save a model into, published into ``output_dir`` when complete:
+    an earlier model there stops looking complete first, its weight files go, and the config
+    arrives last."""
+    return staged_folder(output_dir, last=_LAST_FILES, stale=_MODEL_FILE_SUFFIXES)
 
 
 def _config_says_saved_dtype(model: PreTrainedModel, folder: Path, dtype: torch.dtype) -> None:
@@ -111,18 +116,3 @@ def _config_says_saved_dtype(model: PreTrainedModel, folder: Path, dtype: torch.
         model.config.save_pretrained(folder)
     finally:
         model.config.dtype = original
-
-
-def _publish(staging: Path, output_dir: Path) -> None:
-    """Move a finished model folder's files into place, the config last."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    # An earlier model in the folder stops looking complete before its files are replaced.
-    for marker in _LAST_FILES:
-        (output_dir / marker).unlink(missing_ok=True)
-    for stale in output_dir.iterdir():
-        if stale.is_file() and stale.name.endswith(_MODEL_FILE_SUFFIXES):
-            stale.unlink()
-    files = sorted(staging.iterdir(), key=lambda path: path.name in _LAST_FILES)
-    for path in files:
-        os.replace(path, output_dir / path.name)
-    staging.rmdir()

@@ -1,0 +1,1 @@
+"""The ``aligner`` commands, one module each: parse the flags, check everything, run, exit."""

@@ -1,0 +1,504 @@
+"""The run configuration: every flag of every command, in typed groups, validated in one place.
+
+``ModelArgs`` and ``DataArgs`` are shared by ``aligner data``, ``train``, ``correct`` and
+``eval``; the other groups make up ``aligner train``'s ``TrainConfig``. Each field is one flag
+(``aligner.options``): its name, aliases, default and help live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transformers import SchedulerType
+
+from aligner.errors import UserError
+from aligner.options import add_options, bool_or_auto, option, take
+from aligner.secrets import redact
+
+RECORD_FIELDS = ("question", "messages", "answer", "correction")
+ATTN_IMPLEMENTATIONS = ("sdpa", "flash_attention_2", "eager")
+OFFLOAD_CHOICES = ("none", "parameter", "optimizer", "all")
+SCHEDULERS = tuple(s.value for s in SchedulerType)
+
+
+class ArgumentError(UserError):
+    """A flag value or combination the command cannot honour; reported as one line."""
+
+
+def column_pair(text: str) -> tuple[str, str]:
+    field_name, equals, column = text.partition("=")
+    if not equals or field_name not in RECORD_FIELDS or not column:
+        raise argparse.ArgumentTypeError(
+            f"expected FIELD=COLUMN with FIELD one of {', '.join(RECORD_FIELDS)}, got {text!r}"
+        )
+    return field_name, column
+
+
+@dataclass
+class ModelArgs:
+    model_name_or_path: str = option(required=True, help="HF model folder or hub name")
+    trust_remote_code: bool = option(
+        False, "run Python code shipped with the model folder (only for models you trust)"
+    )
+    attn_implementation: str | None = option(
+        None,
+        "attention kernel (None: the one transformers picks for the model's family, sdpa "
+        "where it supports it, else eager); flash_attention_2 needs the flash-attn package and "
+        "a GPU, and is the one that skips the masked work of packed rows",
+        choices=ATTN_IMPLEMENTATIONS,
+    )
+    resize_embeddings: bool = option(
+        False,
+        "when the tokenizer has more tokens than the model has embedding rows, add rows "
+        "(rounded up to a multiple of 64) instead of stopping with an error",
+    )
+    use_liger: bool = option(
+        False,
+        "compute the LM head and cross-entropy in Liger's fused kernel (liger-kernel, GPU)",
+    )
+
+
+@dataclass
+class DataArgs:
+    train_datasets: list[str] = option(
+        None,
+        "datasets to train on: a registered name with an optional proportion and path "
+        "(correction-json::data/train.jsonl, correction-json:0.5:data/train.jsonl, "
+        "my-data:1000/-1), or simply a record file",
+        required=True,
+        many=True,
+        metavar="NAME[:PROPORTION[:PATH]]",
+    )
+    eval_datasets: list[str] | None = option(
+        None,
+        "datasets to evaluate on (same form as --train_datasets)",
+        nargs="*",
+        metavar="NAME[:PROPORTION[:PATH]]",
+    )
+    eval_split_ratio: float = option(
+        0.0,
+        "hold out this share of the training samples for evaluation (when no "
+        "--eval_datasets are given)",
+    )
+    column_map: list[tuple[str, str]] | None = option(
+        None,
+        "read a Hub dataset's COLUMN as the record FIELD (question, messages, answer, "
+        "correction), e.g. question=prompt answer=response",
+        many=True,
+        parse=column_pair,
+        metavar="FIELD=COLUMN",
+    )
+    dataset_module: list[str] = option(
+        [],
+        "import a module (pkg.mod or path/to/file.py) that registers RawDataset classes; "
+        "repeatable",
+        action="append",
+        metavar="MODULE",
+    )
+    prompt_template: str | None = option(
+        "correction",
+        "a template name (correction, aligner-v1, or chat: the tokenizer's own chat "
+        "template) or a .json/.yaml template file",
+        aliases=("--template",),
+    )
+    system_prompt: str | None = option(
+        None, "with --prompt_template chat: the aligner's system message (default: none)"
+    )
+    max_length: int = option(2048, "maximum tokens per sample (prompt + target)")
+    identity_warmup_ratio: float = option(
+        0.0,
+        "identity warm-up (residual correction): before the corrections, train on this "
+        "share of the training records with their own answer as the target, i.e. "
+        "(question, answer, answer)",
+    )
+    lenient_data: bool = option(
+        False, "skip and count invalid records instead of stopping at the first one"
+    )
+    num_proc: int = option(1, "processes used to tokenize the data")
+    data_cache_dir: str | None = option(
+        None,
+        "where tokenized data is cached (default: $ALIGNER_CACHE_DIR/data or "
+        "~/.cache/aligner/data)",
+    )
+    seed: int = option(42, "seed of data sampling, shuffling and initialisation")
+
+    def check(self) -> None:
+        """Refuse a data flag out of its range, naming the flag, before anything is read."""
+        if self.max_length < 2:
+            raise ArgumentError(f"--max_length must be at least 2, got {self.max_length}")
+        if self.num_proc < 1:
+            raise ArgumentError(f"--num_proc must be at least 1, got {self.num_proc}")
+        ratios = {
+            "--eval_split_ratio": (self.eval_split_ratio, "[0, 1)", lambda x: 0 <= x < 1),
+            "--identity_warmup_ratio": (
+                self.identity_warmup_ratio,
+                "[0, 1]",
+                lambda x: 0 <= x <= 1,
+            ),
+        }
+        for flag, (value, interval, inside) in ratios.items():
+            if not (math.isfinite(value) and inside(value)):
+                raise ArgumentError(f"{flag} must be in {interval}, got {value}")
+
+
+@dataclass
+class LayoutArgs:
+    per_device_train_batch_size: int = option(4, "samples per micro-batch on each rank")
+    per_device_eval_batch_size: int = option(4, "samples per evaluation batch on each rank")
+    gradient_accumulation_steps: int = option(8, "micro-batches per optimizer step")
+    packing: bool = option(
+        False,
+        "padding-free packing: concatenate whole samples into micro-batches of at most "
+        "--packing_max_tokens tokens; attention never crosses samples",
+    )
+    packing_max_tokens: int | None = option(
+        None,
+        "token budget of a packed micro-batch, at least max_length (None: "
+        "per_device_train_batch_size x max_length)",
+        metavar="TOKENS",
+    )
+    group_by_length: bool = option(
+        False,
+        "form global batches of similar lengths (seeded), so padded batches waste little",
+    )
+
+
+@dataclass
+class LoraArgs:
+    lora_r: int = option(0, "LoRA rank; 0 trains every weight instead")
+    lora_alpha: float = option(16.0, "LoRA scaling numerator")
+    lora_dropout: float = option(0.05, "dropout on the adapters' inputs")
+    lora_target_modules: list[str] | None = option(
+        None,
+        "module names that get adapters, e.g. q_proj v_proj (None: the family's attention "
+        "and MLP projections, e.g. qkv_proj o_proj gate_up_proj down_proj for Phi-3; all-linear "
+        "for a family without a default); all-linear: every linear layer but the output layer",
+        many=True,
+        metavar="NAME",
+    )
+    lora_merge: bool = option(
+        False, "save the base weights with the adapter merged in, instead of the adapter alone"
+    )
+    load_in_4bit: bool = option(
+        False, "QLoRA: load the base model in 4-bit NF4 (needs --lora_r, bitsandbytes and a GPU)"
+    )
+
+
+@dataclass
+class OptimArgs:
+    epochs: int = option(3, "passes over the training data", aliases=("--num_train_epochs",))
+    max_steps: int = option(-1, "stop after this many optimizer steps (-1: off)")
+    gradient_checkpointing: bool = option(
+        True, "recompute activations in the backward pass to save memory"
+    )
+    lr: float = option(2e-5, "peak learning rate", aliases=("--learning_rate",))
+    lr_scheduler_type: str = option(
+        "cosine", "a transformers.get_scheduler name", choices=SCHEDULERS
+    )
+    lr_warmup_ratio: float = option(
+        0.03, "share of the steps with a rising learning rate", aliases=("--warmup_ratio",)
+    )
+    weight_decay: float = option(
+        0.0, "AdamW weight decay; never applied to biases and norm weights"
+    )
+    adam_beta1: float = option(0.9, "AdamW beta1")
+    adam_beta2: float = option(0.95, "AdamW beta2")
+    adam_epsilon: float = option(1e-8, "AdamW epsilon")
+    max_grad_norm: float = option(1.0, "clip the global gradient norm (0: off)")
+    max_consecutive_skips: int = option(
+        5,
+        "stop the run (non-zero exit) after this many optimizer steps in a row were skipped "
+        "for a non-finite loss or gradient",
+    )
+
+
+@dataclass
+class PrecisionArgs:
+    bf16: bool | None = option(
+        None,
+        "train in bfloat16 (default: on where the accelerator supports it, else fp32)",
+    )
+    fp16: bool = option(False, "train in float16 with loss scaling")
+    tf32: bool | None = option(
+        False,
+        "allow TF32 matmuls (NVIDIA Ampere or newer); auto: wherever the GPU supports them",
+        parse=bool_or_auto,
+        nargs="?",
+        const=True,
+        metavar="BOOL|auto",
+    )
+
+
+@dataclass
+class EvalArgs:
+    need_eval: bool = option(
+        False,
+        "evaluate (needs --eval_datasets or --eval_split_ratio; giving either implies it)",
+    )
+    eval_strategy: str = option("epoch", "when to evaluate", choices=("epoch", "steps"))
+    eval_interval: int = option(
+        1000, "optimizer steps between evaluations with --eval_strategy steps"
+    )
+
+
+@dataclass
+class OutputArgs:
+    output_dir: str = option(required=True, help="where the model, logs and checkpoints go")
+    defaults: str = option(
+        "aligner",
+        "original: the original toolkit's script settings (wandb project Aligner-SFT, TF32 "
+        "where supported, a 16-bit save), which scripts/sft-correction.sh applies; any flag "
+        "given overrides them",
+        choices=("aligner", "original"),
+    )
+    log_type: str = option("none", "tracker", choices=("wandb", "tensorboard", "none"))
+    log_dir: str | None = option(None, "tracker files (default: OUTPUT_DIR)")
+    log_project: str = option("aligner", "wandb project")
+    log_run_name: str | None = option(None, "run name (default: from time)")
+    save_fp32: bool = option(
+        False,
+        "save the optimizer's fp32 master weights instead of the weights in the training "
+        "precision (bf16/fp16 runs: twice the disk)",
+    )
+    save_16bit: bool | None = option(
+        None,
+        "the original toolkit's flag: True saves 16-bit weights (the training precision, "
+        "or bf16 when training in fp32), False as --save_fp32; default: the training precision",
+    )
+    save_interval: int = option(
+        0, "also save a model folder every this many optimizer steps (0: only at the end)"
+    )
+    checkpoint_interval: int = option(
+        0,
+        "save a full checkpoint (engine, optimizer, scheduler, RNG, data position) to "
+        "OUTPUT_DIR/checkpoints every this many optimizer steps (0: never)",
+    )
+    save_total_limit: int = option(
+        2, "full checkpoints kept; older ones are deleted once a newer one is complete"
+    )
+    resume_from_checkpoint: str | None = option(
+        None,
+        "continue from a full checkpoint: auto takes the newest complete one in OUTPUT_DIR "
+        "(or starts fresh when there is none)",
+        metavar="auto|PATH",
+    )
+    overwrite: bool = option(
+        False,
+        "write into a non-empty OUTPUT_DIR that holds no resumable run, or start an earlier "
+        "run over (only files the toolkit wrote are ever deleted)",
+    )
+
+
+@dataclass
+class DistArgs:
+    zero_stage: int = option(3, "DeepSpeed ZeRO stage", choices=(0, 1, 2, 3))
+    offload: str = option("none", "ZeRO offload to the CPU", choices=OFFLOAD_CHOICES)
+    local_rank: int = option(-1, "set by the deepspeed launcher")
+    deepspeed: bool = option(
+        False,
+        "accepted for compatibility; the trainer always runs on DeepSpeed",
+        aliases=("--deepscale",),
+        action="store_true",
+    )
+    deepspeed_config: str | None = option(
+        None,
+        "a DeepSpeed config file whose keys override the built config",
+        aliases=("--deepscale_config",),
+        metavar="JSON",
+    )
+    dist_timeout: int = option(600, "seconds a collective may wait for a rank before the run fails")
+
+
+PROFILES: dict[str, dict[str, Any]] = {
+    "aligner": {},
+    # What the original toolkit's scripts/sft-correction.sh fixes on top of its trainer's own
+    # defaults; this project's wrapper applies it, `aligner train` does not.
+    "original": {
+        "log_type": "wandb",
+        "log_project": "Aligner-SFT",
+        "tf32": None,
+        "save_16bit": True,
+    },
+}
+"""``--defaults``: the neutral defaults of ``aligner train``, or the original script's."""
+
+FLOAT_RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {
+    # An AdamW step moves each weight by about the LR: above 1, one step destroys the model.
+    "lr": ("in (0, 1]", lambda x: 0 < x <= 1),
+    "lr_warmup_ratio": ("in [0, 1]", lambda x: 0 <= x <= 1),
+    "weight_decay": ("at least 0", lambda x: x >= 0),
+    "adam_beta1": ("in [0, 1)", lambda x: 0 <= x < 1),
+    "adam_beta2": ("in [0, 1)", lambda x: 0 <= x < 1),
+    "adam_epsilon": ("above 0", lambda x: x > 0),
+    "max_grad_norm": ("at least 0 (0: off)", lambda x: x >= 0),
+    "lora_alpha": ("above 0", lambda x: x > 0),
+    "lora_dropout": ("in [0, 1)", lambda x: 0 <= x < 1),
+}
+"""Every float flag's range (the data flags' are checked by ``DataArgs.check``). Each value must
+also be finite, in float32 too: inf or nan passes a comparison like ``lr <= 0`` unnoticed and
+trains a model of NaN weights, and 1e39 overflows the optimizer's float32 arithmetic."""
+FLOAT32_MAX = 3.4028234663852886e38
+
+SECRET_MARKERS = ("token", "key", "secret", "password")
+"""Flag names holding any of these are never written to the output folder."""
+
+TRAIN_GROUPS = {
+    "model": (ModelArgs, "model"),
+    "data": (DataArgs, "data"),
+    "layout": (LayoutArgs, "batch layout"),
+    "lora": (LoraArgs, "LoRA"),
+    "optim": (OptimArgs, "optimisation"),
+    "precision": (PrecisionArgs, "precision"),
+    "eval": (EvalArgs, "evaluation"),
+    "output": (OutputArgs, "output, checkpoints and tracking"),
+    "dist": (DistArgs, "distributed"),
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``aligner train`` was asked to do, by group."""
+
+    model: ModelArgs
+    data: DataArgs
+    layout: LayoutArgs
+    lora: LoraArgs
+    optim: OptimArgs
+    precision: PrecisionArgs
+    eval: EvalArgs
+    output: OutputArgs
+    dist: DistArgs
+    deepspeed_overrides: dict[str, Any] | None = field(default=None)
+    """The keys of ``--deepspeed_config``, read by ``validate``."""
+
+    @staticmethod
+    def parser() -> argparse.ArgumentParser:
+        from aligner.errors import CommandParser
+
+        parser = CommandParser(
+            prog="aligner train",
+            description="Supervised correction training on DeepSpeed: only the correction and "
+            "its EOS carry loss, normalised per target token of the global batch.",
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            allow_abbrev=False,
+        )
+        for group, title in TRAIN_GROUPS.values():
+            add_options(parser, group, title=title)
+        return parser
+
+    @classmethod
+    def parse(cls, argv: list[str] | None) -> TrainConfig:
+        """Parse and validate; ``--defaults original`` swaps in the original script's defaults,
+        which any flag given still overrides."""
+        profile = argparse.ArgumentParser(add_help=False)
+        profile.add_argument("--defaults", choices=PROFILES, default="aligner")
+        known, _ = profile.parse_known_args(argv)
+        parser = cls.parser()
+        parser.set_defaults(**PROFILES[known.defaults])
+        namespace = parser.parse_args(argv)
+        config = cls(**{name: take(namespace, group) for name, (group, _) in TRAIN_GROUPS.items()})
+        config.validate()
+        return config
+
+    def flat(self) -> dict[str, Any]:
+        """Every flag's value by its name."""
+        values: dict[str, Any] = {}
+        for name in TRAIN_GROUPS:
+            values.update(dataclasses.asdict(getattr(self, name)))
+        return values
+
+    def for_saving(self) -> dict[str, Any]:
+        """The flags as JSON-safe values, without anything that looks like a credential: no
+        secret-named flag, and no secret from the environment inside any value."""
+        return saved_values(self.flat())
+
+    def validate(self) -> None:
+        """Check flag values and combinations; raise ArgumentError with one clear line."""
+        self.data.check()  # first: the layout's defaults are derived from --max_length
+        flat = self.flat()
+        for name, (allowed, inside) in FLOAT_RANGES.items():
+            value = flat[name]
+            if not (math.isfinite(value) and abs(value) <= FLOAT32_MAX and inside(value)):
+                raise ArgumentError(f"--{name} must be a finite number {allowed}, got {value}")
+        positive = ("epochs", "per_device_train_batch_size", "per_device_eval_batch_size")
+        for name in (*positive, "gradient_accumulation_steps", "dist_timeout"):
+            if flat[name] < 1:
+                raise ArgumentError(f"--{name} must be at least 1, got {flat[name]}")
+        optim, output = self.optim, self.output
+        if optim.max_steps == 0 or optim.max_steps < -1:
+            raise ArgumentError(f"--max_steps must be positive or -1, got {optim.max_steps}")
+        if optim.max_consecutive_skips < 1:
+            raise ArgumentError(
+                f"--max_consecutive_skips must be at least 1, got {optim.max_consecutive_skips}"
+            )
+        if self.precision.bf16 and self.precision.fp16:
+            raise ArgumentError("--bf16 and --fp16 are exclusive")
+        if self.eval.eval_interval < 1 or output.save_interval < 0:
+            raise ArgumentError("--eval_interval must be >= 1 and --save_interval >= 0")
+        if output.checkpoint_interval < 0 or output.save_total_limit < 1:
+            raise ArgumentError("--checkpoint_interval must be >= 0 and --save_total_limit >= 1")
+        if output.save_16bit and output.save_fp32:
+            raise ArgumentError("--save_16bit True and --save_fp32 are exclusive")
+        output.save_fp32 = output.save_fp32 or output.save_16bit is False
+        self._validate_layout_and_lora()
+        data = self.data
+        if self.eval.need_eval and not (data.eval_datasets or data.eval_split_ratio > 0):
+            raise ArgumentError("--need_eval needs --eval_datasets or --eval_split_ratio")
+        self.deepspeed_overrides = read_deepspeed_overrides(self.dist.deepspeed_config)
+
+    def _validate_layout_and_lora(self) -> None:
+        layout, lora = self.layout, self.lora
+        max_length = self.data.max_length
+        if layout.packing_max_tokens is None:
+            layout.packing_max_tokens = layout.per_device_train_batch_size * max_length
+        if layout.packing_max_tokens < max_length:
+            raise ArgumentError(
+                f"--packing_max_tokens {layout.packing_max_tokens} must be at least "
+                f"--max_length {max_length}, so that every sample fits"
+            )
+        if lora.lora_r < 0:
+            raise ArgumentError(f"--lora_r must be >= 0, got {lora.lora_r}")
+        if lora.lora_r == 0 and (lora.lora_merge or lora.load_in_4bit):
+            raise ArgumentError("--lora_merge and --load_in_4bit need --lora_r > 0")
+        if lora.lora_merge and lora.load_in_4bit:
+            raise ArgumentError("--lora_merge cannot merge into 4-bit weights; drop --load_in_4bit")
+        if lora.load_in_4bit and self.dist.zero_stage == 3:
+            raise ArgumentError("--load_in_4bit works with --zero_stage 0, 1 or 2, not 3")
+
+
+def read_deepspeed_overrides(path_text: str | None) -> dict[str, Any] | None:
+    """The JSON object of a ``--deepspeed_config`` file, or None without one."""
+    if path_text is None:
+        return None
+    path = Path(path_text)
+    try:
+        overrides = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ArgumentError(f"--deepspeed_config {path}: {error}") from None
+    if not isinstance(overrides, dict):
+        raise ArgumentError(f"--deepspeed_config {path}: must hold a JSON object")
+    return overrides
+
+
+def saved_values(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` as JSON-safe values, without secret-named keys or secrets inside values."""
+    saved: dict[str, Any] = {}
+    for name, value in sorted(values.items()):
+        if any(marker in name.lower() for marker in SECRET_MARKERS):
+            continue
+        if value is None or isinstance(value, (bool, int, float, str)):
+            saved[name] = value
+        elif isinstance(value, (list, tuple)):
+            saved[name] = [str(item) for item in value]
+        elif isinstance(value, dict):
+            saved[name] = json.loads(json.dumps(value, default=str))
+        else:
+            saved[name] = str(value)
+    return redact(saved)
