@@ -1,6 +1,6 @@
 """Generated tokens per second of `aligner correct` at several batch sizes, start-up subtracted.
 
-Each measurement calls the command itself (``aligner.inference.correct.main``, greedy) twice in
+Each measurement calls the command itself (``aligner.commands.correct.main``, greedy) twice in
 this process: on one batch of records, then on three. Both calls pay the same model load and
 set-up, so the two extra batches' generated tokens over the difference in wall time is the
 generation rate, output writing included. With the benchmark model's EOS muted (see
@@ -24,7 +24,7 @@ def timed_correct(
     model: Path, records: list[dict[str, Any]], work: Path, batch_size: int, max_new_tokens: int
 ) -> float:
     """Seconds one `aligner correct` call takes to correct ``records``."""
-    from aligner.inference.correct import main as correct
+    from aligner.commands.correct import main as correct
 
     name = f"b{batch_size}-n{len(records)}-t{max_new_tokens}"
     source, output = work / f"{name}.input.jsonl", work / f"{name}.jsonl"
