@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -21,6 +22,15 @@ from aligner.errors import UserError
 
 class UnwritableError(UserError):
     """A path the command was asked to write to that cannot be written; one line."""
+
+
+def _mode_for(path: Path) -> int:
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 @contextmanager
@@ -35,6 +45,9 @@ def atomic_writer(path: str | Path, mode: str = "w") -> Iterator[IO]:
     # crash leaves nothing that looks like an output.
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp makes the file private (0600); the output gets the permissions a plain write
+        # gives it: those of the file it replaces, else 0666 less the umask.
+        os.chmod(temporary, _mode_for(path))
         with os.fdopen(handle, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as file:
             yield file
             _force_to_disk(file)

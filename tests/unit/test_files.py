@@ -62,3 +62,19 @@ def test_a_staged_folder_is_published_only_when_complete(tmp_path: Path) -> None
         (staging / "weights.safetensors").write_text("new")
     assert sorted(os.listdir(folder)) == ["config.json", "weights.safetensors"]
     assert sorted(os.listdir(tmp_path)) == ["model"]
+
+
+def test_an_atomic_write_gets_the_permissions_of_a_plain_write(tmp_path: Path) -> None:
+
+    umask = os.umask(0o022)
+    try:
+        new = tmp_path / "new.json"
+        files.write_atomically(new, "{}")
+        assert new.stat().st_mode & 0o777 == 0o644
+        shared = tmp_path / "shared.json"
+        shared.write_text("old")
+        shared.chmod(0o664)
+        files.write_atomically(shared, "new")
+        assert shared.stat().st_mode & 0o777 == 0o664
+    finally:
+        os.umask(umask)
