@@ -77,17 +77,15 @@ def run_command(
 ) -> int:
     """Run ``prepare`` (every check, before any work) then ``execute``; return the exit code.
 
-    Under a launcher every rank meets the same user error, and only rank 0 prints it.
+    Under a launcher every rank usually meets the same user error: rank 0 prints it as the one
+    line, the others with their rank.
     ``interrupted`` is what Ctrl-C prints (how to resume, or what was kept).
     """
     try:
         plan = prepare()
-    except UserError as error:
+    except (UserError, OSError, ValueError) as error:
+        # ValueError too: libraries (json, datasets, tokenizers) report a bad user file so.
         return _say_once(command, error, EXIT_REFUSED)
-    except (OSError, ValueError) as error:
-        # A library's own report of a bad user file (json, datasets, tokenizers). It may be
-        # this rank's alone (a file another rank is writing), so every rank that meets it says so.
-        return report(command, error, EXIT_REFUSED)
     except KeyboardInterrupt:
         return _say_once(command, "interrupted", EXIT_SIGINT)
     try:
@@ -103,8 +101,11 @@ def run_command(
 
 
 def _say_once(command: str, error: BaseException | str, code: int) -> int:
+    """The error as rank 0's one line; another rank labels its own copy, so that an error met
+    by that rank alone (a file another rank is writing, say) is never silent."""
     from aligner.runtime import Ranks
 
-    if Ranks.from_env().is_main:
+    ranks = Ranks.from_env()
+    if ranks.is_main:
         return report(command, error, code)
-    return code
+    return report(f"{command} (rank {ranks.rank})", error, code)

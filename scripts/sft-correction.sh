@@ -307,6 +307,8 @@ finish() { # STATUS WHAT: exit as the script promises, the cause on the last lin
 	local cause
 	# (from where it starts: a progress bar may share its line)
 	cause="$(grep -ao 'aligner [a-z]*: error: .*' "${ERRORS}" | tail -n 1 || true)"
+	# Rank 0's line, else the line of the rank that alone met the error.
+	[[ -n "${cause}" ]] || cause="$(grep -aoE 'aligner [a-z]* \(rank [0-9]+\): error: .*' "${ERRORS}" | tail -n 1 || true)"
 	[[ -n "${cause}" ]] && say "${cause}"
 	case "${status}" in
 	1 | 2 | 130 | 143) exit "${status}" ;;
