@@ -412,6 +412,13 @@ def run_chosen(check: Check, chosen: list[str], index: int, blocked: str | None)
     check.say(f"{part}: {', '.join(row['status'] for row in rows)}")
 
 
+def import_figure_modules() -> None:
+    """What ``train_figures.planned_batches`` imports: transformers, datasets, the pipeline."""
+    import aligner.datasets.pipeline
+    import aligner.tokenizer
+    import aligner.training.layout  # noqa: F401
+
+
 def run_parts(check: Check) -> None:
     """prepare, then the chosen parts, ``settings.workers`` at a time."""
     chosen = [name for name in PART_NAMES if name in check.args.only]
@@ -419,6 +426,10 @@ def run_parts(check: Check) -> None:
     timeout_s = min(check.settings.timeouts_s["prepare"], check.deadline - time.time() - later)
     blocked = "no time left in the budget" if timeout_s <= 0 else None  # why nothing can run
     if not blocked:
+        if set(chosen) & set(TRAIN_ROWS):
+            # The training rows' figures replay each run's batches through the data pipeline in
+            # this process; importing it meanwhile uses what prepare leaves of the machine.
+            threading.Thread(target=import_figure_modules, daemon=True).start()
         finished = check.child("prepare", check.self_command("prepare"), timeout_s)
         problem = failed(finished)
         if problem:

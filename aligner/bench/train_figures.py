@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from aligner.config import DataArgs
 
 PEAK_BF16_TFLOPS = 989.0
 """Dense bf16 peak of one H100 or H200 SXM (the vendor's datasheet)."""
@@ -62,25 +65,37 @@ def planned_batches(train_argv: list[str], world_size: int) -> list[list[int]]:
     """The sample lengths of each global batch of the first epoch that ``aligner train`` run
     with ``train_argv`` on ``world_size`` ranks trains, in order (the data order is a pure
     function of the flags, and the tokenized data comes from the run's cache)."""
-    import numpy as np
-
     from aligner.config import TrainConfig
-    from aligner.datasets.pipeline import training_sets
-    from aligner.prompts import get_template
-    from aligner.tokenizer import load_tokenizer
     from aligner.training.batching import global_batches
     from aligner.training.layout import BatchLayout
 
     config = TrainConfig.parse(train_argv)
-    tokenizer = load_tokenizer(config.model.model_name_or_path)
-    template = get_template(config.data.prompt_template)
-    dataset, _, _ = training_sets(config.data, tokenizer, template)
-    lengths = np.asarray(dataset["length"])
+    lengths, pad_token_id = sample_lengths(config.model.model_name_or_path, config.data)
     layout = BatchLayout.from_flags(
-        config.layout, world_size=world_size, rank=0, pad_token_id=tokenizer.pad_token_id
+        config.layout, world_size=world_size, rank=0, pad_token_id=pad_token_id
     )
     order = layout.epoch_order(lengths, config.data.seed, 0)
     return [lengths[batch].tolist() for batch in global_batches(order, layout.global_batch_size)]
+
+
+_LOADED_LENGTHS: dict[str, tuple[Any, int]] = {}
+
+
+def sample_lengths(model: str, data: DataArgs) -> tuple[Any, int]:
+    """The tokenized training samples' lengths and the pad id; runs that differ only in their
+    batch layout (the GPU check's rows) share one load."""
+    key = f"{model}\n{data!r}"
+    if key not in _LOADED_LENGTHS:
+        import numpy as np
+
+        from aligner.datasets.pipeline import training_sets
+        from aligner.prompts import get_template
+        from aligner.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(model)
+        dataset, _, _ = training_sets(data, tokenizer, get_template(data.prompt_template))
+        _LOADED_LENGTHS[key] = np.asarray(dataset["length"]), tokenizer.pad_token_id
+    return _LOADED_LENGTHS[key]
 
 
 def train_figures(
