@@ -11,7 +11,8 @@ from typing import Any
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from aligner.errors import UserError, one_line
+from aligner.errors import UserError
+from aligner.model_files import LOAD_ERRORS, check_source, load_failure
 
 PAD_TOKEN = "<pad>"
 
@@ -34,12 +35,13 @@ def load_tokenizer(
     never trained on and the embeddings need no new row. ``add_pad_token`` adds a real
     ``<pad>`` token instead; the caller must then resize the model's embeddings.
     """
+    check_source(name_or_path, flag)
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             name_or_path, trust_remote_code=trust_remote_code, use_fast=True
         )
-    except (OSError, ValueError) as error:
-        raise TokenizerError(f"{flag} {name_or_path}: {one_line(error)}") from None
+    except LOAD_ERRORS as error:
+        raise TokenizerError(load_failure(name_or_path, flag, error)) from None
     if not tokenizer.is_fast:
         raise TokenizerError(
             f"{name_or_path}: a fast (Rust) tokenizer is required for offset-based masking"

@@ -6,11 +6,10 @@ import argparse
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from aligner.config import ArgumentError, ModelArgs
-from aligner.errors import RunFailure, one_line
+from aligner.model_files import LOAD_ERRORS, CheckpointError, check_source, load_failure
 from aligner.options import add_options
 from aligner.prompts import TEMPLATE_FILENAME, Template, TemplateError, get_template
 
@@ -70,12 +69,10 @@ def add_model_arguments(group: argparse._ArgumentGroup) -> None:
     add_options(group, ModelArgs, only=("trust_remote_code",))
 
 
-class CheckpointError(RunFailure):
-    """A checkpoint that does not load."""
-
-
 def load_model(args: argparse.Namespace, local_rank: int = 0) -> PreTrainedModel:
     """The model that ``args`` name, in evaluation mode on its device (this rank's GPU)."""
+    flag = "--model_name_or_path"
+    check_source(args.model_name_or_path, flag)
     device = resolve_device(args.device, local_rank)
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -83,8 +80,6 @@ def load_model(args: argparse.Namespace, local_rank: int = 0) -> PreTrainedModel
             dtype=resolve_dtype(args.dtype, device),
             trust_remote_code=args.trust_remote_code,
         )
-    except (OSError, ValueError, SafetensorError) as error:
-        raise CheckpointError(
-            f"--model_name_or_path {args.model_name_or_path}: {one_line(error)}"
-        ) from None
+    except LOAD_ERRORS as error:
+        raise CheckpointError(load_failure(args.model_name_or_path, flag, error)) from None
     return model.to(device).eval()

@@ -10,6 +10,13 @@ import torch
 
 from aligner.config import ArgumentError, TrainConfig
 from aligner.loss import CorrectionLM
+from aligner.model_files import (
+    LOAD_ERRORS,
+    CheckpointError,
+    check_source,
+    first_sentence,
+    load_failure,
+)
 from aligner.training.lora import (
     LoraSettings,
     add_lora,
@@ -69,11 +76,6 @@ def _rounded_rows(tokens: int) -> int:
     return -(-tokens // EMBEDDING_ROW_MULTIPLE) * EMBEDDING_ROW_MULTIPLE
 
 
-def _first_sentence(error: Exception) -> str:
-    text = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-    return text.split(". ")[0].rstrip(".")
-
-
 def plan_model(config: TrainConfig, tokenizer_size: int) -> ModelPlan:
     """Check the model against the flags and the tokenizer, in one line and before any rank
     trains: builds it on the meta device (no weights, no memory) so that transformers' own
@@ -83,10 +85,13 @@ def plan_model(config: TrainConfig, tokenizer_size: int) -> ModelPlan:
     model, lora = config.model, config.lora
     source = f"--model_name_or_path {model.model_name_or_path}"
     remote = {"trust_remote_code": model.trust_remote_code}
+    check_source(model.model_name_or_path, "--model_name_or_path")
     try:
         family = AutoConfig.from_pretrained(model.model_name_or_path, **remote)
-    except (OSError, ValueError) as error:
-        raise ArgumentError(f"{source}: {_first_sentence(error)}") from None
+    except LOAD_ERRORS as error:
+        raise ArgumentError(
+            load_failure(model.model_name_or_path, "--model_name_or_path", error)
+        ) from None
     try:
         with torch.device("meta"):
             lm = AutoModelForCausalLM.from_config(
@@ -94,9 +99,9 @@ def plan_model(config: TrainConfig, tokenizer_size: int) -> ModelPlan:
             )
     except (ValueError, ImportError) as error:
         if model.attn_implementation is None:
-            raise ArgumentError(f"{source}: {_first_sentence(error)}") from None
+            raise ArgumentError(f"{source}: {first_sentence(error)}") from None
         raise ArgumentError(
-            f"--attn_implementation {model.attn_implementation}: {_first_sentence(error)}; "
+            f"--attn_implementation {model.attn_implementation}: {first_sentence(error)}; "
             "leave the flag out to use the kernel transformers picks for this model"
         ) from None
     rows = lm.get_input_embeddings().num_embeddings
@@ -155,13 +160,18 @@ def load_model_to_train(
             bnb_4bit_compute_dtype=dtype,
         )
         extra["device_map"] = {"": local_rank}  # quantized weights load straight to the GPU
-    lm = AutoModelForCausalLM.from_pretrained(
-        config.model.model_name_or_path,
-        dtype=dtype,
-        trust_remote_code=config.model.trust_remote_code,
-        attn_implementation=config.model.attn_implementation,
-        **extra,
-    )
+    try:
+        lm = AutoModelForCausalLM.from_pretrained(
+            config.model.model_name_or_path,
+            dtype=dtype,
+            trust_remote_code=config.model.trust_remote_code,
+            attn_implementation=config.model.attn_implementation,
+            **extra,
+        )
+    except LOAD_ERRORS as error:
+        # The config loaded in plan_model; what fails here are the weights themselves.
+        name = config.model.model_name_or_path
+        raise CheckpointError(load_failure(name, "--model_name_or_path", error)) from None
     if config.model.resize_embeddings and tokenizer_size > lm.get_input_embeddings().num_embeddings:
         # New rows start at the mean of the old ones (transformers' default), so the
         # distribution over the known tokens barely moves.

@@ -576,6 +576,7 @@ def test_preference_output_from_correct(
     ("setup", "message"),
     [
         ("no-template", "has no prompt_template.json: pass --template"),
+        ("missing-model", "--model_name_or_path ./no-such-model: no such folder"),
         ("missing-answer", "answer"),
         ("duplicate-ids", "share the id 'x'"),
         ("bad-rounds", "--rounds must be at least 1"),
@@ -597,6 +598,8 @@ def test_user_errors_are_one_line(
     output = tmp_path / "out.jsonl"
     if setup == "no-template":
         model = tiny_llama_dir
+    elif setup == "missing-model":
+        model = "./no-such-model"
     elif setup == "missing-answer":
         records = [{"question": "q"}]
     elif setup == "duplicate-ids":

@@ -1,0 +1,49 @@
+"""Where a model or tokenizer is read from (a local folder or a Hub id), and the one line a
+user sees when it cannot be read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
+from safetensors import SafetensorError
+
+from aligner.errors import RunFailure, UserError, one_line
+
+LOAD_ERRORS = (OSError, ValueError, SafetensorError)
+"""What transformers raises for a folder or file that does not load: a missing or unreadable
+file, a config it cannot parse, truncated or corrupt safetensors."""
+
+
+class CheckpointError(RunFailure):
+    """A model folder that exists but does not load: truncated or corrupt weights."""
+
+
+def check_source(name: str, flag: str) -> None:
+    """Refuse a name that can only be a local folder and is not one, before transformers
+    takes it for a Hub id and answers with a message about repository names or the network."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return
+    if path.exists():
+        raise UserError(f"{flag} {name}: is a file, not a model folder")
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise UserError(f"{flag} {name}: no such folder") from None
+
+
+def load_failure(name: str, flag: str, error: BaseException) -> str:
+    """One line for a model or tokenizer that did not load; a Hub id that did not resolve also
+    says no local folder has that name, since that is what a typing mistake usually means."""
+    line = f"{flag} {name}: {first_sentence(error)}"
+    if not Path(name).expanduser().is_dir():
+        line += f" (and no folder {name} exists here)"
+    return line
+
+
+def first_sentence(error: BaseException) -> str:
+    """The first sentence of an error's first line: transformers' messages go on to list every
+    model type or every option it knows."""
+    return one_line(error).split(". ")[0].rstrip(".")
