@@ -73,13 +73,14 @@ def run_command(
     prepare: Callable[[], Plan],
     execute: Callable[[Plan], int],
     *,
-    interrupted: str = "interrupted",
+    interrupted: str | Callable[[Plan], str] = "interrupted",
 ) -> int:
     """Run ``prepare`` (every check, before any work) then ``execute``; return the exit code.
 
     Under a launcher every rank usually meets the same user error: rank 0 prints it as the one
     line, the others with their rank.
-    ``interrupted`` is what Ctrl-C prints (how to resume, or what was kept).
+    ``interrupted`` is what Ctrl-C during ``execute`` prints (how to resume, or what was kept),
+    or makes it from the plan.
     """
     try:
         plan = prepare()
@@ -97,7 +98,8 @@ def run_command(
     except OSError as error:  # only the rank that met it knows
         return report(command, error, EXIT_FAILED)
     except KeyboardInterrupt:
-        return _say_once(command, interrupted, EXIT_SIGINT)
+        message = interrupted(plan) if callable(interrupted) else interrupted
+        return _say_once(command, message, EXIT_SIGINT)
 
 
 def _say_once(command: str, error: BaseException | str, code: int) -> int:

@@ -115,13 +115,20 @@ def execute(run: PreparedRun) -> int:
     return 0
 
 
+def interrupted(run: PreparedRun) -> str:
+    """What Ctrl-C during training prints: what is left to resume from."""
+    from aligner.training.checkpoints import what_is_kept
+
+    return f"interrupted; {what_is_kept(run.config.output.output_dir)}"
+
+
 def main(argv: list[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else argv
     return run_command(
         "aligner train",
         lambda: prepare(arguments),
         execute,
-        interrupted="interrupted; the last complete checkpoint is kept",
+        interrupted=interrupted,
     )
 
 

@@ -142,6 +142,14 @@ def complete_checkpoints(output_dir: str | Path) -> list[Path]:
     return [path for _, path in _step_folders(root) if read_marker(path) is not None]
 
 
+def what_is_kept(output_dir: str | Path) -> str:
+    """What a run that stopped leaves to resume from, for the line that reports the stop."""
+    complete = complete_checkpoints(output_dir)
+    if not complete:
+        return "there is no complete checkpoint to resume from"
+    return f"the last complete checkpoint ({complete[-1]}) is kept"
+
+
 def find_checkpoint(output_dir: str | Path, spec: str | None) -> Path | None:
     """The checkpoint ``--resume_from_checkpoint spec`` names: ``auto`` is the newest complete one
     under ``output_dir`` (None when there is none); a path must be a complete checkpoint."""
@@ -375,7 +383,7 @@ class CheckpointManager:
         reason = os.strerror(code).lower() if code > 0 else "write failed"
         raise WriteError(
             f"{reason}: cannot write checkpoint {folder} (rank {rank}); it was removed, and "
-            "the last complete checkpoint is kept"
+            f"{what_is_kept(self.root.parent)}"
         )
 
     def _rotate(self) -> None:

@@ -29,8 +29,8 @@ from aligner.training.checkpoints import (
     CheckpointManager,
     TrainState,
     WriteError,
-    complete_checkpoints,
     data_fingerprint,
+    what_is_kept,
     write_failure,
     write_run_file,
 )
@@ -294,7 +294,7 @@ class Trainer:
                         f"{self.state.consecutive_skips} optimizer steps in a row had a non-finite "
                         "loss or gradient (--max_consecutive_skips "
                         f"{config.optim.max_consecutive_skips}); "
-                        "stopped, the last complete checkpoint is kept"
+                        f"stopped, {what_is_kept(config.output.output_dir)}"
                     )
                 progress.update()
                 progress.set_postfix(
@@ -440,15 +440,9 @@ class Trainer:
         """Stop the run rather than save NaN or infinite weights to ``destination``. Collective."""
         if weights_are_finite(self.engine.module, self.rt.device):
             return
-        kept = complete_checkpoints(self.config.output.output_dir)
-        last = (
-            f"the last complete checkpoint ({kept[-1]}) is kept"
-            if kept
-            else "there is no complete checkpoint"
-        )
         raise NonFiniteWeights(
             f"the weights hold NaN or inf after step {self.state.step}: not saved to "
-            f"{destination}; {last}"
+            f"{destination}; {what_is_kept(self.config.output.output_dir)}"
         )
 
     def _save(self, directory: Path) -> None:

@@ -50,6 +50,14 @@ def test_auto_takes_the_newest_complete_checkpoint(tmp_path: Path) -> None:
         find_checkpoint(tmp_path, str(tmp_path / "checkpoints" / "step-12"))
 
 
+def test_a_stopped_run_names_what_it_keeps_only_when_it_keeps_one(tmp_path: Path) -> None:
+    _checkpoint(tmp_path, 1, complete=False)  # the save the stop interrupted
+    assert checkpoints.what_is_kept(tmp_path) == "there is no complete checkpoint to resume from"
+    kept = _checkpoint(tmp_path, 2, complete=True)
+    _checkpoint(tmp_path, 3, complete=False)
+    assert checkpoints.what_is_kept(tmp_path) == f"the last complete checkpoint ({kept}) is kept"
+
+
 def test_rotation_keeps_the_newest_and_what_it_did_not_write(tmp_path: Path) -> None:
     for step in (2, 4, 6):
         _checkpoint(tmp_path, step, complete=True)
