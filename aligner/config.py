@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -362,6 +363,17 @@ TRAIN_GROUPS = {
 }
 
 
+def spellings(parser: argparse.ArgumentParser, argv: list[str] | None) -> dict[str, str]:
+    """Each flag given in ``argv`` by its name, mapped to the spelling used (``--lr`` given as
+    ``--learning_rate``), so that an error names the flag the user typed."""
+    given: dict[str, str] = {}
+    for token in argv if argv is not None else sys.argv[1:]:
+        action = parser._option_string_actions.get(token.split("=", 1)[0])
+        if action is not None:
+            given[action.dest] = token.split("=", 1)[0]
+    return given
+
+
 @dataclass
 class TrainConfig:
     """Everything ``aligner train`` was asked to do, by group."""
@@ -404,7 +416,7 @@ class TrainConfig:
         parser.set_defaults(**PROFILES[known.defaults])
         namespace = parser.parse_args(argv)
         config = cls(**{name: take(namespace, group) for name, (group, _) in TRAIN_GROUPS.items()})
-        config.validate()
+        config.validate(spellings(parser, argv))
         return config
 
     def flat(self) -> dict[str, Any]:
@@ -419,14 +431,16 @@ class TrainConfig:
         secret-named flag, and no secret from the environment inside any value."""
         return saved_values(self.flat())
 
-    def validate(self) -> None:
-        """Check flag values and combinations; raise ArgumentError with one clear line."""
+    def validate(self, spelled: dict[str, str] | None = None) -> None:
+        """Check flag values and combinations; raise ArgumentError with one clear line, naming
+        a flag as ``spelled`` (flag name -> the alias given) where the user gave an alias."""
         self.data.check()  # first: the layout's defaults are derived from --max_length
         flat = self.flat()
         for name, (allowed, inside) in FLOAT_RANGES.items():
             value = flat[name]
             if not (math.isfinite(value) and abs(value) <= FLOAT32_MAX and inside(value)):
-                raise ArgumentError(f"--{name} must be a finite number {allowed}, got {value}")
+                flag = (spelled or {}).get(name, f"--{name}")
+                raise ArgumentError(f"{flag} must be a finite number {allowed}, got {value}")
         positive = ("epochs", "per_device_train_batch_size", "per_device_eval_batch_size")
         for name in (*positive, "gradient_accumulation_steps", "dist_timeout"):
             if flat[name] < 1:

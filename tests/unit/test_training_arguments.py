@@ -178,7 +178,7 @@ def test_deepscale_flags_are_accepted_as_in_the_original() -> None:
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--learning_rate", "inf"], "--lr must be a finite number in (0, 1], got inf"),
+        (["--learning_rate", "inf"], "--learning_rate must be a finite number in (0, 1], got inf"),
         (["--lr", "nan"], "--lr must be a finite number in (0, 1], got nan"),
         (["--lr", "3"], "--lr must be a finite number in (0, 1], got 3.0"),
         (["--weight_decay", "nan"], "--weight_decay must be a finite number at least 0, got nan"),
@@ -193,7 +193,7 @@ def test_deepscale_flags_are_accepted_as_in_the_original() -> None:
             ["--max_grad_norm", "inf"],
             "--max_grad_norm must be a finite number at least 0 (0: off), got inf",
         ),
-        (["--warmup_ratio", "nan"], "--lr_warmup_ratio must be a finite number in [0, 1], got nan"),
+        (["--warmup_ratio", "nan"], "--warmup_ratio must be a finite number in [0, 1], got nan"),
         (["--lora_alpha=-inf"], "--lora_alpha must be a finite number above 0, got -inf"),
         (["--lora_dropout", "1"], "--lora_dropout must be a finite number in [0, 1), got 1.0"),
     ],
