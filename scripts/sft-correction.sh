@@ -48,6 +48,9 @@ MASTER_PORT="${MASTER_PORT:-}"
 DEMO=0
 DEVICES_CHOSEN=0
 NODE_RANK=""
+NUM_NODES=1
+HOSTFILE=""
+NO_SSH=""
 TRAIN_DATASETS=()
 LAUNCHER_ARGS=()
 TRAINER_ARGS=()
@@ -144,6 +147,7 @@ while [[ $# -gt 0 ]]; do
 	--master_port) need_value "$@"; MASTER_PORT="$2"; shift 2 ;;
 	--hostfile | --include | --exclude)
 		need_value "$@"
+		[[ "$1" == --hostfile ]] && HOSTFILE="$2"
 		LAUNCHER_ARGS+=("$1" "$2")
 		DEVICES_CHOSEN=1
 		shift 2
@@ -151,10 +155,11 @@ while [[ $# -gt 0 ]]; do
 	--num_nodes | --node_rank | --master_addr)
 		need_value "$@"
 		[[ "$1" == --node_rank ]] && NODE_RANK="$2"
+		[[ "$1" == --num_nodes ]] && NUM_NODES="$2"
 		LAUNCHER_ARGS+=("$1" "$2")
 		shift 2
 		;;
-	--no_ssh) LAUNCHER_ARGS+=("$1"); shift ;;
+	--no_ssh) LAUNCHER_ARGS+=("$1"); NO_SSH=1; shift ;;
 	--demo) DEMO=1; shift ;;
 	-h | --help)
 		sed -n '2,/^$/p' "$0" | sed 's/^# \{0,1\}//'
@@ -188,6 +193,14 @@ fi
 if [[ ${#TRAIN_DATASETS[@]} -eq 0 || -z "${MODEL_NAME_OR_PATH}" || -z "${OUTPUT_DIR}" ]]; then
 	echo "sft-correction.sh: --train_datasets, --model_name_or_path and --output_dir are required" \
 		"(or --demo); see --help" >&2
+	exit 2
+fi
+
+# DeepSpeed finds the other nodes in a hostfile (its default: /job/hostfile), or each node is
+# launched by hand with --no_ssh; without either it fails with a traceback.
+if [[ "${NUM_NODES}" != 1 && -z "${NO_SSH}" && -z "${HOSTFILE}" && ! -f /job/hostfile ]]; then
+	echo "sft-correction.sh: --num_nodes ${NUM_NODES} needs the other nodes: pass --hostfile FILE," \
+		"or launch each node with --no_ssh --node_rank N --master_addr HOST" >&2
 	exit 2
 fi
 

@@ -272,3 +272,22 @@ def test_the_wrapper_writes_no_log_into_the_base_models_folder(
     assert run.returncode == 2, run.output[-3000:]
     assert "is the base model's folder" in run.output.splitlines()[-1]
     assert sorted(path.name for path in model_dir.iterdir()) == before
+
+
+def test_several_nodes_without_a_way_to_reach_them_is_refused(
+    tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    """DeepSpeed's launcher raises a ValueError traceback for --num_nodes 2 without a hostfile;
+    the wrapper refuses it first, in one line, before it writes anything."""
+    if Path("/job/hostfile").exists():
+        pytest.skip("DeepSpeed's default hostfile exists on this machine")
+    output_dir = tmp_path / "two-nodes"
+    command = ["bash", str(SCRIPT), "--num_nodes=2", "--model_name_or_path", str(tiny_llama_dir)]
+    command += ["--train_datasets", str(tmp_path / "train.jsonl"), "--output_dir", str(output_dir)]
+    run = run_command(command, clean_env(tmp_path), output_dir, timeout=60)
+    assert run.returncode == 2
+    assert run.output.strip() == (
+        "sft-correction.sh: --num_nodes 2 needs the other nodes: pass --hostfile FILE, or launch "
+        "each node with --no_ssh --node_rank N --master_addr HOST"
+    )
+    assert not output_dir.exists()
