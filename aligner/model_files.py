@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from huggingface_hub.errors import HFValidationError
-from huggingface_hub.utils import validate_repo_id
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from safetensors import SafetensorError
 
 from aligner.errors import RunFailure, UserError, one_line
