@@ -13,6 +13,9 @@ from aligner.errors import RunFailure, UserError, one_line
 LOAD_ERRORS = (OSError, ValueError, SafetensorError)
 """What transformers raises for a folder or file that does not load: a missing or unreadable
 file, a config it cannot parse, truncated or corrupt safetensors."""
+MODEL_FILES = ("config.json",)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tekken.json", "vocab.json", "vocab.txt")
+"""Any one of these lets transformers build a fast tokenizer."""
 
 
 class CheckpointError(RunFailure):
@@ -33,11 +36,17 @@ def check_source(name: str, flag: str) -> None:
         raise UserError(f"{flag} {name}: no such folder") from None
 
 
-def load_failure(name: str, flag: str, error: BaseException) -> str:
-    """One line for a model or tokenizer that did not load; a Hub id that did not resolve also
-    says no local folder has that name, since that is what a typing mistake usually means."""
+def load_failure(name: str, flag: str, error: BaseException, needs: tuple[str, ...]) -> str:
+    """One line for a model or tokenizer that did not load: a folder without any of the files
+    it ``needs`` says so (transformers' own message names neither the folder's problem nor the
+    file); a Hub id that did not resolve also says no local folder has that name, since that is
+    what a typing mistake usually means."""
+    folder = Path(name).expanduser()
+    if folder.is_dir() and not any((folder / file).is_file() for file in needs):
+        files = needs[0] if len(needs) == 1 else f"file it needs ({', '.join(needs)})"
+        return f"{flag} {name}: the folder holds no {files}"
     line = f"{flag} {name}: {first_sentence(error)}"
-    if not Path(name).expanduser().is_dir():
+    if not folder.is_dir():
         line += f" (and no folder {name} exists here)"
     return line
 

@@ -12,7 +12,7 @@ from typing import Any
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from aligner.errors import UserError
-from aligner.model_files import LOAD_ERRORS, check_source, load_failure
+from aligner.model_files import LOAD_ERRORS, TOKENIZER_FILES, check_source, load_failure
 
 PAD_TOKEN = "<pad>"
 
@@ -41,7 +41,7 @@ def load_tokenizer(
             name_or_path, trust_remote_code=trust_remote_code, use_fast=True
         )
     except LOAD_ERRORS as error:
-        raise TokenizerError(load_failure(name_or_path, flag, error)) from None
+        raise TokenizerError(load_failure(name_or_path, flag, error, TOKENIZER_FILES)) from None
     if not tokenizer.is_fast:
         raise TokenizerError(
             f"{name_or_path}: a fast (Rust) tokenizer is required for offset-based masking"

@@ -9,7 +9,13 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from aligner.config import ArgumentError, ModelArgs
-from aligner.model_files import LOAD_ERRORS, CheckpointError, check_source, load_failure
+from aligner.model_files import (
+    LOAD_ERRORS,
+    MODEL_FILES,
+    CheckpointError,
+    check_source,
+    load_failure,
+)
 from aligner.options import add_options
 from aligner.prompts import TEMPLATE_FILENAME, Template, TemplateError, get_template
 
@@ -81,5 +87,7 @@ def load_model(args: argparse.Namespace, local_rank: int = 0) -> PreTrainedModel
             trust_remote_code=args.trust_remote_code,
         )
     except LOAD_ERRORS as error:
-        raise CheckpointError(load_failure(args.model_name_or_path, flag, error)) from None
+        raise CheckpointError(
+            load_failure(args.model_name_or_path, flag, error, MODEL_FILES)
+        ) from None
     return model.to(device).eval()

@@ -34,12 +34,34 @@ def test_hub_ids_and_folders_go_through(name: str, llama_tokenizer_dir: Path) ->
 
 def test_a_hub_id_that_fails_also_says_no_folder_has_that_name(tmp_path: Path) -> None:
     error = OSError("We couldn't connect to 'https://huggingface.co' to load the files. More text")
-    line = load_failure("output/sft", "--model_name_or_path", error)
+    line = load_failure("output/sft", "--model_name_or_path", error, ("config.json",))
     assert line == (
         "--model_name_or_path output/sft: We couldn't connect to 'https://huggingface.co' to "
         "load the files (and no folder output/sft exists here)"
     )
-    assert "exists here" not in load_failure(str(tmp_path), "--model_name_or_path", error)
+    (tmp_path / "config.json").write_text("{}")
+    assert "exists here" not in load_failure(str(tmp_path), "--model_name_or_path", error, ())
+
+
+def test_a_folder_without_the_files_a_load_needs_says_so(tiny_llama_dir: Path, tmp_path: Path):
+    import shutil
+
+    from aligner.config import TrainConfig
+    from aligner.training.model import plan_model
+
+    with pytest.raises(
+        UserError,
+        match=r"^--model_name_or_path \S+: the folder holds no file it needs \(tokenizer.json, "
+        r"tokenizer.model, tekken.json, vocab.json, vocab.txt\)$",
+    ):
+        load_tokenizer(str(tmp_path))
+    weights_only = tmp_path / "weights-only"
+    shutil.copytree(tiny_llama_dir, weights_only)
+    (weights_only / "config.json").unlink()
+    flags = ["--train_datasets", "d.jsonl", "--output_dir", "o"]
+    config = TrainConfig.parse(["--model_name_or_path", str(weights_only), *flags])
+    with pytest.raises(UserError, match=r": the folder holds no config.json$"):
+        plan_model(config, tokenizer_size=1000)
 
 
 def test_a_missing_tokenizer_folder_is_one_line() -> None:
