@@ -120,6 +120,11 @@ def publish_folder(
     staging.rmdir()
 
 
+WRITE_PROBE_PREFIX = ".aligner-write-check-"
+"""The name of ``check_writable``'s probe file, which lives for an instant: every rank probes
+the same output folder at once, so whoever lists that folder must not count another's probe."""
+
+
 def check_writable(path: str | Path, flag: str, *, folder: bool = False) -> None:
     """Refuse, before any work, an output path that cannot be written.
 
@@ -137,7 +142,7 @@ def check_writable(path: str | Path, flag: str, *, folder: bool = False) -> None
     if not existing.is_dir():
         raise UnwritableError(f"{flag} {path}: {existing} is not a folder")
     try:
-        probe, name = tempfile.mkstemp(dir=existing, prefix=".aligner-write-check-")
+        probe, name = tempfile.mkstemp(dir=existing, prefix=WRITE_PROBE_PREFIX)
     except OSError as error:
         reason = error.strerror or str(error)
         raise UnwritableError(f"{flag} {path}: cannot write in {existing} ({reason})") from None

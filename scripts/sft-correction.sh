@@ -230,7 +230,9 @@ may_log_into() { # FOLDER: new, empty, a run of ours, or --overwrite was given; 
 		return 0
 	for entry in "$1"/* "$1"/.[!.]*; do
 		[[ -e "${entry}" ]] || continue
-		[[ "${entry##*/}" =~ ^((stdout|stderr)(\.node[0-9]+)?\.log|model)$ ]] || return 1
+		# A rank's writability probe (aligner/files.py) is there for an instant on a shared folder.
+		[[ "${entry##*/}" =~ ^((stdout|stderr)(\.node[0-9]+)?\.log|model|\.aligner-write-check-.*)$ ]] ||
+			return 1
 	done
 	return 0
 }

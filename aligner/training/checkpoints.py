@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from aligner.errors import RunFailure, UserError, one_line
-from aligner.files import atomic_writer, check_writable, write_atomically
+from aligner.files import WRITE_PROBE_PREFIX, atomic_writer, check_writable, write_atomically
 from aligner.secrets import redact
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -210,7 +210,9 @@ def check_output_dir(
     if overwrite or not output_dir.exists():
         return
     entries = [
-        entry for entry in output_dir.iterdir() if not LAUNCHER_ENTRIES.fullmatch(entry.name)
+        entry
+        for entry in output_dir.iterdir()
+        if not (LAUNCHER_ENTRIES.fullmatch(entry.name) or entry.name.startswith(WRITE_PROBE_PREFIX))
     ]
     if not entries:
         return

@@ -144,6 +144,18 @@ def _finished_run(output_dir: Path, *, model_in: str = "") -> Path:
     return output_dir
 
 
+def test_another_ranks_write_probe_does_not_make_the_folder_foreign(tmp_path: Path) -> None:
+    """Every rank checks the output folder at once, and each check creates and removes a probe
+    file there: a rank listing the folder in that instant saw a folder that was not empty."""
+    from aligner.files import WRITE_PROBE_PREFIX
+
+    output = tmp_path / "run"
+    output.mkdir()
+    (output / "stdout.log").write_text("written by the launcher script")
+    (output / f"{WRITE_PROBE_PREFIX}k2x9q1").write_bytes(b"")  # rank 1's, not yet removed
+    check_output_dir(output, resume=None, overwrite=False)
+
+
 @pytest.mark.parametrize("model_in", ["", "checkpoint-4"])
 def test_auto_never_starts_over_on_top_of_a_saved_model(tmp_path: Path, model_in: str) -> None:
     done = _finished_run(tmp_path / "done", model_in=model_in)
