@@ -27,8 +27,8 @@ from aligner.config import DataArgs
 from aligner.datasets.base import DataError
 from aligner.errors import CommandParser, run_command
 from aligner.inference import judge
-from aligner.inference.chat_client import check_base_url
 from aligner.inference.correct import REFERENCE_FIELD
+from aligner.inference.endpoint import check_base_url
 from aligner.inference.evaluate import beside, run, scoring_requested
 from aligner.inference.loading import add_model_arguments
 from aligner.options import add_bool, add_options
@@ -161,7 +161,14 @@ def add_judge_arguments(parser: argparse.ArgumentParser) -> None:
         "--judge_timeout",
         type=float,
         default=120.0,
-        help="seconds a request waits to connect or for data (%(default)s)",
+        help="seconds a request may take in all: connecting, sending, and reading the "
+        "whole reply (%(default)s)",
+    )
+    group.add_argument(
+        "--judge_max_reply_bytes",
+        type=int,
+        default=8 << 20,
+        help="a longer reply is cut off and retried (%(default)s)",
     )
     group.add_argument(
         "--judge_retries",
@@ -195,9 +202,10 @@ def check_args(args: argparse.Namespace) -> None:
     if judging and not (args.judge_url and args.judge_model):
         raise DataError("the judge needs both --judge_url and --judge_model")
     if args.judge_url:
-        check_base_url(args.judge_url)
+        check_base_url(args.judge_url, "--judge_url")
         judge.load_prompt(args.judge_prompt)  # a bad prompt file fails now, not after scoring
-    for flag in ("batch_size", "bootstrap_samples", "judge_concurrency", "judge_max_tokens"):
+    positive = ("batch_size", "bootstrap_samples", "judge_concurrency", "judge_max_tokens")
+    for flag in (*positive, "judge_max_reply_bytes"):
         if getattr(args, flag) < 1:
             raise DataError(f"--{flag} must be at least 1")
     for flag in ("tie_margin", "judge_retries", "judge_backoff", "judge_temperature"):

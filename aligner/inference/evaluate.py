@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,8 +26,8 @@ from aligner.datasets.loading import load_records
 from aligner.datasets.pipeline import build_dataset
 from aligner.files import write_atomically
 from aligner.inference import judge, scoring
-from aligner.inference.chat_client import ChatClient, check_base_url
 from aligner.inference.correct import CORRECTION_FIELD, REFERENCE_FIELD
+from aligner.inference.endpoint import Endpoint, api_key_from_env
 from aligner.inference.loading import checkpoint_template, load_model
 from aligner.inference.metrics import correction_metrics
 from aligner.inference.pairs import Pair, read_pairs
@@ -157,20 +156,25 @@ def score_predictions(
 
 def judge_predictions(args: argparse.Namespace, pairs: list[Pair]) -> tuple[dict[str, Any], int]:
     """The ``judge`` section, and how many records got no verdict."""
-    client = ChatClient(
-        base_url=check_base_url(args.judge_url),
+    endpoint = Endpoint(
+        base_url=args.judge_url,
         model=args.judge_model,
         # Read here and kept in memory only: it reaches no file, log or report.
-        api_key=os.environ.get(args.judge_api_key_env) or None,
+        api_key=api_key_from_env(args.judge_api_key_env),
         timeout=args.judge_timeout,
         retries=args.judge_retries,
         backoff=args.judge_backoff,
+        max_reply_bytes=args.judge_max_reply_bytes,
+        flag="--judge_url",
+    )
+    judge_ = judge.Judge(
+        endpoint,
+        judge.load_prompt(args.judge_prompt),
         max_tokens=args.judge_max_tokens,
         temperature=args.judge_temperature,
     )
     result = judge.judge_pairs(
-        client,
-        judge.load_prompt(args.judge_prompt),
+        judge_,
         pairs,
         Path(args.judge_output),
         seed=args.seed,

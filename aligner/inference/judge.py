@@ -13,16 +13,16 @@ from __future__ import annotations
 import random
 import re
 import sys
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 from tqdm import tqdm
 
 from aligner.datasets.base import DataError
-from aligner.inference.chat_client import ChatClient, ChatUnavailable
 from aligner.inference.correct import id_key, merge_written
+from aligner.inference.endpoint import Endpoint, run_requests
 from aligner.inference.output import append_durably, claim_output
 from aligner.inference.pairs import Pair, pairs_digest, transcript
 
@@ -96,26 +96,38 @@ def order_for(record_id: object, seed: int) -> list[str]:
     return ["correction", "answer"] if correction_first else ["answer", "correction"]
 
 
-def judge_line(client: ChatClient, template: str, pair: Pair, seed: int) -> Line:
-    """Ask the judge about one pair: the record plus its order, verdict, winner and reply."""
-    order = order_for(pair.id, seed)
-    replies = {"answer": pair.answer, "correction": pair.correction}
-    prompt = render_prompt(template, transcript(pair.context), *(replies[r] for r in order))
-    reply = client.redact(client.complete(prompt))
-    verdict = parse_verdict(reply)
-    if verdict is None:
-        winner = INVALID
-    elif verdict == "tie":
-        winner = "tie"
-    else:
-        winner = order[0] if verdict == "A" else order[1]
-    return {
-        **pair.record,
-        "judge_order": order,
-        "judge_verdict": verdict,
-        "judge_winner": winner,
-        "judge_reply": reply,
-    }
+@dataclass(frozen=True)
+class Judge:
+    """The judge: its endpoint, its prompt and how it samples."""
+
+    endpoint: Endpoint
+    template: str
+    max_tokens: int = 1024
+    temperature: float = 0.0
+
+    async def line(self, client: httpx.AsyncClient, pair: Pair, seed: int) -> Line:
+        """Ask about one pair: the record plus its order, verdict, winner and reply."""
+        order = order_for(pair.id, seed)
+        replies = {"answer": pair.answer, "correction": pair.correction}
+        shown = (replies[role] for role in order)
+        prompt = render_prompt(self.template, transcript(pair.context), *shown)
+        messages = [{"role": "user", "content": prompt}]
+        params = {"max_tokens": self.max_tokens, "temperature": self.temperature}
+        reply = self.endpoint.redact((await self.endpoint.chat(client, messages, **params)).text)
+        verdict = parse_verdict(reply)
+        if verdict is None:
+            winner = INVALID
+        elif verdict == "tie":
+            winner = "tie"
+        else:
+            winner = order[0] if verdict == "A" else order[1]
+        return {
+            **pair.record,
+            "judge_order": order,
+            "judge_verdict": verdict,
+            "judge_winner": winner,
+            "judge_reply": reply,
+        }
 
 
 @dataclass
@@ -127,8 +139,7 @@ class JudgeRun:
 
 
 def judge_pairs(
-    client: ChatClient,
-    template: str,
+    judge: Judge,
     pairs: list[Pair],
     output: Path,
     *,
@@ -136,43 +147,42 @@ def judge_pairs(
     concurrency: int,
     overwrite: bool = False,
 ) -> JudgeRun:
-    """Judge every pair without a verdict in ``output`` yet, ``concurrency`` at a time."""
+    """Judge every pair without a verdict in ``output`` yet, ``concurrency`` at a time.
+
+    A refused request or Ctrl-C stops the run at once: the verdicts written so far stay, and
+    the next run asks only for the rest.
+    """
     records = [pair.record for pair in pairs]
     settings = {
         "predictions": pairs_digest(pairs),
-        "judge_model": client.model,
-        "prompt": template,
+        "judge_model": judge.endpoint.model,
+        "prompt": judge.template,
         "seed": seed,
-        "temperature": client.temperature,
-        "max_tokens": client.max_tokens,
+        "temperature": judge.temperature,
+        "max_tokens": judge.max_tokens,
     }
     claim_output(output, settings, overwrite=overwrite, flag="--judge_output")
     done = {id_key(line["id"]) for line in merge_written(output, records)}
     pending = [pair for pair in pairs if id_key(pair.id) not in done]
     if done:
         print(f"{output}: {len(done)} records already judged, skipped")
-    failed = []
     with (
         open(output, "a", encoding="utf-8") as handle,
-        ThreadPoolExecutor(max_workers=concurrency) as pool,
         tqdm(total=len(pending), unit="record", desc="judge") as bar,
     ):
-        futures = [pool.submit(judge_line, client, template, pair, seed) for pair in pending]
-        try:
-            for future in as_completed(futures):
-                try:
-                    line = future.result()
-                except ChatUnavailable as error:
-                    failed.append(str(error))
-                    continue
-                # One writer (this thread), one synced line per verdict.
-                append_durably(handle, [line])
-                bar.update(1)
-        except BaseException:
-            # A refused request or an interrupt: start no further request; the verdicts
-            # written so far stay, and the next run asks only for the rest.
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+
+        def keep(_pair: Pair, line: Line) -> None:
+            append_durably(handle, [line])  # one synced line per verdict, as it arrives
+            bar.update(1)
+
+        unanswered = run_requests(
+            judge.endpoint,
+            pending,
+            lambda client, pair: judge.line(client, pair, seed),
+            keep,
+            concurrency=concurrency,
+        )
+    failed = [str(error) for _, error in unanswered]
     if failed:
         print(
             f"{output}: {len(failed)} records got no verdict (first: {failed[0]}); "

@@ -63,6 +63,8 @@ class JudgeServer(ThreadingHTTPServer):
         self.gate = threading.Event()
         self.verdicts_sent = 0
         self.bodies: list[dict] = []
+        self.redirect_to = ""
+        self.huge_bytes_sent = 0
 
     @property
     def url(self) -> str:
@@ -74,6 +76,7 @@ class JudgeServer(ThreadingHTTPServer):
 
 class JudgeHandler(BaseHTTPRequestHandler):
     server: JudgeServer
+    protocol_version = "HTTP/1.1"  # chunked replies
 
     def log_message(self, *args: object) -> None:
         pass
@@ -110,6 +113,26 @@ class JudgeHandler(BaseHTTPRequestHandler):
             with server.lock:
                 server.in_flight -= 1
 
+    def stream_slowly_or_hugely(self, action: str) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        if action == "trickle":
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            for _ in range(100000):
+                self.wfile.write(b" ")
+                self.wfile.flush()
+                time.sleep(0.1)
+            return
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        chunk = b" " * (1 << 20)
+        for _ in range(64):
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            with self.server.lock:
+                self.server.huge_bytes_sent += len(chunk)
+        self.wfile.write(b"0\r\n\r\n")
+
     def act(self, action: str, prompt: str, number: int) -> None:
         if action == "429":
             return self.reply(429, b'{"error": "slow down"}', {"Retry-After": "0"})
@@ -120,6 +143,10 @@ class JudgeHandler(BaseHTTPRequestHandler):
             return None
         if action == "malformed":
             return self.reply(200, b"<html>proxy error</html>")
+        if action == "redirect":
+            return self.reply(302, b"", {"Location": self.server.redirect_to})
+        if action in ("trickle", "huge"):
+            return self.stream_slowly_or_hugely(action)
         if action == "slow":
             time.sleep(self.server.slow_seconds)
             action = "win"
@@ -370,3 +397,77 @@ def test_placeholders_are_filled_once() -> None:
     text = render_prompt(DEFAULT_PROMPT, "User: hi", "I say {reply_b}", "plain")
     assert "I say {reply_b}" in text and "[Reply B]\nplain" in text
     assert "{conversation}" not in text
+
+
+def test_a_redirect_is_never_followed_and_the_key_goes_nowhere_else(
+    serve, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sink = serve({})  # another server: it must see no request at all
+    server = serve({0: ["redirect"]})
+    server.redirect_to = sink.url + "/chat/completions"
+    predictions = write_jsonl(tmp_path / "corrected.jsonl", records(1))
+    assert evaluate.main(judge_args(predictions, server)) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("aligner eval: error: --judge_url ")
+    assert "redirects (HTTP 302) to " + sink.url in error and "not followed" in error
+    assert sink.asked == Counter() and sink.bodies == []
+    assert read_written(tmp_path / "corrected.judge.jsonl") == []
+    assert_key_nowhere(tmp_path, error)
+
+
+def test_a_trickling_reply_is_cut_off_at_the_overall_deadline(
+    serve, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = serve({0: ["trickle"], 1: ["win"]})
+    predictions = write_jsonl(tmp_path / "corrected.jsonl", records(2))
+    argv = judge_args(predictions, server, "--judge_timeout", 1, "--judge_retries", 1)
+    started = time.monotonic()
+    assert evaluate.main(argv) == 1  # r0 got no verdict: asked again by the next run
+    elapsed = time.monotonic() - started
+    # Each read gets a byte within 0.1 s, so only the overall deadline can end a try: two tries
+    # of 1 s each, not 10,000 s of trickle.
+    assert elapsed < 10, elapsed
+    assert server.asked[0] == 2
+    assert "no complete reply within 1 s" in capsys.readouterr().err
+    assert [line["id"] for line in read_written(tmp_path / "corrected.judge.jsonl")] == ["r1"]
+
+
+def test_a_huge_reply_is_capped_while_it_streams_in(
+    serve, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = serve({0: ["huge"], 1: ["win"]})
+    predictions = write_jsonl(tmp_path / "corrected.jsonl", records(2))
+    argv = [*judge_args(predictions, server, "--judge_retries", 0, "--judge_timeout", 30)]
+    argv += ["--judge_max_reply_bytes", 1 << 20]
+    assert evaluate.main([str(a) for a in argv]) == 1
+    assert f"a reply longer than {1 << 20} bytes" in capsys.readouterr().err
+    # The client hung up soon after the cap: the server could not send all 64 MiB.
+    assert server.huge_bytes_sent < 32 << 20
+    assert [line["id"] for line in read_written(tmp_path / "corrected.judge.jsonl")] == ["r1"]
+
+
+def test_ctrl_c_ends_a_stuck_judge_at_once_keeping_every_verdict(serve, tmp_path: Path) -> None:
+    server = serve({})
+    server.gate_after = 3  # three verdicts, then every request hangs
+    predictions = write_jsonl(tmp_path / "corrected.jsonl", records(8))
+    output = tmp_path / "corrected.judge.jsonl"
+    argv = judge_args(predictions, server, "--judge_timeout", 600)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "aligner.cli", "eval", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    deadline = time.monotonic() + 120
+    while not (output.exists() and output.read_text().count("\n") >= 3):
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    time.sleep(0.3)  # the other requests are now held by the server
+    interrupted = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=30)
+    assert time.monotonic() - interrupted < 5
+    assert process.returncode == 130, err.decode()
+    assert err.decode().strip().splitlines()[-1].startswith("aligner eval: error: interrupted")
+    assert len(read_written(output)) == 3

@@ -1,0 +1,269 @@
+"""Calls to OpenAI-compatible endpoints: deadlines, retries, capped replies, no redirects.
+
+One client serves every place the toolkit talks to a model server: the judge, the upstream
+model's answers, an aligner served by vLLM or SGLang, and ``aligner serve``'s upstream. It is
+httpx's async client, which gives connection pools, timeouts and cancellation; what is added
+here is what a batch job against a remote server needs on top:
+
+- an overall deadline per request (connect, send and the whole body), not only per socket
+  read: a server that trickles a byte a second is cut off;
+- a cap on the reply's size, read as it streams in, so a huge body never sits in memory;
+- no redirect is ever followed: a 3xx is one line naming where it pointed, and the key is
+  never sent anywhere but ``base_url``;
+- retries, with exponential backoff or the server's ``Retry-After``, of a 429, a 5xx, a
+  timeout, a dropped connection or a reply that is no completion; any other 4xx stops the run;
+- bounded concurrency, results handed back as they arrive, and Ctrl-C that ends the run within
+  a second or two (pending requests are cancelled, not waited for).
+
+``base_url`` is the server's base URL as OpenAI clients take it (``http://host:8000/v1``). The
+key, if any, is sent as a bearer token and appears in no message, repr or file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import urllib.parse
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import httpx
+
+from aligner.errors import UserError
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+MAX_RETRY_AFTER = 60.0
+"""Most seconds a server's Retry-After makes a request wait."""
+ERROR_DETAIL_BYTES = 300
+"""How much of a refusal's body is quoted in its one-line error."""
+
+
+class EndpointError(UserError):
+    """A request the server refuses for good (a bad key, model or body, a redirect): the run
+    stops with this one line."""
+
+
+class EndpointUnavailable(RuntimeError):
+    """No reply after every retry: the server kept failing, timing out or sending garbage."""
+
+
+class _Retry(Exception):
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+def check_base_url(url: str, flag: str) -> str:
+    """The URL without a trailing slash; one that is not http(s) or holds credentials is
+    refused, naming ``flag``."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise UserError(f"{flag} {url!r}: give the server's base URL, http(s)://host:port/v1")
+    if parts.username or parts.password:
+        raise UserError(
+            f"{flag} must not hold credentials; pass the key in an environment variable"
+        )
+    return url.rstrip("/")
+
+
+def api_key_from_env(variable: str | None) -> str | None:
+    """The key held by the environment variable named ``variable``; None without one (then
+    requests carry no key). Read when a run starts and kept in memory only."""
+    return (os.environ.get(variable) or None) if variable else None
+
+
+def retry_after(headers: httpx.Headers) -> float | None:
+    """The seconds a 429 or 503 asks the client to wait, capped; None if it names none."""
+    value = headers.get("Retry-After")
+    try:
+        return min(max(float(value), 0.0), MAX_RETRY_AFTER) if value is not None else None
+    except ValueError:
+        return None  # an HTTP date: fall back to our own backoff
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The text of the first choice, and why generation ended (``stop``, ``length``...)."""
+
+    text: str
+    finish_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One OpenAI-compatible server and model, and how hard to try each request."""
+
+    base_url: str
+    model: str
+    api_key: str | None = field(default=None, repr=False)
+    timeout: float = 120.0
+    """Overall seconds per request: connecting, sending, and reading the whole reply."""
+    retries: int = 5
+    """Retries after a 429, a 5xx, a timeout, a dropped connection or a malformed reply."""
+    backoff: float = 1.0
+    """Seconds before the first retry; doubled for each further one, with jitter."""
+    max_reply_bytes: int = 8 << 20
+    """A longer reply is cut off and counts as a failed try."""
+    flag: str = "--judge_url"
+    """The flag that named the URL, for messages."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "base_url", check_base_url(self.base_url, self.flag))
+
+    def redact(self, text: str) -> str:
+        return text.replace(self.api_key, "***") if self.api_key else text
+
+    def client(self, concurrency: int) -> httpx.AsyncClient:
+        """A client with a pool of ``concurrency`` connections that never follows a redirect
+        and never reads proxy settings or credentials from the environment (``trust_env``)."""
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        return httpx.AsyncClient(
+            timeout=httpx.Timeout(self.timeout),
+            limits=limits,
+            follow_redirects=False,
+            trust_env=False,
+        )
+
+    async def chat(
+        self, client: httpx.AsyncClient, messages: list[dict[str, Any]], **params: Any
+    ) -> Reply:
+        """The reply to a conversation (``POST {base_url}/chat/completions``)."""
+        body = {"model": self.model, "messages": messages, **params}
+        payload = await self.post(client, "/chat/completions", body)
+        return _first_choice(payload, lambda choice: choice["message"]["content"])
+
+    async def complete(
+        self, client: httpx.AsyncClient, prompt: list[int] | str, **params: Any
+    ) -> Reply:
+        """The continuation of a prompt, text or token ids (``POST {base_url}/completions``)."""
+        body = {"model": self.model, "prompt": prompt, **params}
+        payload = await self.post(client, "/completions", body)
+        return _first_choice(payload, lambda choice: choice["text"])
+
+    async def post(self, client: httpx.AsyncClient, path: str, body: dict[str, Any]) -> Any:
+        """The JSON reply to ``body``, retried as documented, else ``EndpointUnavailable``."""
+        url = self.base_url + path
+        data = json.dumps(body).encode()
+        reason = ""
+        for attempt in range(self.retries + 1):
+            try:
+                return await asyncio.wait_for(self._attempt(client, url, data), self.timeout)
+            except asyncio.TimeoutError:
+                reason = f"no complete reply within {self.timeout:g} s"
+                wait = None
+            except _Retry as problem:
+                reason, wait = self.redact(str(problem)), problem.retry_after
+            if attempt < self.retries:
+                delay = self.backoff * 2**attempt * random.uniform(0.5, 1.0)
+                await asyncio.sleep(max(delay, wait or 0.0))
+        raise EndpointUnavailable(f"{url}: no reply after {self.retries + 1} tries ({reason})")
+
+    async def _attempt(self, client: httpx.AsyncClient, url: str, data: bytes) -> Any:
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        try:
+            async with client.stream("POST", url, content=data, headers=headers) as response:
+                if response.is_redirect:
+                    where = response.headers.get("Location", "elsewhere")
+                    raise EndpointError(
+                        f"{self.flag} {url}: the server redirects (HTTP {response.status_code}) "
+                        f"to {where}; redirects are not followed, give the final URL"
+                    )
+                if response.status_code == 429 or response.status_code >= 500:
+                    raise _Retry(f"HTTP {response.status_code}", retry_after(response.headers))
+                body = await self._read_capped(response)
+        except httpx.TransportError as error:  # refused, unreachable, dropped, read timeout
+            raise _Retry(f"{type(error).__name__}: {error}") from None
+        if response.status_code >= 400:
+            detail = body[:ERROR_DETAIL_BYTES].decode("utf-8", "replace").strip()
+            raise EndpointError(
+                self.redact(
+                    f"{url}: HTTP {response.status_code} {response.reason_phrase}: "
+                    + " ".join(detail.split())
+                )
+            )
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise _Retry("a reply that is not JSON") from None
+
+    async def _read_capped(self, response: httpx.Response) -> bytes:
+        declared = response.headers.get("Content-Length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_reply_bytes:
+            raise _Retry(f"a reply of {int(declared)} bytes, above {self.max_reply_bytes}")
+        chunks, size = [], 0
+        async for chunk in response.aiter_raw():
+            size += len(chunk)
+            if size > self.max_reply_bytes:
+                raise _Retry(f"a reply longer than {self.max_reply_bytes} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def _first_choice(payload: Any, text_of: Callable[[dict[str, Any]], Any]) -> Reply:
+    try:
+        choice = payload["choices"][0]
+        text = text_of(choice)
+    except (KeyError, IndexError, TypeError):
+        raise _Retry("a reply that is not a completion") from None
+    return Reply(text if isinstance(text, str) else "", choice.get("finish_reason"))
+
+
+def run_requests(
+    endpoint: Endpoint,
+    items: Sequence[Item],
+    request: Callable[[httpx.AsyncClient, Item], Awaitable[Result]],
+    on_done: Callable[[Item, Result], None],
+    *,
+    concurrency: int,
+) -> list[tuple[Item, EndpointUnavailable]]:
+    """Run ``request`` for every item, ``concurrency`` at a time, and hand each result to
+    ``on_done`` on this thread as it arrives (in completion order).
+
+    Returns the items that got no reply after every retry, with their errors. An
+    ``EndpointError`` (a refusal) or an exception from ``on_done`` cancels every request still
+    running and propagates; so does Ctrl-C, as ``KeyboardInterrupt``, within a second or two.
+    Results already handed to ``on_done`` are the caller's to keep.
+    """
+    if not items:
+        return []
+    return asyncio.run(_run_all(endpoint, items, request, on_done, concurrency))
+
+
+async def _run_all(
+    endpoint: Endpoint,
+    items: Sequence[Item],
+    request: Callable[[httpx.AsyncClient, Item], Awaitable[Result]],
+    on_done: Callable[[Item, Result], None],
+    concurrency: int,
+) -> list[tuple[Item, EndpointUnavailable]]:
+    slots = asyncio.Semaphore(concurrency)
+    failed: list[tuple[Item, EndpointUnavailable]] = []
+
+    async def one(index: int) -> tuple[int, Any]:
+        async with slots:
+            try:
+                return index, await request(client, items[index])
+            except EndpointUnavailable as error:
+                return index, error
+
+    async with endpoint.client(concurrency) as client:
+        tasks = [asyncio.ensure_future(one(index)) for index in range(len(items))]
+        try:
+            for next_done in asyncio.as_completed(tasks):
+                index, result = await next_done
+                if isinstance(result, EndpointUnavailable):
+                    failed.append((items[index], result))
+                else:
+                    on_done(items[index], result)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    return failed
