@@ -28,7 +28,7 @@ from aligner.datasets.base import DataError
 from aligner.errors import CommandParser, run_command
 from aligner.inference import judge
 from aligner.inference.correct import REFERENCE_FIELD
-from aligner.inference.endpoint import check_base_url
+from aligner.inference.endpoint import add_endpoint_arguments, endpoint_from_args
 from aligner.inference.evaluate import beside, run, scoring_requested
 from aligner.inference.loading import add_model_arguments
 from aligner.options import add_bool, add_options
@@ -132,18 +132,8 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_judge_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("LLM judge (on --predictions)")
-    group.add_argument(
-        "--judge_url",
-        default=None,
-        help="base URL of an OpenAI-compatible server, e.g. http://localhost:8000/v1",
-    )
-    group.add_argument("--judge_model", default=None, help="the model name the server serves")
-    group.add_argument(
-        "--judge_api_key_env",
-        default="OPENAI_API_KEY",
-        help="environment variable holding the API key, sent as a bearer token (%(default)s)",
-    )
+    add_endpoint_arguments(parser, "judge", "LLM judge (on --predictions)")
+    group = parser.add_argument_group("LLM judge: prompt and output")
     group.add_argument(
         "--judge_prompt",
         default=None,
@@ -153,34 +143,6 @@ def add_judge_arguments(parser: argparse.ArgumentParser) -> None:
         "--judge_output",
         default=None,
         help="per-record verdicts (JSONL, resumed); default: PREDICTIONS.judge.jsonl beside it",
-    )
-    group.add_argument(
-        "--judge_concurrency", type=int, default=8, help="requests at once (%(default)s)"
-    )
-    group.add_argument(
-        "--judge_timeout",
-        type=float,
-        default=120.0,
-        help="seconds a request may take in all: connecting, sending, and reading the "
-        "whole reply (%(default)s)",
-    )
-    group.add_argument(
-        "--judge_max_reply_bytes",
-        type=int,
-        default=8 << 20,
-        help="a longer reply is cut off and retried (%(default)s)",
-    )
-    group.add_argument(
-        "--judge_retries",
-        type=int,
-        default=5,
-        help="retries after a 429, 5xx, timeout or malformed reply (%(default)s)",
-    )
-    group.add_argument(
-        "--judge_backoff",
-        type=float,
-        default=1.0,
-        help="seconds before the first retry, doubled for each further one (%(default)s)",
     )
     group.add_argument(
         "--judge_max_tokens", type=int, default=1024, help="most tokens per verdict (%(default)s)"
@@ -199,20 +161,15 @@ def check_args(args: argparse.Namespace) -> None:
         raise DataError("nothing to evaluate: pass --predictions and/or --eval_datasets")
     if wants_loss and not (args.model_name_or_path and args.eval_datasets):
         raise DataError("the eval loss needs both --model_name_or_path and --eval_datasets")
-    if judging and not (args.judge_url and args.judge_model):
-        raise DataError("the judge needs both --judge_url and --judge_model")
-    if args.judge_url:
-        check_base_url(args.judge_url, "--judge_url")
+    if judging:
+        endpoint_from_args(args, "judge")
         judge.load_prompt(args.judge_prompt)  # a bad prompt file fails now, not after scoring
-    positive = ("batch_size", "bootstrap_samples", "judge_concurrency", "judge_max_tokens")
-    for flag in (*positive, "judge_max_reply_bytes"):
+    for flag in ("batch_size", "bootstrap_samples", "judge_max_tokens"):
         if getattr(args, flag) < 1:
             raise DataError(f"--{flag} must be at least 1")
-    for flag in ("tie_margin", "judge_retries", "judge_backoff", "judge_temperature"):
+    for flag in ("tie_margin", "judge_temperature"):
         if getattr(args, flag) < 0:
             raise DataError(f"--{flag} must not be negative")
-    if args.judge_timeout <= 0:
-        raise DataError("--judge_timeout must be above 0")
     if args.predictions:
         args.scores_output = args.scores_output or str(beside(args.predictions, "scores"))
         args.judge_output = args.judge_output or str(beside(args.predictions, "judge"))

@@ -21,6 +21,7 @@ key, if any, is sent as a bearer token and appears in no message, repr or file.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -204,6 +205,89 @@ class Endpoint:
                 raise _Retry(f"a reply longer than {self.max_reply_bytes} bytes")
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def add_endpoint_arguments(
+    parser: argparse.ArgumentParser, prefix: str, what: str, *, concurrency: int = 8
+) -> None:
+    """The flags of one endpoint, named ``--{prefix}_url``, ``--{prefix}_model`` and so on:
+    every command that calls a server declares them here, so they read alike everywhere."""
+    group = parser.add_argument_group(f"{what}: the endpoint")
+    group.add_argument(
+        f"--{prefix}_url",
+        default=None,
+        help="base URL of an OpenAI-compatible server, e.g. http://localhost:8000/v1",
+    )
+    group.add_argument(f"--{prefix}_model", default=None, help="the model name the server serves")
+    group.add_argument(
+        f"--{prefix}_api_key_env",
+        default="OPENAI_API_KEY",
+        metavar="VAR",
+        help="environment variable holding the API key, sent as a bearer token; without it "
+        "requests carry no key (%(default)s)",
+    )
+    group.add_argument(
+        f"--{prefix}_concurrency",
+        type=int,
+        default=concurrency,
+        help="requests at once (%(default)s)",
+    )
+    group.add_argument(
+        f"--{prefix}_timeout",
+        type=float,
+        default=120.0,
+        help="seconds a request may take in all: connecting, sending, and reading the whole "
+        "reply (%(default)s)",
+    )
+    group.add_argument(
+        f"--{prefix}_retries",
+        type=int,
+        default=5,
+        help="retries after a 429, 5xx, timeout or malformed reply (%(default)s)",
+    )
+    group.add_argument(
+        f"--{prefix}_backoff",
+        type=float,
+        default=1.0,
+        help="seconds before the first retry, doubled for each further one (%(default)s)",
+    )
+    group.add_argument(
+        f"--{prefix}_max_reply_bytes",
+        type=int,
+        default=8 << 20,
+        help="a longer reply is cut off and retried (%(default)s)",
+    )
+
+
+def endpoint_from_args(args: argparse.Namespace, prefix: str) -> Endpoint | None:
+    """The endpoint the ``--{prefix}_*`` flags name, checked; None without ``--{prefix}_url``.
+
+    The key is read from its environment variable here and kept in memory only.
+    """
+    url, model = getattr(args, f"{prefix}_url"), getattr(args, f"{prefix}_model")
+    if url is None and model is None:
+        return None
+    if not (url and model):
+        raise UserError(f"give both --{prefix}_url and --{prefix}_model, or neither")
+    for name in ("concurrency", "max_reply_bytes"):
+        if getattr(args, f"{prefix}_{name}") < 1:
+            raise UserError(f"--{prefix}_{name} must be at least 1")
+    for name in ("retries", "backoff"):
+        if not 0 <= getattr(args, f"{prefix}_{name}") < float("inf"):
+            raise UserError(f"--{prefix}_{name} must be a finite number, at least 0")
+    timeout = getattr(args, f"{prefix}_timeout")
+    if not 0 < timeout < float("inf"):
+        raise UserError(f"--{prefix}_timeout must be a finite number above 0")
+    return Endpoint(
+        base_url=url,
+        model=model,
+        api_key=api_key_from_env(getattr(args, f"{prefix}_api_key_env")),
+        timeout=timeout,
+        retries=getattr(args, f"{prefix}_retries"),
+        backoff=getattr(args, f"{prefix}_backoff"),
+        max_reply_bytes=getattr(args, f"{prefix}_max_reply_bytes"),
+        flag=f"--{prefix}_url",
+    )
 
 
 def _first_choice(payload: Any, text_of: Callable[[dict[str, Any]], Any]) -> Reply:

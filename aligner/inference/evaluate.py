@@ -27,7 +27,7 @@ from aligner.datasets.pipeline import build_dataset
 from aligner.files import write_atomically
 from aligner.inference import judge, scoring
 from aligner.inference.correct import CORRECTION_FIELD, REFERENCE_FIELD
-from aligner.inference.endpoint import Endpoint, api_key_from_env
+from aligner.inference.endpoint import endpoint_from_args
 from aligner.inference.loading import checkpoint_template, load_model
 from aligner.inference.metrics import correction_metrics
 from aligner.inference.pairs import Pair, read_pairs
@@ -156,19 +156,8 @@ def score_predictions(
 
 def judge_predictions(args: argparse.Namespace, pairs: list[Pair]) -> tuple[dict[str, Any], int]:
     """The ``judge`` section, and how many records got no verdict."""
-    endpoint = Endpoint(
-        base_url=args.judge_url,
-        model=args.judge_model,
-        # Read here and kept in memory only: it reaches no file, log or report.
-        api_key=api_key_from_env(args.judge_api_key_env),
-        timeout=args.judge_timeout,
-        retries=args.judge_retries,
-        backoff=args.judge_backoff,
-        max_reply_bytes=args.judge_max_reply_bytes,
-        flag="--judge_url",
-    )
     judge_ = judge.Judge(
-        endpoint,
+        endpoint_from_args(args, "judge"),
         judge.load_prompt(args.judge_prompt),
         max_tokens=args.judge_max_tokens,
         temperature=args.judge_temperature,
