@@ -132,7 +132,9 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_judge_arguments(parser: argparse.ArgumentParser) -> None:
-    add_endpoint_arguments(parser, "judge", "LLM judge (on --predictions)")
+    add_endpoint_arguments(
+        parser, "judge", "LLM judge (on --predictions)", api_key_env="OPENAI_API_KEY"
+    )
     group = parser.add_argument_group("LLM judge: prompt and output")
     group.add_argument(
         "--judge_prompt",

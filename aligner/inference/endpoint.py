@@ -208,10 +208,20 @@ class Endpoint:
 
 
 def add_endpoint_arguments(
-    parser: argparse.ArgumentParser, prefix: str, what: str, *, concurrency: int = 8
+    parser: argparse.ArgumentParser,
+    prefix: str,
+    what: str,
+    *,
+    concurrency: int = 8,
+    api_key_env: str | None = None,
 ) -> None:
     """The flags of one endpoint, named ``--{prefix}_url``, ``--{prefix}_model`` and so on:
-    every command that calls a server declares them here, so they read alike everywhere."""
+    every command that calls a server declares them here, so they read alike everywhere.
+
+    ``api_key_env`` is the variable read for the key when the user names none. It defaults to
+    none, so a key meant for one service (``OPENAI_API_KEY``) is never sent to a server the
+    user runs for another purpose; a command whose endpoint is usually a hosted API opts in.
+    """
     group = parser.add_argument_group(f"{what}: the endpoint")
     group.add_argument(
         f"--{prefix}_url",
@@ -221,7 +231,7 @@ def add_endpoint_arguments(
     group.add_argument(f"--{prefix}_model", default=None, help="the model name the server serves")
     group.add_argument(
         f"--{prefix}_api_key_env",
-        default="OPENAI_API_KEY",
+        default=api_key_env,
         metavar="VAR",
         help="environment variable holding the API key, sent as a bearer token; without it "
         "requests carry no key (%(default)s)",
