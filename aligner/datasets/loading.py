@@ -59,13 +59,26 @@ def _load_arrow(path: Path, fmt: str, cache_dir: str | None) -> datasets.Dataset
     if fmt == "csv":
         # Every CSV cell is read as text: a numeric-looking answer is still an answer, and an
         # empty cell stays an empty string rather than becoming NaN.
-        with path.open(newline="", encoding="utf-8") as handle:
-            header = next(csv.reader(handle), [])
-        features = datasets.Features({name: datasets.Value("string") for name in header})
-        extra = {"features": features, "keep_default_na": False}
+        features = datasets.Features({name: datasets.Value("string") for name in _csv_header(path)})
+        extra = {"features": features, "keep_default_na": False, "encoding": CSV_ENCODING}
     return datasets.load_dataset(
         fmt, data_files=str(path), split="train", cache_dir=cache_dir, **extra
     )
+
+
+CSV_ENCODING = "utf-8-sig"
+"""UTF-8, with the byte-order mark that Excel's "CSV UTF-8" puts first read as no character."""
+
+
+def _csv_header(path: Path) -> list[str]:
+    """The CSV file's column names; a name given twice is refused (a reader would keep one)."""
+    with path.open(newline="", encoding=CSV_ENCODING) as handle:
+        header = next(csv.reader(handle), [])
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        names = ", ".join(map(repr, repeated))
+        raise DataError(f"{path}:1: the header names column {names} more than once")
+    return header
 
 
 def _bad_strings(table: pa.Table, dataset: datasets.Dataset, field: str) -> np.ndarray:
@@ -173,7 +186,7 @@ def _json_problems(path: Path, fields: Sequence[str]) -> Iterator[str | None]:
 def _csv_problems(path: Path, fields: Sequence[str]) -> Iterator[str | None]:
     """Each CSV record's problem, named by the file line it starts on (a quoted cell may span
     several lines, so the line is not the row number plus one)."""
-    with path.open(newline="", encoding="utf-8") as handle:
+    with path.open(newline="", encoding=CSV_ENCODING) as handle:
         reader = csv.DictReader(handle)
         _ = reader.fieldnames  # reads the header
         start = reader.line_num + 1

@@ -49,6 +49,22 @@ def test_csv_numeric_text_stays_text(tmp_path) -> None:
     assert read_records(path)[0][0] == {"question": "2+2", "answer": "5", "correction": "4"}
 
 
+def test_csv_with_a_byte_order_mark_is_read(tmp_path) -> None:
+    # Excel's "CSV UTF-8" starts the file with a byte-order mark.
+    path = tmp_path / "excel.csv"
+    path.write_bytes(b"\xef\xbb\xbfquestion,answer,correction\nq,a,c\nq,a,\n")
+    dataset, skipped = read_records(path, lenient=True)
+    assert dataset[:] == {"question": ["q"], "answer": ["a"], "correction": ["c"]}
+    assert skipped == [f"{path}:3: field 'correction' is empty"]
+
+
+def test_csv_header_naming_a_column_twice_is_refused(tmp_path) -> None:
+    path = tmp_path / "twice.csv"
+    path.write_text("question,answer,correction,correction\nq,a,c,d\n")
+    with pytest.raises(DataError, match=r"twice.csv:1: the header names column 'correction' more"):
+        read_records(path, lenient=True)
+
+
 @pytest.mark.parametrize(
     ("lines", "message"),
     [
