@@ -8,6 +8,7 @@ scan run, so a bad file still gets a message naming its line and field.
 from __future__ import annotations
 
 import csv
+import stat
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -210,11 +211,28 @@ def read_records(
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
+    if not (path.is_file() or path.is_dir()):
+        # A FIFO can be read only once (the check and the loader would each need a pass, and
+        # the second would wait forever), and a device may never end.
+        raise DataError(
+            f"{path}: is {_file_kind(path)}, not a regular file; save the data to a file"
+        )
     try:
         return _read_records(path, fields, lenient=lenient, cache_dir=cache_dir)
     except OSError as error:
         # Permissions, a failing disk, a file that vanished: a user error, not a traceback.
         raise DataError(f"{path}: cannot read: {error.strerror or error}") from None
+
+
+def _file_kind(path: Path) -> str:
+    kinds = {
+        stat.S_ISFIFO: "a FIFO (named pipe)",
+        stat.S_ISCHR: "a character device",
+        stat.S_ISBLK: "a block device",
+        stat.S_ISSOCK: "a socket",
+    }
+    mode = path.stat().st_mode
+    return next((kind for test, kind in kinds.items() if test(mode)), "not a file")
 
 
 def _read_records(

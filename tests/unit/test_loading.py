@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import threading
 
 import datasets
 import pandas as pd
@@ -149,6 +151,35 @@ def test_zero_valid_records_is_always_an_error(tmp_path, lenient: bool) -> None:
 def test_inference_fields_need_no_correction(tmp_path) -> None:
     path = write_jsonl(tmp_path / "answers.jsonl", [json.dumps({"question": "Q", "answer": "A"})])
     assert len(read_records(path, ("question", "answer"))[0]) == 1
+
+
+def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path) -> None:
+    fifo = tmp_path / "pipe.jsonl"
+    os.mkfifo(fifo)
+    outcome: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            read_records(fifo)
+        except DataError as error:
+            outcome.append(error)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout=10)
+    hung = reader.is_alive()
+    if hung:  # blocked opening the FIFO: a writer that opens and closes it frees that open
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert not hung, "reading a FIFO waited for a writer"
+    assert [str(error) for error in outcome] == [
+        f"{fifo}: is a FIFO (named pipe), not a regular file; save the data to a file"
+    ]
+
+
+def test_a_device_is_refused(tmp_path) -> None:
+    (tmp_path / "zeros.jsonl").symlink_to("/dev/zero")
+    with pytest.raises(DataError, match=r"zeros.jsonl: is a character device, not a regular"):
+        read_records(tmp_path / "zeros.jsonl")
 
 
 @pytest.mark.parametrize(
