@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import sys
@@ -78,8 +79,8 @@ class RawDataset:
             )
             if known is not None and not same:
                 raise DataError(
-                    f"dataset name {name!r} of {cls.__module__}.{cls.__qualname__} is already "
-                    f"registered by {known.__module__}.{known.__qualname__}"
+                    f"dataset name {name!r} of {_defined_at(cls)} is already registered by "
+                    f"{_defined_at(known)}"
                 )
             RawDataset._registry[name] = cls
 
@@ -142,6 +143,25 @@ class RawDataset:
         return datasets.Dataset.from_dict(used, features=features), skipped
 
 
+USER_MODULES = "aligner_user_datasets"
+"""The package that ``--dataset_module`` files are imported into."""
+
+
+def _defined_at(cls: type) -> str:
+    """A class as a user knows it: by its file when it came from a ``--dataset_module`` file."""
+    module = sys.modules.get(cls.__module__)
+    file = getattr(module, "__file__", None)
+    if cls.__module__.startswith(f"{USER_MODULES}.") and file:
+        return f"{cls.__qualname__} ({file})"
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _module_name(path: Path) -> str:
+    """A module name of its own for each file: two files both named ``data.py`` stay apart."""
+    digest = hashlib.sha256(str(path).encode()).hexdigest()[:12]
+    return f"{USER_MODULES}.{path.stem}_{digest}"
+
+
 def registered_names() -> list[str]:
     return sorted(RawDataset._registry)
 
@@ -168,7 +188,7 @@ def load_dataset_modules(modules: Iterable[str]) -> None:
         try:
             if module.endswith(".py") or Path(module).is_file():
                 path = Path(module).resolve()
-                name = f"aligner_user_datasets.{path.stem}"
+                name = _module_name(path)
                 spec = importlib.util.spec_from_file_location(name, path)
                 if spec is None or spec.loader is None:
                     raise ImportError(f"cannot load {path}")

@@ -232,7 +232,7 @@ def _file_kind(path: Path) -> str:
         stat.S_ISSOCK: "a socket",
     }
     mode = path.stat().st_mode
-    return next((kind for test, kind in kinds.items() if test(mode)), "not a file")
+    return next((kind for test, kind in kinds.items() if test(mode)), "a special file")
 
 
 def _read_records(

@@ -108,6 +108,30 @@ def test_user_module_by_import_name(tmp_path, monkeypatch) -> None:
     sys.modules.pop("my_pkg.data", None)
 
 
+def test_two_module_files_of_one_name_both_load(tmp_path) -> None:
+    first, second = tmp_path / "a" / "same.py", tmp_path / "b" / "same.py"
+    for path, name in ((first, "test-same-a"), (second, "test-same-b")):
+        path.parent.mkdir()
+        path.write_text(USER_MODULE.format(name=name))
+    load_dataset_modules([str(first), str(second)])
+    assert get_dataset_class("test-same-a") is not get_dataset_class("test-same-b")
+    assert len(get_dataset_class("test-same-a")()) == 4
+
+
+def test_second_module_file_taking_a_name_is_refused_naming_both_files(tmp_path) -> None:
+    first, second = tmp_path / "a" / "same.py", tmp_path / "b" / "same.py"
+    for path in (first, second):
+        path.parent.mkdir()
+        path.write_text(USER_MODULE.format(name="test-same-name"))
+    load_dataset_modules([str(first)])
+    with pytest.raises(DataError) as error:
+        load_dataset_modules([str(second)])
+    assert str(error.value) == (
+        f"dataset name 'test-same-name' of Empathy ({second}) is already registered by "
+        f"Empathy ({first})"
+    )
+
+
 def test_broken_user_module_is_one_line(tmp_path) -> None:
     module = tmp_path / "broken.py"
     module.write_text("raise RuntimeError('boom')\n")
