@@ -109,6 +109,18 @@ class RawDataset:
         """A key that changes whenever the records change, or None to hash the records."""
         return None
 
+    def _size(self) -> int:
+        """``len(self)``, or one line naming the class when its ``__len__`` fails or returns
+        something that is not a usable count."""
+        where = f"{self.source} ({type(self).__name__})"
+        try:
+            size = len(self)
+        except Exception as error:  # a float, a negative or too large a count, or a raise
+            raise DataError(
+                f"{where}: __len__ gave no usable length: {_described(error)}"
+            ) from None
+        return size
+
     def to_hf_dataset(
         self, *, lenient: bool = False, cache_dir: str | None = None
     ) -> tuple[datasets.Dataset, list[str]]:
@@ -123,10 +135,13 @@ class RawDataset:
         rows: dict[str, list[object]] = {f: [] for f in SAMPLE_FIELDS}
         skipped: list[str] = []
         name = type(self).__name__
-        for index in range(len(self)):
-            record, problem = normalize_sample(
-                self[index], f"{self.source} ({name}): record {index}"
-            )
+        for index in range(self._size()):
+            where = f"{self.source} ({name}): record {index}"
+            try:
+                sample = self[index]
+            except Exception as error:  # the user's code failing: one line, not a traceback
+                raise DataError(f"{where}: __getitem__ raised {_described(error)}") from None
+            record, problem = normalize_sample(sample, where)
             if problem is not None:
                 if not lenient:
                     raise DataError(problem)
@@ -141,6 +156,11 @@ class RawDataset:
         kinds = {"messages": [{"role": string, "content": string}], "dialogue": [string]}
         features = datasets.Features({f: kinds.get(f, string) for f in used})
         return datasets.Dataset.from_dict(used, features=features), skipped
+
+
+def _described(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
 
 
 USER_MODULES = "aligner_user_datasets"

@@ -174,3 +174,35 @@ def test_invalid_sample_from_a_class_names_the_record(tmp_path, llama_tokenizer)
         lenient=True,
     )
     assert len(dataset) == 2 and stats.sources[0].invalid == 1
+
+
+class _Faulty(RawDataset):
+    """A user's class whose ``__len__`` or ``__getitem__`` is wrong."""
+
+    NAME = "test-registry-faulty"
+    length: object = 3
+
+    def __len__(self) -> int:
+        return self.length  # type: ignore[return-value]
+
+    def __getitem__(self, index: int) -> RawSample:
+        if index == 1:
+            raise KeyError("no row 'r1'")
+        return RawSample(question="q", answer="a", correction="c")
+
+
+@pytest.mark.parametrize(
+    ("length", "message"),
+    [
+        (3, r"__getitem__ raised KeyError: \"no row 'r1'\""),
+        (2.5, "__len__ gave no usable length: TypeError: 'float' object cannot be interpreted"),
+        (10**20, "__len__ gave no usable length: OverflowError: cannot fit 'int'"),
+    ],
+)
+def test_errors_inside_a_dataset_class_name_the_class_and_index(
+    monkeypatch, length: object, message: str
+) -> None:
+    monkeypatch.setattr(_Faulty, "length", length)
+    record = ": record 1" if length == 3 else ""
+    with pytest.raises(DataError, match=rf"^test-registry-faulty \(_Faulty\){record}: {message}"):
+        _Faulty().to_hf_dataset(lenient=True)
