@@ -3,14 +3,13 @@ original toolkit's ``empathy-json`` and ``beavertails-json/{train,test}``."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import datasets
 
 from aligner import constants
 from aligner.datasets.base import SAMPLE_FIELDS, DataError, RawDataset, RawSample
-from aligner.datasets.loading import read_records, validate_records
+from aligner.datasets.loading import content_digest, read_records, validate_records
 from aligner.datasets.validation import CORRECTION_FIELDS, record_columns
 
 
@@ -58,13 +57,7 @@ class CorrectionFileDataset(_ArrowCorrectionDataset):
         return read_records(self.path, CORRECTION_FIELDS, lenient=lenient, cache_dir=cache_dir)
 
     def cache_key(self) -> str:
-        path = Path(self.path).resolve()
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        digest = hashlib.sha256()
-        for file in files:
-            stat = file.stat()
-            digest.update(f"{file}:{stat.st_size}:{stat.st_mtime_ns};".encode())
-        return digest.hexdigest()
+        return content_digest(Path(self.path))
 
 
 def _root_cause(error: BaseException) -> str:

@@ -119,6 +119,7 @@ def _instantiate(spec: DatasetSpec, column_map: dict[str, str] | None) -> RawDat
 
 def tokenize_source(
     raw: datasets.Dataset,
+    dataset_name: str,
     source_key: str,
     encoder: SampleEncoder,
     tokenizer_id: str,
@@ -127,6 +128,7 @@ def tokenize_source(
 ) -> tuple[datasets.Dataset, bool]:
     """Tokenize one source, or load it from the cache; safe to run on many ranks at once."""
     key_material = {
+        "dataset": dataset_name,
         "source": source_key,
         "tokenizer": tokenizer_id,
         "template": encoder.template.to_dict(),
@@ -204,7 +206,7 @@ def build_dataset(
         if identity:
             raw, source_key = identity_records(raw, str(spec)), f"identity:{source_key}"
         tokenized, from_cache = tokenize_source(
-            raw, source_key, encoder, tokenizer_id, cache_dir, num_proc
+            raw, spec.name, source_key, encoder, tokenizer_id, cache_dir, num_proc
         )
         status = np.asarray(tokenized.data.column("status"))
         shortened = np.asarray(tokenized.data.column("shortened"))

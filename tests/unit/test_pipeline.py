@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -69,6 +70,33 @@ def test_edited_file_is_tokenized_again(llama_tokenizer, tmp_path) -> None:
     )
     assert not stats.sources[0].from_cache
     assert llama_tokenizer.decode(dataset[0]["input_ids"]).endswith("two words</s>")
+
+
+def test_file_edited_in_place_with_size_and_time_put_back_is_tokenized_again(
+    llama_tokenizer, tmp_path
+) -> None:
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"question": "q", "answer": "a", "correction": "one"}) + "\n")
+    before = data.stat()
+    build_dataset([str(data)], llama_tokenizer, get_template(), max_length=64, cache_dir=tmp_path)
+    data.write_text(json.dumps({"question": "q", "answer": "a", "correction": "two"}) + "\n")
+    os.utime(data, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert data.stat().st_size == before.st_size
+    dataset, stats = build_dataset(
+        [str(data)], llama_tokenizer, get_template(), max_length=64, cache_dir=tmp_path
+    )
+    assert not stats.sources[0].from_cache
+    assert llama_tokenizer.decode(dataset[0]["input_ids"]).endswith("two</s>")
+
+
+def test_two_datasets_reading_one_file_do_not_share_a_cache(llama_tokenizer, tmp_path) -> None:
+    kwargs = {"max_length": 256, "cache_dir": tmp_path}
+    plain, _ = build_dataset([str(TEMPLATE_DATASET)], llama_tokenizer, get_template(), **kwargs)
+    empathy, stats = build_dataset(
+        [f"empathy-json::{TEMPLATE_DATASET}"], llama_tokenizer, get_template(), **kwargs
+    )
+    assert not stats.sources[0].from_cache
+    assert empathy["input_ids"] != plain["input_ids"]
 
 
 def test_mixing_with_proportions_is_seeded(llama_tokenizer, tmp_path) -> None:
