@@ -90,8 +90,8 @@ class DataArgs:
     )
     column_map: list[tuple[str, str]] | None = option(
         None,
-        "read a Hub dataset's COLUMN as the record FIELD (question, messages, answer, "
-        "correction), e.g. question=prompt answer=response",
+        "read each source's COLUMN as the record FIELD (question, messages, answer, "
+        "correction), e.g. question=prompt answer=response; for record files and Hub datasets",
         many=True,
         parse=column_pair,
         metavar="FIELD=COLUMN",
@@ -147,6 +147,19 @@ class DataArgs:
         for flag, (value, interval, inside) in ratios.items():
             if not (math.isfinite(value) and inside(value)):
                 raise ArgumentError(f"{flag} must be in {interval}, got {value}")
+        self._check_column_map()
+
+    def _check_column_map(self) -> None:
+        """One column per field and one field per column: a second pair would silently win."""
+        for index, side in ((0, "field"), (1, "column")):
+            seen: dict[str, str] = {}
+            for pair in self.column_map or []:
+                name, given = pair[index], "=".join(pair)
+                if name in seen:
+                    raise ArgumentError(
+                        f"--column_map names {side} {name!r} twice ({seen[name]}, {given})"
+                    )
+                seen[name] = given
 
 
 @dataclass

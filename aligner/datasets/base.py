@@ -63,6 +63,9 @@ class RawDataset:
 
     NAME: ClassVar[str]
     ALIASES: ClassVar[tuple[str, ...]] = ()
+    COLUMN_MAP: ClassVar[bool] = False
+    """Whether the class takes a ``column_map`` argument, which ``--column_map`` passes: the
+    mapping of the record fields onto its source's columns (``{"question": "prompt"}``)."""
     _registry: ClassVar[dict[str, type[RawDataset]]] = {}
 
     def __init_subclass__(cls, **kwargs: object) -> None:

@@ -9,7 +9,7 @@ import datasets
 
 from aligner import constants
 from aligner.datasets.base import SAMPLE_FIELDS, DataError, RawDataset, RawSample
-from aligner.datasets.loading import content_digest, read_records, validate_records
+from aligner.datasets.loading import content_digest, map_columns, read_records, validate_records
 from aligner.datasets.validation import CORRECTION_FIELDS, record_columns
 
 
@@ -43,21 +43,30 @@ class _ArrowCorrectionDataset(RawDataset):
 
 class CorrectionFileDataset(_ArrowCorrectionDataset):
     """Records with ``question``, ``answer`` and ``correction`` in a JSON / JSONL / Parquet / CSV
-    file or a ``save_to_disk`` folder: ``correction-json::PATH``."""
+    file or a ``save_to_disk`` folder: ``correction-json::PATH``. ``column_map`` reads the fields
+    from columns of other names (``{"question": "prompt", ...}``)."""
 
     NAME = "correction-json"
     ALIASES = ("correction-file",)
+    COLUMN_MAP = True
 
-    def __init__(self, path: str | None = None) -> None:
+    def __init__(self, path: str | None = None, column_map: dict[str, str] | None = None) -> None:
         if not path:
             raise DataError(f"dataset {self.NAME!r} needs a path: {self.NAME}::PATH")
         super().__init__(path)
+        self.column_map = dict(column_map or {})
 
     def _load(self, *, lenient: bool, cache_dir: str | None) -> tuple[datasets.Dataset, list[str]]:
-        return read_records(self.path, CORRECTION_FIELDS, lenient=lenient, cache_dir=cache_dir)
+        return read_records(
+            self.path,
+            CORRECTION_FIELDS,
+            lenient=lenient,
+            cache_dir=cache_dir,
+            column_map=self.column_map,
+        )
 
     def cache_key(self) -> str:
-        return content_digest(Path(self.path))
+        return f"{sorted(self.column_map.items())}:{content_digest(Path(self.path))}"
 
 
 def _root_cause(error: BaseException) -> str:
@@ -81,6 +90,7 @@ class HubCorrectionDataset(_ArrowCorrectionDataset):
 
     NAME = "correction-hub"
     ALIASES = ("aligner-20k",)
+    COLUMN_MAP = True
     DEFAULT_REPO = "aligner/aligner-20K"
 
     def __init__(self, path: str | None = None, column_map: dict[str, str] | None = None) -> None:
@@ -97,20 +107,10 @@ class HubCorrectionDataset(_ArrowCorrectionDataset):
             )
         except Exception as error:  # network, auth, a missing repo, split or config: one line
             raise DataError(f"{self.path}: cannot load: {_root_cause(error)}") from None
+        mapped = map_columns(dataset, self.column_map, self.path)
         return validate_records(
-            self._renamed(dataset), CORRECTION_FIELDS, self.path, lenient=lenient
+            mapped, CORRECTION_FIELDS, self.path, lenient=lenient, column_map=self.column_map
         )
-
-    def _renamed(self, dataset: datasets.Dataset) -> datasets.Dataset:
-        missing = sorted(c for c in self.column_map.values() if c not in dataset.column_names)
-        if missing:
-            raise DataError(
-                f"{self.path}: --column_map names column(s) {', '.join(missing)} that it lacks "
-                f"(columns: {', '.join(dataset.column_names)})"
-            )
-        clashing = [field for field in self.column_map if field in dataset.column_names]
-        dataset = dataset.remove_columns([f for f in clashing if f not in self.column_map.values()])
-        return dataset.rename_columns({source: field for field, source in self.column_map.items()})
 
     def cache_key(self) -> str:
         mapping = sorted(self.column_map.items())
@@ -127,7 +127,11 @@ class _FormattedInputDataset(CorrectionFileDataset):
 
     def _load(self, *, lenient: bool, cache_dir: str | None) -> tuple[datasets.Dataset, list[str]]:
         records, skipped = read_records(
-            self.path, self.FIELDS, lenient=lenient, cache_dir=cache_dir
+            self.path,
+            self.FIELDS,
+            lenient=lenient,
+            cache_dir=cache_dir,
+            column_map=self.column_map,
         )
         formatted = records.map(
             self._format, remove_columns=records.column_names, desc="formatting", batched=False
@@ -162,6 +166,7 @@ class _BeavertailsJSONDataset(_FormattedInputDataset):
     prompt and the response joined by a space, and whose target is the response."""
 
     FIELDS = ("prompt", "response")
+    COLUMN_MAP = False
 
     def _format(self, row: dict[str, str]) -> dict[str, str]:
         return {"input": " ".join((row["prompt"], row["response"])), "correction": row["response"]}

@@ -24,8 +24,11 @@ from aligner.datasets.validation import (
     CORRECTION_FIELDS,
     MESSAGES_FIELD,
     NON_EMPTY_FIELDS,
+    ColumnMap,
     check_messages,
     check_record,
+    field_label,
+    map_record,
     scan_json,
     utf8_problem,
 )
@@ -35,6 +38,7 @@ __all__ = [
     "content_digest",
     "detect_format",
     "load_records",
+    "map_columns",
     "read_records",
     "validate_records",
 ]
@@ -154,11 +158,13 @@ def validate_records(
     *,
     lenient: bool = False,
     problems: Iterable[str | None] | None = None,
+    column_map: ColumnMap | None = None,
 ) -> tuple[datasets.Dataset, list[str]]:
     """Check ``fields`` of every row; raise on the first problem, or drop bad rows (lenient).
 
     ``problems`` yields the exact messages for the bad rows when the caller can name lines
-    (JSON and CSV files); otherwise rows are named by their 0-based index.
+    (JSON and CSV files); otherwise rows are named by their 0-based index. ``column_map`` is
+    the mapping ``map_columns`` applied, for the messages to name the columns.
     """
     bad = _bad_rows(dataset, fields)
     skipped: list[str] = []
@@ -168,7 +174,11 @@ def validate_records(
             skipped = [
                 problem
                 for row in np.flatnonzero(bad)
-                if (problem := check_record(dataset[int(row)], _row(source, row), fields))
+                if (
+                    problem := check_record(
+                        dataset[int(row)], _row(source, row), fields, column_map
+                    )
+                )
             ]
         if not lenient:
             raise DataError(skipped[0])
@@ -179,18 +189,37 @@ def validate_records(
     return dataset, skipped
 
 
+def map_columns(
+    dataset: datasets.Dataset, column_map: ColumnMap | None, source: str
+) -> datasets.Dataset:
+    """The dataset with each ``--column_map`` column under its field's name (as ``map_record``
+    does to one record); a mapped column the source lacks is refused."""
+    if not column_map:
+        return dataset
+    for field, column in column_map.items():
+        if column not in dataset.column_names:
+            raise DataError(
+                f"{source}: missing {field_label(field, column_map)}; its columns: "
+                f"{', '.join(dataset.column_names)}"
+            )
+    replaced = set(column_map) - set(column_map.values())
+    dataset = dataset.remove_columns([c for c in dataset.column_names if c in replaced])
+    return dataset.rename_columns({column: field for field, column in column_map.items()})
+
+
 def _row(source: str, row: int) -> str:
     return f"{source}: row {int(row)} (0-based)"
 
 
 def _scan_records(
-    path: Path, fields: Sequence[str], *, lenient: bool
+    path: Path, fields: Sequence[str], column_map: ColumnMap, *, lenient: bool
 ) -> tuple[datasets.Dataset, list[str]]:
     """Parse a JSON file record by record: for files the Arrow reader rejects."""
     records: list[object] = []
     skipped: list[str] = []
-    for where, record, problem in scan_json(path):
-        problem = problem or check_record(record, where, fields)
+    for where, raw, problem in scan_json(path):
+        record = map_record(raw, column_map)
+        problem = problem or check_record(record, where, fields, column_map)
         if problem is None:
             records.append(record)
         elif not lenient:
@@ -203,12 +232,14 @@ def _scan_records(
     return datasets.Dataset.from_list(records), skipped
 
 
-def _json_problems(path: Path, fields: Sequence[str]) -> Iterator[str | None]:
+def _json_problems(
+    path: Path, fields: Sequence[str], column_map: ColumnMap
+) -> Iterator[str | None]:
     for where, record, problem in scan_json(path):
-        yield problem or check_record(record, where, fields)
+        yield problem or check_record(map_record(record, column_map), where, fields, column_map)
 
 
-def _csv_problems(path: Path, fields: Sequence[str]) -> Iterator[str | None]:
+def _csv_problems(path: Path, fields: Sequence[str], column_map: ColumnMap) -> Iterator[str | None]:
     """Each CSV record's problem, named by the file line it starts on (a quoted cell may span
     several lines, so the line is not the row number plus one)."""
     with path.open(newline="", encoding=CSV_ENCODING) as handle:
@@ -216,7 +247,8 @@ def _csv_problems(path: Path, fields: Sequence[str]) -> Iterator[str | None]:
         _ = reader.fieldnames  # reads the header
         start = reader.line_num + 1
         for record in reader:
-            yield check_record(record, f"{path}:{start}", fields)
+            where = f"{path}:{start}"
+            yield check_record(map_record(record, column_map), where, fields, column_map)
             start = reader.line_num + 1
 
 
@@ -226,11 +258,13 @@ def read_records(
     *,
     lenient: bool = False,
     cache_dir: str | None = None,
+    column_map: ColumnMap | None = None,
 ) -> tuple[datasets.Dataset, list[str]]:
     """Load and validate a record file; return the dataset and the problems skipped (lenient).
 
-    Every column of the file is kept. Strict mode raises ``DataError`` at the first problem;
-    lenient mode skips bad records and reports each. No valid record at all is always an error.
+    Every column of the file is kept, the ``column_map`` ones under their fields' names. Strict
+    mode raises ``DataError`` at the first problem; lenient mode skips bad records and reports
+    each. No valid record at all is always an error.
     """
     path = Path(path)
     if not path.exists():
@@ -242,7 +276,7 @@ def read_records(
             f"{path}: is {_file_kind(path)}, not a regular file; save the data to a file"
         )
     try:
-        return _read_records(path, fields, lenient=lenient, cache_dir=cache_dir)
+        return _read_records(path, fields, column_map or {}, lenient=lenient, cache_dir=cache_dir)
     except OSError as error:
         # Permissions, a failing disk, a file that vanished: a user error, not a traceback.
         raise DataError(f"{path}: cannot read: {error.strerror or error}") from None
@@ -260,7 +294,12 @@ def _file_kind(path: Path) -> str:
 
 
 def _read_records(
-    path: Path, fields: Sequence[str], *, lenient: bool, cache_dir: str | None
+    path: Path,
+    fields: Sequence[str],
+    column_map: ColumnMap,
+    *,
+    lenient: bool,
+    cache_dir: str | None,
 ) -> tuple[datasets.Dataset, list[str]]:
     fmt = detect_format(path)
     if fmt in {"json", "csv"}:
@@ -278,12 +317,15 @@ def _read_records(
     except Exception as error:  # the Arrow reader's errors name no line: diagnose below
         if fmt != "json":
             raise DataError(f"{path}: cannot read {fmt} file: {error}".splitlines()[0]) from None
-        return _scan_records(path, fields, lenient=lenient)
+        return _scan_records(path, fields, column_map, lenient=lenient)
     finally:
         datasets.logging.set_verbosity(verbosity)
+    dataset = map_columns(dataset, column_map, str(path))
     scans = {"json": _json_problems, "csv": _csv_problems}
-    problems = scans[fmt](path, fields) if fmt in scans else None
-    return validate_records(dataset, fields, str(path), lenient=lenient, problems=problems)
+    problems = scans[fmt](path, fields, column_map) if fmt in scans else None
+    return validate_records(
+        dataset, fields, str(path), lenient=lenient, problems=problems, column_map=column_map
+    )
 
 
 def load_records(

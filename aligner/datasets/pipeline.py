@@ -17,7 +17,6 @@ from transformers import PreTrainedTokenizerBase
 
 from aligner.config import DataArgs
 from aligner.datasets.base import DataError, RawDataset, get_dataset_class, load_dataset_modules
-from aligner.datasets.correction import HubCorrectionDataset
 from aligner.datasets.encode import (
     ANSWER_SHORTENED,
     DROPPED,
@@ -107,8 +106,12 @@ def identity_records(raw: datasets.Dataset, source: str) -> datasets.Dataset:
 
 def _instantiate(spec: DatasetSpec, column_map: dict[str, str] | None) -> RawDataset:
     cls = get_dataset_class(spec.name)
-    # Column mapping serves the Hub loader; the other datasets read the record schema.
-    extra = {"column_map": column_map} if issubclass(cls, HubCorrectionDataset) else {}
+    if column_map and not cls.COLUMN_MAP:
+        raise DataError(
+            f"dataset {spec}: --column_map does not apply to {cls.__name__}, which builds its "
+            "own samples; it applies to record files and Hub datasets"
+        )
+    extra = {"column_map": column_map} if cls.COLUMN_MAP else {}
     try:
         return cls(spec.path, **extra) if spec.path is not None else cls(**extra)
     except DataError:
@@ -185,7 +188,7 @@ def build_dataset(
     ``length`` and ``prompt_length``, and the statistics of every source. With ``identity``
     the target of every sample is its upstream answer instead of its correction (the
     identity-mapping warm-up); records without a non-empty answer are left out. ``column_map``
-    renames Hub datasets' columns onto the record schema.
+    reads each record field from a column of another name, in every source.
     """
     if not specs:
         raise DataError(

@@ -47,40 +47,69 @@ def check_messages(messages: object) -> str | None:
     return None
 
 
-def _check_context(record: Mapping[str, Any], where: str) -> str | None:
+ColumnMap = Mapping[str, str]
+"""``--column_map``: the column of the source that holds each record field."""
+
+
+def map_record(record: object, column_map: ColumnMap) -> object:
+    """A record with each mapped column under its field's name; a column named like a mapped
+    field is replaced by the mapped one."""
+    if not column_map or not isinstance(record, Mapping):
+        return record
+    moved = set(column_map) | set(column_map.values())
+    mapped = {key: value for key, value in record.items() if key not in moved}
+    mapped.update({f: record[column] for f, column in column_map.items() if column in record})
+    return mapped
+
+
+def field_label(field: str, column_map: ColumnMap) -> str:
+    """How a message names a field: by the column it is read from when it is mapped."""
+    column = column_map.get(field)
+    return f"column {column!r} (mapped to {field!r})" if column else f"field {field!r}"
+
+
+def _check_context(record: Mapping[str, Any], where: str, column_map: ColumnMap) -> str | None:
     """``question`` or ``messages``: exactly one of them, and valid."""
     has_messages = record.get(MESSAGES_FIELD) is not None
     if has_messages and record.get("question") is not None:
-        return f"{where}: record has both 'question' and 'messages'; give one of them"
+        question, messages = (field_label(f, column_map) for f in ("question", MESSAGES_FIELD))
+        return f"{where}: record has both {question} and {messages}; give one of them"
     if not has_messages:
-        return _check_string(record, "question", where)
+        return _check_string(record, "question", where, column_map)
     problem = check_messages(record[MESSAGES_FIELD])
     return f"{where}: {problem}" if problem else None
 
 
-def _check_string(record: Mapping[str, Any], field: str, where: str) -> str | None:
+def _check_string(
+    record: Mapping[str, Any], field: str, where: str, column_map: ColumnMap
+) -> str | None:
+    label = field_label(field, column_map)
     if field not in record:
-        return f"{where}: missing field {field!r}"
+        return f"{where}: missing {label}"
     value = record[field]
     if value is None:
-        return f"{where}: field {field!r} is null"
+        return f"{where}: {label} is null"
     if not isinstance(value, str):
-        return f"{where}: field {field!r} must be a string, got {_type_name(value)}"
+        return f"{where}: {label} must be a string, got {_type_name(value)}"
     if field in NON_EMPTY_FIELDS and not value.strip():
-        return f"{where}: field {field!r} is empty"
+        return f"{where}: {label} is empty"
     return None
 
 
-def check_record(record: object, where: str, fields: Sequence[str]) -> str | None:
+def check_record(
+    record: object, where: str, fields: Sequence[str], column_map: ColumnMap | None = None
+) -> str | None:
     """The problem with one record as a one-line message, or None when it is valid.
 
-    A ``question`` in ``fields`` may be given as a ``messages`` conversation instead.
+    A ``question`` in ``fields`` may be given as a ``messages`` conversation instead. With a
+    ``column_map`` the record is one already mapped (``map_record``), and messages name the
+    mapped fields by their columns.
     """
     if not isinstance(record, Mapping):
         return f"{where}: record is not an object (got {_type_name(record)})"
     for field in fields:
         check = _check_context if field == "question" else partial(_check_string, field=field)
-        problem = check(record, where=where)
+        problem = check(record, where=where, column_map=column_map or {})
         if problem is not None:
             return problem
     return None

@@ -90,7 +90,8 @@ def test_columns_are_mapped_onto_the_record_schema(tmp_path: Path, llama_tokeniz
     write_jsonl(folder / "data" / "train.jsonl", rows)
     mapping = {"question": "prompt", "answer": "response", "correction": "revised"}
     assert corrections([str(folder)], llama_tokenizer, column_map=mapping) == ["yes"]
-    with pytest.raises(DataError, match=r"names column\(s\) answer_text that it lacks"):
+    missing = r"missing column 'answer_text' \(mapped to 'answer'\); its columns: prompt,"
+    with pytest.raises(DataError, match=missing):
         corrections([str(folder)], llama_tokenizer, column_map={"answer": "answer_text"})
     with pytest.raises(DataError, match=r"row 0 \(0-based\): missing field 'answer'"):
         corrections([str(folder)], llama_tokenizer)

@@ -153,6 +153,45 @@ def test_inference_fields_need_no_correction(tmp_path) -> None:
     assert len(read_records(path, ("question", "answer"))[0]) == 1
 
 
+MAPPING = {"question": "prompt", "correction": "revised"}
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_column_map_applies_to_record_files(tmp_path, fmt: str) -> None:
+    rows = [{"prompt": "P?", "question": "not this", "answer": "A.", "revised": "R."}]
+    path = tmp_path / f"data.{fmt}"
+    frame = pd.DataFrame(rows)
+    if fmt == "jsonl":
+        frame.to_json(path, orient="records", lines=True)
+    elif fmt == "csv":
+        frame.to_csv(path, index=False)
+    else:
+        frame.to_parquet(path)
+    dataset, _ = read_records(path, column_map=MAPPING)
+    assert dataset[0] == {"question": "P?", "answer": "A.", "correction": "R."}
+
+
+def test_a_mapped_column_is_named_as_the_mapping(tmp_path) -> None:
+    lines = [json.dumps({"prompt": "P", "answer": "A", "revised": "R"})] * 2
+    path = write_jsonl(tmp_path / "data.jsonl", [*lines, good_line()])
+    with pytest.raises(DataError, match=r"data.jsonl:3: missing column 'prompt' \(mapped to 'q"):
+        read_records(path, column_map=MAPPING)
+    dataset, skipped = read_records(path, column_map=MAPPING, lenient=True)
+    assert len(dataset) == 2 and len(skipped) == 1
+    absent = write_jsonl(tmp_path / "plain.jsonl", [good_line()])
+    with pytest.raises(DataError) as error:
+        read_records(absent, column_map=MAPPING)
+    assert str(error.value) == (
+        f"{absent}: missing column 'prompt' (mapped to 'question'); "
+        "its columns: question, answer, correction"
+    )
+    null = write_jsonl(tmp_path / "null.jsonl", [json.dumps({"prompt": None, "answer": "A"})])
+    with pytest.raises(
+        DataError, match=r"null.jsonl:1: column 'prompt' \(mapped to 'question'\) is"
+    ):
+        read_records(null, ("question", "answer"), column_map={"question": "prompt"})
+
+
 def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path) -> None:
     fifo = tmp_path / "pipe.jsonl"
     os.mkfifo(fifo)

@@ -99,6 +99,25 @@ def test_two_datasets_reading_one_file_do_not_share_a_cache(llama_tokenizer, tmp
     assert empathy["input_ids"] != plain["input_ids"]
 
 
+def test_column_map_applies_to_a_record_file_or_is_refused(llama_tokenizer, tmp_path) -> None:
+    data = tmp_path / "d.jsonl"
+    record = {"prompt": "mapped?", "question": "not this", "answer": "a", "correction": "c"}
+    data.write_text(json.dumps(record) + "\n")
+    kwargs = {"max_length": 64, "cache_dir": tmp_path, "column_map": {"question": "prompt"}}
+    dataset, _ = build_dataset([str(data)], llama_tokenizer, get_template(), **kwargs)
+    prompt = llama_tokenizer.decode(dataset[0]["input_ids"][: dataset[0]["prompt_length"]])
+    assert "mapped?" in prompt and "not this" not in prompt
+    with pytest.raises(DataError) as error:
+        build_dataset(
+            [f"beavertails-json/train::{data}"], llama_tokenizer, get_template(), **kwargs
+        )
+    assert str(error.value) == (
+        f"dataset beavertails-json/train:1:{data}: --column_map does not apply to "
+        "BeavertailsTrainJSONDataset, which builds its own samples; it applies to record files "
+        "and Hub datasets"
+    )
+
+
 def test_mixing_with_proportions_is_seeded(llama_tokenizer, tmp_path) -> None:
     specs = [f"correction-json:0.5:{TEMPLATE_DATASET}", f"correction-json:20/-1:{TEMPLATE_DATASET}"]
     kwargs = {"max_length": 512, "cache_dir": tmp_path, "seed": 7}

@@ -216,6 +216,14 @@ def test_every_float_flag_has_a_range() -> None:
         (["--max_length", "-5"], "--max_length must be at least 2, got -5"),
         (["--eval_split_ratio", "nan"], "--eval_split_ratio must be in [0, 1), got nan"),
         (["--identity_warmup_ratio", "inf"], "--identity_warmup_ratio must be in [0, 1], got inf"),
+        (
+            ["--column_map", "question=prompt", "question=title"],
+            "--column_map names field 'question' twice (question=prompt, question=title)",
+        ),
+        (
+            ["--column_map", "question=text", "answer=text"],
+            "--column_map names column 'text' twice (question=text, answer=text)",
+        ),
     ],
 )
 def test_data_flags_are_named_as_given(flags: list[str], message: str) -> None:
