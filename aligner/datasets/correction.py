@@ -3,13 +3,20 @@ original toolkit's ``empathy-json`` and ``beavertails-json/{train,test}``."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import datasets
 
 from aligner import constants
 from aligner.datasets.base import SAMPLE_FIELDS, DataError, RawDataset, RawSample
-from aligner.datasets.loading import content_digest, map_columns, read_records, validate_records
+from aligner.datasets.loading import (
+    content_digest,
+    map_columns,
+    quiet_reader,
+    read_records,
+    validate_records,
+)
 from aligner.datasets.validation import CORRECTION_FIELDS, record_columns
 
 
@@ -69,13 +76,28 @@ class CorrectionFileDataset(_ArrowCorrectionDataset):
         return f"{sorted(self.column_map.items())}:{content_digest(Path(self.path))}"
 
 
+_INTERNALS = re.compile(r"\s*(with resolver )?functools\.partial\(.*|\s*<[^<>]* at 0x[0-9a-f]+>")
+"""Reprs of the library's own objects, which some of its messages carry."""
+
+
 def _root_cause(error: BaseException) -> str:
-    """The first line of the innermost error: ``datasets`` wraps the telling one in a generic
-    "An error occurred while generating the dataset"."""
+    """The first line of the innermost error, without the library's object reprs: ``datasets``
+    wraps the telling one in a generic "An error occurred while generating the dataset"."""
     while error.__cause__ is not None or error.__context__ is not None:
         error = error.__cause__ or error.__context__
-    text = str(error).strip()
+    text = _INTERNALS.sub("", str(error)).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def _data_files(folder: Path) -> list[Path]:
+    """The files of a dataset folder besides its card and hidden files (.git, .cache...)."""
+    return [
+        path
+        for path in folder.rglob("*")
+        if path.is_file()
+        and path.name != "README.md"
+        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+    ]
 
 
 class HubCorrectionDataset(_ArrowCorrectionDataset):
@@ -101,10 +123,17 @@ class HubCorrectionDataset(_ArrowCorrectionDataset):
         self.split = split or "train"
 
     def _load(self, *, lenient: bool, cache_dir: str | None) -> tuple[datasets.Dataset, list[str]]:
-        try:
-            dataset = datasets.load_dataset(
-                self.repo, name=self.config or None, split=self.split, cache_dir=cache_dir
+        folder = Path(self.repo)
+        if folder.is_dir() and not _data_files(folder):
+            raise DataError(
+                f"{self.path}: no data file in this folder (a dataset folder holds .jsonl, .json, "
+                ".csv or .parquet files, or a README.md whose configs name them)"
             )
+        try:
+            with quiet_reader():
+                dataset = datasets.load_dataset(
+                    self.repo, name=self.config or None, split=self.split, cache_dir=cache_dir
+                )
         except Exception as error:  # network, auth, a missing repo, split or config: one line
             raise DataError(f"{self.path}: cannot load: {_root_cause(error)}") from None
         mapped = map_columns(dataset, self.column_map, self.path)

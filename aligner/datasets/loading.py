@@ -12,6 +12,7 @@ import hashlib
 import stat
 import sys
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import datasets
@@ -39,6 +40,7 @@ __all__ = [
     "detect_format",
     "load_records",
     "map_columns",
+    "quiet_reader",
     "read_records",
     "validate_records",
 ]
@@ -70,6 +72,19 @@ def content_digest(path: Path) -> str:
         with file.open("rb") as handle:
             digest.update(hashlib.file_digest(handle, "sha256").digest())
     return digest.hexdigest()
+
+
+@contextmanager
+def quiet_reader() -> Iterator[None]:
+    """``datasets`` without its progress bars and log lines: it logs its own parse errors (with
+    library internals, and no line number), which the one-line errors here replace."""
+    datasets.disable_progress_bars()
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
+    try:
+        yield
+    finally:
+        datasets.logging.set_verbosity(verbosity)
 
 
 def _load_arrow(path: Path, fmt: str, cache_dir: str | None) -> datasets.Dataset:
@@ -306,20 +321,15 @@ def _read_records(
         problem = utf8_problem(path)
         if problem is not None:
             raise DataError(problem)
-    datasets.disable_progress_bars()
-    verbosity = datasets.logging.get_verbosity()
-    # The Arrow reader logs its own (line-less) parse errors; ours replace them.
-    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
     try:
-        dataset = _load_arrow(path, fmt, cache_dir)
+        with quiet_reader():
+            dataset = _load_arrow(path, fmt, cache_dir)
     except DataError:
         raise
     except Exception as error:  # the Arrow reader's errors name no line: diagnose below
         if fmt != "json":
             raise DataError(f"{path}: cannot read {fmt} file: {error}".splitlines()[0]) from None
         return _scan_records(path, fields, column_map, lenient=lenient)
-    finally:
-        datasets.logging.set_verbosity(verbosity)
     dataset = map_columns(dataset, column_map, str(path))
     scans = {"json": _json_problems, "csv": _csv_problems}
     problems = scans[fmt](path, fields, column_map) if fmt in scans else None

@@ -10,6 +10,7 @@ import pytest
 
 from aligner.commands.data import main as data_main
 from aligner.datasets import DataError, parse_dataset_spec
+from aligner.datasets.correction import _root_cause
 from aligner.datasets.pipeline import build_dataset
 from aligner.prompts import get_template
 
@@ -117,3 +118,37 @@ def test_data_command_reads_a_hub_folder_with_a_column_map(
     args += ["--column_map", "question=q", "answer=a", "correction=c"]
     assert data_main(args) == 0
     assert "tokens per sample (1 training samples)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("files", [[], ["README.md"], ["README.md", ".git/config"]])
+def test_a_folder_without_data_files_is_one_line_without_library_internals(
+    tmp_path: Path, llama_tokenizer, files: list[str]
+) -> None:
+    folder = tmp_path / "no-data"
+    folder.mkdir()
+    for name in files:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text("# a card\n")
+    with pytest.raises(DataError) as error:
+        corrections([f"correction-hub::{folder}"], llama_tokenizer)
+    assert str(error.value) == (
+        f"{folder}: no data file in this folder (a dataset folder holds .jsonl, .json, .csv or "
+        ".parquet files, or a README.md whose configs name them)"
+    )
+
+
+def test_library_errors_lose_their_object_reprs_and_log_lines(
+    tmp_path: Path, llama_tokenizer, capfd
+) -> None:
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text('{"question": "q", broken\n')
+    with pytest.raises(DataError, match=r"broken: cannot load: "):
+        corrections([str(folder)], llama_tokenizer)
+    assert "<class" not in capfd.readouterr().err
+    resolver = "functools.partial(<function resolve_pattern at 0x7f8832930400>, base_path='/x')"
+    error = FileNotFoundError(f"Couldn't resolve pattern ** with resolver {resolver}")
+    try:
+        raise RuntimeError("An error occurred while generating the dataset") from error
+    except RuntimeError as wrapped:
+        assert _root_cause(wrapped) == "Couldn't resolve pattern **"
