@@ -20,6 +20,10 @@ that rewrites earlier turns once a reply follows) is refused: no mask can be rig
 from __future__ import annotations
 
 import re
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
@@ -29,6 +33,49 @@ from aligner.prompts import ChatTemplate, Piece, TemplateError, Turn
 _PLACEHOLDER = "\U000f0100{}\U000f0101"
 """Stands for message ``{}`` while a shape is rendered (Supplementary Private Use Area-A)."""
 _PLACEHOLDER_RE = re.compile("\U000f0100(\\d+)\U000f0101")
+
+RENDER_TIME_LIMIT = 10.0
+"""Processor seconds one rendering of a chat template may take (a real template takes
+milliseconds): a template that loops, say over nested ``range(100000)``, is stopped and
+refused."""
+
+
+class TemplateTimeout(TemplateError):
+    """A chat template that did not finish rendering within ``RENDER_TIME_LIMIT``: a fault of
+    the template, not of a record."""
+
+
+class _Expired(BaseException):
+    """Raised into the rendering by the timer; not an ``Exception``, so that no handler in the
+    template engine takes it for the template's own error."""
+
+
+@contextmanager
+def _time_limit(seconds: float) -> Iterator[None]:
+    """Raise ``_Expired`` in the block once it has used ``seconds`` of processor time.
+
+    A timer signal is the one way to stop pure Python code that never returns. The processor
+    time timer (SIGVTALRM) leaves SIGALRM to others. Signals reach the main thread only, so
+    elsewhere (or while another holds this timer) the block runs without a limit; every command
+    renders on its main thread, and so do the tokenizing processes.
+    """
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getitimer(signal.ITIMER_VIRTUAL)[0] > 0
+    ):
+        yield
+        return
+
+    def expire(signum: int, frame: object) -> None:
+        raise _Expired
+
+    previous = signal.signal(signal.SIGVTALRM, expire)
+    signal.setitimer(signal.ITIMER_VIRTUAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_VIRTUAL, 0)
+        signal.signal(signal.SIGVTALRM, previous)
 
 
 @dataclass(frozen=True)
@@ -76,16 +123,23 @@ class ChatRenderer:
     # ---- rendering ------------------------------------------------------------------------------
 
     def _render(self, messages: list[Turn], *, generation_prompt: bool) -> str:
+        roles = ", ".join(message["role"] for message in messages)
         try:
-            return self.tokenizer.apply_chat_template(
-                messages,
-                chat_template=self.template.chat_template,
-                add_generation_prompt=generation_prompt,
-                tokenize=False,
-            )
+            with _time_limit(RENDER_TIME_LIMIT):
+                return self.tokenizer.apply_chat_template(
+                    messages,
+                    chat_template=self.template.chat_template,
+                    add_generation_prompt=generation_prompt,
+                    tokenize=False,
+                )
+        except _Expired:
+            raise TemplateTimeout(
+                f"chat template of --prompt_template {self.template.name} did not finish "
+                f"rendering a conversation of roles ({roles}) within {RENDER_TIME_LIMIT:g} s of "
+                "processor time; it was stopped (does it loop?)"
+            ) from None
         except Exception as error:  # the template's own raise_exception, or a Jinja error
             first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-            roles = ", ".join(message["role"] for message in messages)
             raise TemplateError(
                 f"chat template of --prompt_template {self.template.name} fails on a "
                 f"conversation of roles ({roles}): {first}"

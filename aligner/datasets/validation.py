@@ -72,7 +72,10 @@ def _check_context(record: Mapping[str, Any], where: str, column_map: ColumnMap)
     """``question`` or ``messages``: exactly one of them, and valid."""
     has_messages = record.get(MESSAGES_FIELD) is not None
     if has_messages and record.get("question") is not None:
-        question, messages = (field_label(f, column_map) for f in ("question", MESSAGES_FIELD))
+        question, messages = (
+            field_label(f, column_map) if f in column_map else repr(f)
+            for f in ("question", MESSAGES_FIELD)
+        )
         return f"{where}: record has both {question} and {messages}; give one of them"
     if not has_messages:
         return _check_string(record, "question", where, column_map)

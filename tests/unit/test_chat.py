@@ -7,10 +7,13 @@ tokens) with a Mistral template, and the Llama SentencePiece with ChatML's contr
 from __future__ import annotations
 
 import json
+import signal
+import time
 from pathlib import Path
 
 import pytest
 
+from aligner import chat
 from aligner.constants import IGNORE_INDEX
 from aligner.datasets.encode import (
     ANSWER_SHORTENED,
@@ -382,3 +385,26 @@ def test_question_and_messages_together_are_refused(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "both.jsonl", [both])
     with pytest.raises(DataError, match=r"both\.jsonl:1: record has both 'question' and"):
         read_records(path)
+
+
+LOOPING_TEMPLATE = (
+    "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+    "{% for message in messages %}{{ message['content'] }}{% endfor %}"
+)
+
+
+@pytest.mark.timeout(60)
+def test_a_looping_template_is_stopped_by_the_time_limit(chatml_tokenizer_dir, monkeypatch) -> None:
+    monkeypatch.setattr(chat, "RENDER_TIME_LIMIT", 0.5)
+    tokenizer = load_tokenizer(str(chatml_tokenizer_dir))
+    template = ChatTemplate("looping", INSTRUCTION, chat_template=LOOPING_TEMPLATE)
+    started = time.monotonic()
+    with pytest.raises(chat.TemplateTimeout) as error:
+        encode(tokenizer, [SINGLE], template)
+    assert time.monotonic() - started < 5
+    assert str(error.value) == (
+        "chat template of --prompt_template looping did not finish rendering a conversation of "
+        "roles (user, assistant) within 0.5 s of processor time; it was stopped (does it loop?)"
+    )
+    assert signal.getitimer(signal.ITIMER_VIRTUAL) == (0.0, 0.0)
+    assert signal.getsignal(signal.SIGVTALRM) is signal.SIG_DFL
