@@ -25,7 +25,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from aligner.chat import ChatRenderer
+from aligner.chat import ChatRenderer, TemplateTimeout
 from aligner.constants import IGNORE_INDEX
 from aligner.datasets.base import DataError
 from aligner.prompts import (
@@ -33,14 +33,16 @@ from aligner.prompts import (
     Piece,
     PromptTemplate,
     Template,
+    TemplateError,
     Turn,
     resolve_template,
     serialize_conversation,
 )
 from aligner.tokenizer import PieceEncoder, special_prefix
 
-KEPT, TRUNCATED, DROPPED = 0, 1, 2
-"""Values of the ``status`` column: as is, prompt shortened, correction alone too long."""
+KEPT, TRUNCATED, DROPPED, UNRENDERABLE = 0, 1, 2, 3
+"""Values of the ``status`` column: as is, prompt shortened, correction alone too long, and not
+rendered by the template (the ``problem`` column says why)."""
 TURNS_DROPPED, ANSWER_SHORTENED, QUESTION_SHORTENED = 1, 2, 4
 """Bits of the ``shortened`` column: what truncation took from the prompt."""
 
@@ -52,6 +54,7 @@ TOKENIZED_COLUMNS = (
     "status",
     "shortened",
     "split_boundary",
+    "problem",
 )
 
 
@@ -330,24 +333,35 @@ class SampleEncoder:
                     "aligner reserves for the template's control tokens"
                 )
 
+    def _render(self, request: Request, correction: str) -> Rendered | str:
+        """The sample rendered, or why the template cannot render it (a conversation shape it
+        refuses, say); a template that runs out of time fails for every record, and raises."""
+        try:
+            return self.renderer.render(request, correction)
+        except TemplateTimeout:
+            raise
+        except TemplateError as error:
+            return str(error)
+
     def __call__(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
         requests = self._requests(batch)
         corrections = list(batch["correction"])
-        rendered = []
+        rendered: list[Rendered | str | None] = []
         for request, correction in zip(requests, corrections, strict=True):
             self._check_text(request, correction)
             fits = len(correction) <= self.max_chars
-            rendered.append(self.renderer.render(request, correction) if fits else None)
+            rendered.append(self._render(request, correction) if fits else None)
         texts = [
             self.pieces.join(r.prompt) + r.target + self.pieces.join(r.suffix)
             for r in rendered
-            if r is not None
+            if isinstance(r, Rendered)
         ]
         encodings = iter(self.pieces.encode_batch(texts))
         out: dict[str, list[Any]] = {column: [] for column in TOKENIZED_COLUMNS}
         for request, correction, sample in zip(requests, corrections, rendered, strict=True):
             status, shortened, ids, n_prompt, split = DROPPED, 0, [], 0, False
-            if sample is not None:
+            problem = sample if isinstance(sample, str) else None
+            if isinstance(sample, Rendered):
                 ids, n_prompt, split = self.encode_rendered(sample, next(encodings))
                 status = KEPT
                 if len(ids) > self.max_length:
@@ -356,6 +370,8 @@ class SampleEncoder:
                         status, ids, n_prompt, split = DROPPED, [], 0, False
                     else:
                         (ids, n_prompt, split, shortened), status = fitted, TRUNCATED
+            if problem is not None:
+                status = UNRENDERABLE
             out["input_ids"].append(ids)
             out["labels"].append([IGNORE_INDEX] * n_prompt + ids[n_prompt:])
             out["length"].append(len(ids))
@@ -363,4 +379,5 @@ class SampleEncoder:
             out["status"].append(status)
             out["shortened"].append(shortened)
             out["split_boundary"].append(split)
+            out["problem"].append(problem)
         return out

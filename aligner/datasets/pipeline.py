@@ -23,6 +23,7 @@ from aligner.datasets.encode import (
     QUESTION_SHORTENED,
     TRUNCATED,
     TURNS_DROPPED,
+    UNRENDERABLE,
     SampleEncoder,
 )
 from aligner.datasets.spec import DatasetSpec, parse_dataset_spec, sample_indices
@@ -31,7 +32,7 @@ from aligner.files import write_atomically
 from aligner.prompts import Template, get_template, resolve_template
 from aligner.tokenizer import tokenizer_fingerprint
 
-PIPELINE_VERSION = "2"
+PIPELINE_VERSION = "3"
 """Part of every cache key: bump it when the encoding of a sample changes."""
 
 
@@ -168,6 +169,30 @@ def tokenize_source(
     return tokenized, from_cache
 
 
+def _unrendered(
+    tokenized: datasets.Dataset, raw: datasets.Dataset, source: RawDataset, *, exact: bool
+) -> list[str]:
+    """A line for each record the template could not render, naming the source and the record.
+
+    A record is named by its 0-based place in the source when ``exact``, or where the loader
+    kept that place (the selection of the valid rows); otherwise among the valid records.
+    """
+    status = np.asarray(tokenized.data.column("status"))
+    rows = np.flatnonzero(status == UNRENDERABLE)
+    if rows.size == 0:
+        return []
+    problems = tokenized.select(rows)["problem"]
+    if raw._indices is not None:  # the rows the loader kept, by their place in the file
+        places, exact = raw._indices.column(0).to_numpy()[rows], True
+    else:
+        places = rows
+    record = "record" if exact else "valid record"
+    return [
+        f"{source.source}: {record} {place} (0-based): {problem}"
+        for place, problem in zip(places, problems, strict=True)
+    ]
+
+
 def build_dataset(
     specs: Sequence[str],
     tokenizer: PreTrainedTokenizerBase,
@@ -213,7 +238,16 @@ def build_dataset(
         )
         status = np.asarray(tokenized.data.column("status"))
         shortened = np.asarray(tokenized.data.column("shortened"))
-        kept = tokenized.select(np.flatnonzero(status != DROPPED))
+        read = len(raw) + len(skipped)
+        unrendered = _unrendered(tokenized, raw, source, exact=not (skipped or identity))
+        if unrendered and not lenient:
+            raise DataError(unrendered[0])
+        skipped = [*skipped, *unrendered]
+        kept = tokenized.select(np.flatnonzero((status != DROPPED) & (status != UNRENDERABLE)))
+        if len(kept) == 0 and unrendered:
+            raise DataError(
+                f"dataset {spec}: no valid record ({len(skipped)} skipped; first: {skipped[0]})"
+            )
         if len(kept) == 0:
             raise DataError(
                 f"dataset {spec}: no sample fits --max_length {max_length} "
@@ -223,7 +257,7 @@ def build_dataset(
         stats.sources.append(
             SourceStats(
                 spec=str(spec),
-                read=len(raw) + len(skipped),
+                read=read,
                 invalid=len(skipped),
                 truncated=int((status == TRUNCATED).sum()),
                 turns_dropped=int((shortened & TURNS_DROPPED > 0).sum()),
@@ -236,7 +270,7 @@ def build_dataset(
                 first_invalid=skipped[0] if skipped else None,
             )
         )
-        parts.append(chosen.remove_columns(["status", "shortened", "split_boundary"]))
+        parts.append(chosen.remove_columns(["status", "shortened", "split_boundary", "problem"]))
     mixed = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
     return mixed, stats
 

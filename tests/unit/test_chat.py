@@ -26,6 +26,7 @@ from aligner.datasets.encode import (
     SampleEncoder,
 )
 from aligner.datasets.loading import read_records
+from aligner.datasets.pipeline import build_dataset
 from aligner.prompts import ChatTemplate, TemplateError, get_template, serialize_conversation
 from aligner.tokenizer import load_tokenizer
 
@@ -124,6 +125,9 @@ def encode(tokenizer, records: list[dict], template=None, max_length: int = 4096
     names = ("question", "messages", "answer", "correction")
     columns = {name: [r.get(name) for r in records] for name in names}
     out = encoder(columns)
+    problems = [problem for problem in out["problem"] if problem is not None]
+    if problems:  # what build_dataset reports, naming the record
+        raise TemplateError(problems[0])
     rows = zip(*out.values(), strict=True)
     return encoder, [dict(zip(out, values, strict=True)) for values in rows]
 
@@ -408,3 +412,49 @@ def test_a_looping_template_is_stopped_by_the_time_limit(chatml_tokenizer_dir, m
     )
     assert signal.getitimer(signal.ITIMER_VIRTUAL) == (0.0, 0.0)
     assert signal.getsignal(signal.SIGVTALRM) is signal.SIG_DFL
+
+
+# Llama 2's rule: after an optional system message, user and assistant turns alternate.
+ALTERNATING_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}{% set turns = messages[1:] %}"
+    "{{ '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+    "{% else %}{% set turns = messages %}{% endif %}{% for message in turns %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant') }}"
+    "{% endif %}{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{{ message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+ASSISTANT_FIRST = {
+    "messages": [
+        {"role": "assistant", "content": "Hello, I answer geography questions."},
+        {"role": "user", "content": "Capital of France?"},
+    ],
+    "answer": "Lyon",
+    "correction": "Paris",
+}
+
+
+def test_a_record_the_template_cannot_render_is_named_and_skipped_when_lenient(
+    chatml_tokenizer_dir, tmp_path: Path
+) -> None:
+    from aligner.datasets.base import DataError
+
+    tokenizer = load_tokenizer(str(chatml_tokenizer_dir))
+    template = ChatTemplate("alternating", INSTRUCTION, "Be kind.", ALTERNATING_TEMPLATE)
+    path = write_jsonl(tmp_path / "turns.jsonl", [SINGLE, ASSISTANT_FIRST, MULTI])
+    options = {"max_length": 512, "cache_dir": tmp_path / "cache"}
+    with pytest.raises(DataError) as error:
+        build_dataset([str(path)], tokenizer, template, **options)
+    assert str(error.value) == (
+        f"{path}: record 1 (0-based): chat template of --prompt_template alternating fails on a "
+        "conversation of roles (system, assistant, user, assistant): Conversation roles must "
+        "alternate "
+        "user/assistant/user/assistant"
+    )
+    bad = {**SINGLE, "correction": ""}
+    path = write_jsonl(tmp_path / "lenient.jsonl", [SINGLE, bad, ASSISTANT_FIRST, MULTI])
+    dataset, stats = build_dataset([str(path)], tokenizer, template, lenient=True, **options)
+    assert len(dataset) == 2
+    assert (stats.sources[0].read, stats.sources[0].invalid) == (4, 2)
+    assert stats.sources[0].first_invalid == f"{path}:2: field 'correction' is empty"
