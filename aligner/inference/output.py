@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from aligner.errors import UserError
+from aligner.files import check_file_path, write_durably
 from aligner.files import write_atomically as write_text_atomically
-from aligner.files import write_durably
 
 
 class OutputError(UserError):
@@ -120,8 +120,7 @@ def check_claim(
     settings is another run's. Both are refused unless ``overwrite``.
     """
     output = Path(output)
-    if output.is_dir():
-        raise OutputError(f"{flag} {output}: is a folder, not a file")
+    check_file_path(output, flag)
     # An empty file (mktemp's, say) holds nothing to lose.
     files = (output, *shard_paths(output))
     written = [path for path in files if path.is_file() and path.stat().st_size > 0]

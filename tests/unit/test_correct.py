@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -341,6 +342,26 @@ def test_a_file_correct_did_not_write_is_neither_resumed_nor_replaced(
 
     assert run_correct(*args, "--output", theirs, "--overwrite") == 0
     assert [r["id"] for r in read_written(theirs)] == [0, 1]
+
+
+@pytest.mark.parametrize("kind", ["null-device", "fifo"])
+def test_an_output_that_is_no_regular_file_is_refused_up_front(
+    kind: str, tiny_checkpoint_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = write_jsonl(tmp_path / "in.jsonl", QUESTIONS[:1])
+    if kind == "fifo":
+        output = tmp_path / "pipe"
+        os.mkfifo(output)
+    else:
+        output = Path(os.devnull)
+    before = sorted(output.parent.iterdir())
+    args = ["--model_name_or_path", tiny_checkpoint_dir, "--input", source, "--output", output]
+    assert run_correct(*args) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"aligner correct: error: --output {output}: is not a regular file (a device, pipe or "
+        "socket); name a file to write"
+    )
+    assert sorted(output.parent.iterdir()) == before  # nothing written beside it
 
 
 def test_an_empty_file_is_written_into(tiny_checkpoint_dir: Path, tmp_path: Path) -> None:
