@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -342,6 +344,64 @@ def test_a_file_correct_did_not_write_is_neither_resumed_nor_replaced(
 
     assert run_correct(*args, "--output", theirs, "--overwrite") == 0
     assert [r["id"] for r in read_written(theirs)] == [0, 1]
+
+
+def test_an_output_another_run_writes_is_refused_naming_it(
+    tiny_checkpoint_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = write_jsonl(tmp_path / "in.jsonl", QUESTIONS[:2])
+    output = tmp_path / "out.jsonl"
+    args = ["--model_name_or_path", tiny_checkpoint_dir, "--input", source, "--output", output]
+    args += ["--max_new_tokens", 2]
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from aligner.inference.output import lock_output; "
+            "lock_output(sys.argv[1], '--output'); print('locked', flush=True); sys.stdin.read()",
+            str(output),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        assert run_correct(*args) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"aligner correct: error: --output {output} is being written by another run "
+            f"(pid {holder.pid}): wait for it to end, or choose another --output"
+        )
+        assert not output.exists()
+    finally:
+        holder.kill()  # as a crash would: the lock goes with the process
+        holder.wait()
+    assert run_correct(*args) == 0
+    assert len(read_written(output)) == 2
+
+
+def test_resuming_an_output_with_repeated_ids_keeps_the_first_of_each(
+    tiny_checkpoint_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = write_jsonl(tmp_path / "in.jsonl", QUESTIONS[:3])
+    output = tmp_path / "out.jsonl"
+    args = ["--model_name_or_path", tiny_checkpoint_dir, "--input", source, "--output", output]
+    args += ["--max_new_tokens", 2]
+    assert run_correct(*args) == 0
+    first = read_written(output)
+    # What two runs appending at once, before outputs were locked, left behind.
+    repeats = [{**first[2], "correction": "again"}, {**first[0], "correction": "again"}]
+    with output.open("a", encoding="utf-8") as handle:
+        handle.write("".join(json.dumps(r) + "\n" for r in repeats))
+    capsys.readouterr()
+    assert run_correct(*args) == 0
+    assert read_written(output) == first
+    captured = capsys.readouterr()
+    assert (
+        f"{output}: dropped 2 record(s) repeating an earlier record's id; kept the first of each"
+        in captured.err
+    )
+    assert f"{output}: 3 corrected records (0 new)" in captured.out
 
 
 @pytest.mark.parametrize("kind", ["null-device", "fifo"])
