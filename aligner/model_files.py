@@ -55,3 +55,13 @@ def first_sentence(error: BaseException) -> str:
     """The first sentence of an error's first line: transformers' messages go on to list every
     model type or every option it knows."""
     return one_line(error).split(". ")[0].rstrip(".")
+
+
+def check_embedding_rows(source: str, tokenizer_size: int, rows: int, remedy: str = "") -> None:
+    """Refuse a tokenizer with more tokens than the model has embedding rows: a token id past
+    the table fails only in the forward pass, as an IndexError from deep inside torch."""
+    if tokenizer_size > rows:
+        raise UserError(
+            f"{source}: the tokenizer has {tokenizer_size} tokens but the model only {rows} "
+            f"embedding rows (ids {rows} and up would fail in the forward pass){remedy}"
+        )

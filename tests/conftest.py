@@ -33,6 +33,22 @@ def saved_tensors(folder: Path) -> dict[str, tuple[str, int]]:
     return tensors
 
 
+def with_fewer_embedding_rows(source: Path, target: Path, fewer: int = 10) -> Path:
+    """A copy of the model folder ``source`` whose embeddings hold ``fewer`` rows less than its
+    tokenizer has tokens."""
+    import shutil
+
+    import transformers
+
+    shutil.copytree(source, target)
+    config = transformers.AutoConfig.from_pretrained(source)
+    model = getattr(transformers, config.architectures[0]).from_pretrained(source)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(source)
+    model.resize_token_embeddings(len(tokenizer) - fewer)
+    model.save_pretrained(target)
+    return target
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test gets its own data cache; nothing is written to the user's home."""

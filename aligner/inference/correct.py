@@ -131,7 +131,7 @@ def correct_pending(
     ranks: Ranks,
 ) -> None:
     """Generate the corrections of ``pending`` and append them to ``output``."""
-    model = load_model(args, ranks.local_rank)
+    model = load_model(args, len(encoder.tokenizer), ranks.local_rank)
     set_seed(args.seed)
     options = GenerationOptions(
         max_new_tokens=args.max_new_tokens,

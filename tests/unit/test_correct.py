@@ -20,6 +20,7 @@ from aligner.inference.output import OutputError, read_written
 from aligner.inference.preference import write_preferences
 from aligner.prompts import PromptTemplate, get_template
 from aligner.tokenizer import load_tokenizer
+from tests.conftest import with_fewer_embedding_rows
 
 # A template unlike every preset, so that only a checkpoint's own saved template renders it.
 TERSE = PromptTemplate(
@@ -451,6 +452,24 @@ def test_an_own_output_without_corrections_is_refused_before_the_pairs(
         "cannot resume"
     )
     assert not pairs.exists()
+
+
+def test_a_tokenizer_larger_than_the_embeddings_is_one_line(
+    tiny_checkpoint_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    checkpoint = with_fewer_embedding_rows(tiny_checkpoint_dir, tmp_path / "short")
+    tokens = len(load_tokenizer(str(checkpoint)))
+    source = write_jsonl(tmp_path / "in.jsonl", QUESTIONS[:1])
+    output = tmp_path / "out.jsonl"
+    args = ["--model_name_or_path", checkpoint, "--input", source, "--output", output]
+    assert run_correct(*args) == 2
+    # Below the model's loading progress, one line.
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"aligner correct: error: --model_name_or_path {checkpoint}: the tokenizer has {tokens} "
+        f"tokens but the model only {tokens - 10} embedding rows (ids {tokens - 10} and up would "
+        "fail in the forward pass)"
+    )
+    assert not output.exists()
 
 
 def test_truncated_weights_are_one_line_and_exit_1(

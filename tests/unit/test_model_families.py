@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from aligner.config import ArgumentError, TrainConfig
+from aligner.errors import UserError
 from aligner.tiny import FAMILIES
 from aligner.training.model import load_model_to_train, plan_model
 from tests.conftest import saved_tensors
@@ -56,7 +57,7 @@ def test_more_tokens_than_embedding_rows_is_refused_unless_resized(
     # More rows than tokens is fine: Phi-3 and Qwen ship spare rows.
     assert rows == fits.tokenizer_size + spare and not fits.resizes
     size = rows + 3  # a tokenizer with 3 tokens more than the model has rows
-    with pytest.raises(ArgumentError) as error:
+    with pytest.raises(UserError) as error:
         plan_model(_args(model_dir), size)
     message = str(error.value)
     assert f"the tokenizer has {size} tokens but the model only {rows} embedding rows" in message
