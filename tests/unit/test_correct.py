@@ -20,7 +20,7 @@ from aligner.inference.output import OutputError, read_written
 from aligner.inference.preference import write_preferences
 from aligner.prompts import PromptTemplate, get_template
 from aligner.tokenizer import load_tokenizer
-from tests.conftest import with_fewer_embedding_rows
+from tests.conftest import with_corrupt_bin_weights, with_fewer_embedding_rows
 
 # A template unlike every preset, so that only a checkpoint's own saved template renders it.
 TERSE = PromptTemplate(
@@ -487,6 +487,23 @@ def test_truncated_weights_are_one_line_and_exit_1(
     error = capsys.readouterr().err.strip()
     assert error.startswith(f"aligner correct: error: --model_name_or_path {checkpoint}: ")
     assert len(error.splitlines()) == 1
+
+
+@pytest.mark.parametrize("kind", ["random", "code"])
+def test_corrupt_pickled_weights_are_one_line_and_never_run(
+    kind: str, tiny_checkpoint_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    marker = tmp_path / "the-payload-ran"
+    checkpoint = with_corrupt_bin_weights(tiny_checkpoint_dir, tmp_path / "ckpt", kind, marker)
+    source = write_jsonl(tmp_path / "in.jsonl", QUESTIONS[:1])
+    args = ["--model_name_or_path", checkpoint, "--input", source, "--output", tmp_path / "o"]
+    assert run_correct(*args) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"aligner correct: error: --model_name_or_path {checkpoint}: "
+        f"{checkpoint / 'pytorch_model.bin'} does not load as PyTorch weights (corrupt, or a "
+        "pickle holding code, which was not run)"
+    )
+    assert not marker.exists()
 
 
 def test_resuming_after_new_weights_at_the_same_path_is_refused(
