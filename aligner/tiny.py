@@ -7,7 +7,7 @@ randomly initialised from ``AutoConfig.for_model`` at a few million parameters, 
 FAMILIES. The demo, the benchmarks and the tests build on these.
 
 Usage:
-    python -m aligner.tiny FOLDER [--family llama] [--reward]
+    python -m aligner.tiny FOLDER [--family llama] [--reward] [--seed 0]
 """
 
 from __future__ import annotations
@@ -262,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--reward", action="store_true", help="a Llama reward model (one output) instead"
     )
+    parser.add_argument("--seed", type=int, default=0, help="the seed of the random weights")
     args = parser.parse_args(argv)
     folder = Path(args.folder)
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
