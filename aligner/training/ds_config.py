@@ -126,7 +126,8 @@ def check_settings(
         ),
         "train_batch_size": (
             micro_batch_size_per_gpu * gradient_accumulation_steps * world_size,
-            f"--per_device_train_batch_size x --gradient_accumulation_steps x {world_size} ranks",
+            "--per_device_train_batch_size x --gradient_accumulation_steps x world size "
+            f"{world_size}",
         ),
     }
     for key, (value, flags) in batch.items():

@@ -144,10 +144,10 @@ def test_deepspeed_config_file_is_read_as_overrides(tmp_path) -> None:
         ),
         (
             [],
-            {"train_batch_size": 32},
-            '--deepspeed_config: "train_batch_size" is 32, but the flags give 64 '
-            "(--per_device_train_batch_size x --gradient_accumulation_steps x 2 ranks); set the "
-            "flags, and leave the batch sizes out of the file",
+            {"train_batch_size": 64},
+            '--deepspeed_config: "train_batch_size" is 64, but the flags give 32 '
+            "(--per_device_train_batch_size x --gradient_accumulation_steps x world size 1); set "
+            "the flags, and leave the batch sizes out of the file",
         ),
         (
             [],
@@ -184,11 +184,8 @@ def test_deepspeed_settings_that_conflict_are_refused_before_any_work(
     ds_config: dict | None,
     message: str,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setenv("WORLD_SIZE", "2")  # as the launcher sets it for two ranks
-    monkeypatch.setenv("RANK", "0")
     if ds_config is not None:
         (tmp_path / "ds.json").write_text(json.dumps(ds_config))
         flags = [*flags, "--deepspeed_config", str(tmp_path / "ds.json")]
@@ -200,15 +197,18 @@ def test_deepspeed_settings_that_conflict_are_refused_before_any_work(
     assert not output.exists()
 
 
-def test_deepspeed_batch_sizes_that_agree_with_the_flags_are_kept(
+def test_deepspeed_batch_sizes_are_checked_against_the_flags_and_the_ranks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as the launcher sets it for two ranks
     monkeypatch.setenv("RANK", "0")
     path = tmp_path / "ds.json"
     path.write_text('{"train_batch_size": 64, "gradient_accumulation_steps": 8}')
     config = parse("--gradient_accumulation_steps", "8", "--deepspeed_config", str(path))
     assert config.deepspeed_overrides == {"train_batch_size": 64, "gradient_accumulation_steps": 8}
+    path.write_text('{"train_batch_size": 32}')  # right for one rank, not for two
+    with pytest.raises(ArgumentError, match='"train_batch_size" is 32, but the flags give 64'):
+        parse("--gradient_accumulation_steps", "8", "--deepspeed_config", str(path))
 
 
 def test_saved_arguments_are_json_values_without_credentials() -> None:
