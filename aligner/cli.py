@@ -31,7 +31,10 @@ def usage() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in {"-h", "--help"}:
+    if not argv:
+        print(usage(), file=sys.stderr)
+        return 2  # a usage error, as argparse reports one
+    if argv[0] in {"-h", "--help"}:
         print(usage())
         return 0
     command, rest = argv[0], argv[1:]

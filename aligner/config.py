@@ -21,7 +21,9 @@ from transformers import SchedulerType
 
 from aligner.errors import UserError
 from aligner.options import add_options, bool_or_auto, option, take
+from aligner.runtime import Ranks
 from aligner.secrets import redact
+from aligner.training.ds_config import check_settings as check_deepspeed_settings
 
 RECORD_FIELDS = ("question", "messages", "answer", "correction")
 ATTN_IMPLEMENTATIONS = ("sdpa", "flash_attention_2", "eager")
@@ -479,6 +481,17 @@ class TrainConfig:
         if self.eval.need_eval and not (data.eval_datasets or data.eval_split_ratio > 0):
             raise ArgumentError("--need_eval needs --eval_datasets or --eval_split_ratio")
         self.deepspeed_overrides = read_deepspeed_overrides(self.dist.deepspeed_config)
+        try:
+            check_deepspeed_settings(
+                stage=self.dist.zero_stage,
+                offload=self.dist.offload,
+                micro_batch_size_per_gpu=self.layout.per_device_train_batch_size,
+                gradient_accumulation_steps=self.layout.gradient_accumulation_steps,
+                world_size=Ranks.from_env().world_size,
+                overrides=self.deepspeed_overrides,
+            )
+        except ValueError as error:
+            raise ArgumentError(str(error)) from None
 
     def _validate_layout_and_lora(self) -> None:
         layout, lora = self.layout, self.lora

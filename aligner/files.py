@@ -125,6 +125,21 @@ WRITE_PROBE_PREFIX = ".aligner-write-check-"
 the same output folder at once, so whoever lists that folder must not count another's probe."""
 
 
+def check_file_path(path: str | Path, flag: str) -> None:
+    """Refuse an output file path that names something other than a regular file (if anything).
+
+    A folder, a device (``/dev/stdout``, ``/dev/null``), a FIFO or a socket cannot be replaced
+    atomically, resumed from or given a settings file beside it.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise UnwritableError(f"{flag} {path}: is a folder, not a file")
+    if path.exists() and not path.is_file():
+        raise UnwritableError(
+            f"{flag} {path}: is not a regular file (a device, pipe or socket); name a file to write"
+        )
+
+
 def check_writable(path: str | Path, flag: str, *, folder: bool = False) -> None:
     """Refuse, before any work, an output path that cannot be written.
 
@@ -134,8 +149,8 @@ def check_writable(path: str | Path, flag: str, *, folder: bool = False) -> None
     where permission bits (and root) say nothing.
     """
     path = Path(path)
-    if path.is_dir() and not folder:
-        raise UnwritableError(f"{flag} {path}: is a folder, not a file")
+    if not folder:
+        check_file_path(path, flag)
     existing = path if folder else path.parent
     while not existing.exists():
         existing = existing.parent

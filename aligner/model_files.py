@@ -3,6 +3,7 @@ user sees when it cannot be read."""
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 from huggingface_hub.utils import HFValidationError, validate_repo_id
@@ -10,9 +11,12 @@ from safetensors import SafetensorError
 
 from aligner.errors import RunFailure, UserError, one_line
 
-LOAD_ERRORS = (OSError, ValueError, SafetensorError)
+PICKLED_WEIGHTS_ERRORS = (pickle.UnpicklingError, EOFError)
+"""What ``torch.load`` raises for a ``.bin`` that holds no weights: random bytes, an empty file,
+or a pickle that would run code (the weights-only loader transformers uses refuses to run it)."""
+LOAD_ERRORS = (OSError, ValueError, SafetensorError, *PICKLED_WEIGHTS_ERRORS)
 """What transformers raises for a folder or file that does not load: a missing or unreadable
-file, a config it cannot parse, truncated or corrupt safetensors."""
+file, a config it cannot parse, truncated or corrupt safetensors or pickled weights."""
 MODEL_FILES = ("config.json",)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tekken.json", "vocab.json", "vocab.txt")
 """Any one of these lets transformers build a fast tokenizer."""
@@ -45,6 +49,14 @@ def load_failure(name: str, flag: str, error: BaseException, needs: tuple[str, .
     if folder.is_dir() and not any((folder / file).is_file() for file in needs):
         files = needs[0] if len(needs) == 1 else f"file it needs ({', '.join(needs)})"
         return f"{flag} {name}: the folder holds no {files}"
+    if isinstance(error, PICKLED_WEIGHTS_ERRORS):
+        # torch's own message suggests loading with weights_only=False: the one thing not to do.
+        files = sorted(folder.glob("*.bin")) if folder.is_dir() else []
+        named = ", ".join(str(path) for path in files) or "its .bin weights"
+        return (
+            f"{flag} {name}: {named} does not load as PyTorch weights (corrupt, or a pickle "
+            "holding code, which was not run)"
+        )
     line = f"{flag} {name}: {first_sentence(error)}"
     if not folder.is_dir():
         line += f" (and no folder {name} exists here)"
@@ -55,3 +67,13 @@ def first_sentence(error: BaseException) -> str:
     """The first sentence of an error's first line: transformers' messages go on to list every
     model type or every option it knows."""
     return one_line(error).split(". ")[0].rstrip(".")
+
+
+def check_embedding_rows(source: str, tokenizer_size: int, rows: int, remedy: str = "") -> None:
+    """Refuse a tokenizer with more tokens than the model has embedding rows: a token id past
+    the table fails only in the forward pass, as an IndexError from deep inside torch."""
+    if tokenizer_size > rows:
+        raise UserError(
+            f"{source}: the tokenizer has {tokenizer_size} tokens but the model only {rows} "
+            f"embedding rows (ids {rows} and up would fail in the forward pass){remedy}"
+        )

@@ -5,12 +5,17 @@ SentencePiece model of the 32k-token Llama/Mistral v1 vocabulary, and Tekken, a 
 tiktoken-style byte-level BPE of the kind Llama 3, Qwen and Mistral NeMo use. The models are
 randomly initialised from ``AutoConfig.for_model`` at a few million parameters, one per family in
 FAMILIES. The demo, the benchmarks and the tests build on these.
+
+Usage:
+    python -m aligner.tiny FOLDER [--family llama] [--reward] [--seed 0]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -244,3 +249,32 @@ def write_tiny_reward_model(directory: str | Path, *, seed: int = 0, **sizes: in
     torch.manual_seed(seed)
     LlamaForSequenceClassification(config).save_pretrained(directory)
     return directory
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m aligner.tiny",
+        description="Write a tiny random-init model with a real tokenizer into a new folder, to "
+        "try the commands offline (nothing is downloaded).",
+    )
+    parser.add_argument("folder", help="where to write it: a new or empty folder")
+    parser.add_argument("--family", default="llama", choices=sorted(FAMILIES))
+    parser.add_argument(
+        "--reward", action="store_true", help="a Llama reward model (one output) instead"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="the seed of the random weights")
+    args = parser.parse_args(argv)
+    folder = Path(args.folder)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        parser.error(f"{folder} exists and is not an empty folder")
+    if args.reward and args.family != "llama":
+        parser.error("--reward writes a Llama reward model: leave out --family")
+    written = (
+        write_tiny_reward_model(folder) if args.reward else write_tiny_model(folder, args.family)
+    )
+    print(written)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -33,6 +33,47 @@ def saved_tensors(folder: Path) -> dict[str, tuple[str, int]]:
     return tensors
 
 
+def with_fewer_embedding_rows(source: Path, target: Path, fewer: int = 10) -> Path:
+    """A copy of the model folder ``source`` whose embeddings hold ``fewer`` rows less than its
+    tokenizer has tokens."""
+    import shutil
+
+    import transformers
+
+    shutil.copytree(source, target)
+    config = transformers.AutoConfig.from_pretrained(source)
+    model = getattr(transformers, config.architectures[0]).from_pretrained(source)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(source)
+    model.resize_token_embeddings(len(tokenizer) - fewer)
+    model.save_pretrained(target)
+    return target
+
+
+class _MakesFolder:
+    """Pickled, this makes a folder when unpickled: code that a weights loader must not run."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.folder),))
+
+
+def with_corrupt_bin_weights(source: Path, target: Path, kind: str, marker: Path) -> Path:
+    """A copy of the model folder ``source`` whose weights are a ``pytorch_model.bin`` holding
+    random bytes (``kind`` "random") or a pickle that makes the folder ``marker`` if run
+    ("code")."""
+    import pickle
+    import shutil
+
+    shutil.copytree(source, target)
+    for weights in target.glob("*.safetensors"):
+        weights.unlink()
+    data = os.urandom(4096) if kind == "random" else pickle.dumps(_MakesFolder(marker))
+    (target / "pytorch_model.bin").write_bytes(data)
+    return target
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test gets its own data cache; nothing is written to the user's home."""

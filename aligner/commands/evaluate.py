@@ -26,6 +26,7 @@ from pathlib import Path
 from aligner.config import DataArgs
 from aligner.datasets.base import DataError
 from aligner.errors import CommandParser, run_command
+from aligner.files import check_writable
 from aligner.inference import judge
 from aligner.inference.correct import REFERENCE_FIELD
 from aligner.inference.endpoint import add_endpoint_arguments, endpoint_from_args
@@ -183,6 +184,9 @@ def check_args(args: argparse.Namespace) -> None:
     resolved = {Path(path).resolve() for path in paths.values() if path}
     if len(resolved) < sum(1 for path in paths.values() if path):
         raise DataError(f"{', '.join(f for f, p in paths.items() if p)} must be different files")
+    for flag, path in paths.items():
+        if path and flag != "--predictions":
+            check_writable(path, flag)
     if args.device_map and Ranks.from_env().world_size > 1:
         raise DataError(
             "--device_map auto spreads each model over the node's GPUs: run it without a launcher"

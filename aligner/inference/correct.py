@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -129,7 +131,7 @@ def correct_pending(
     ranks: Ranks,
 ) -> None:
     """Generate the corrections of ``pending`` and append them to ``output``."""
-    model = load_model(args, ranks.local_rank)
+    model = load_model(args, len(encoder.tokenizer), ranks.local_rank)
     set_seed(args.seed)
     options = GenerationOptions(
         max_new_tokens=args.max_new_tokens,
@@ -167,18 +169,25 @@ def in_input_order(written: list[Record], records: list[Record]) -> list[Record]
 def merge_written(output: Path, records: list[Record]) -> list[Record]:
     """Gather what was written, to ``output`` and to rank shards, into ``output``.
 
-    Each id is kept once, in input order. The shards are removed only after the merged file
-    has replaced ``output``, so a crash in between loses nothing.
+    Each id is kept once (its first record), in input order. The shards are removed only after
+    the merged file has replaced ``output``, so a crash in between loses nothing.
     """
     shards = shard_paths(output)
     written = read_written(output)
-    seen = {id_key(record["id"]) for record in written}
-    merged = list(written)
-    for shard in shards:
-        for record in read_written(shard):
-            if id_key(record["id"]) not in seen:
-                seen.add(id_key(record["id"]))
-                merged.append(record)
+    seen: set[str] = set()
+    merged = []
+    for record in itertools.chain(written, *(read_written(shard) for shard in shards)):
+        if id_key(record["id"]) not in seen:
+            seen.add(id_key(record["id"]))
+            merged.append(record)
+    repeated = len(written) - len({id_key(record["id"]) for record in written})
+    if repeated:
+        # Only an output written outside this command's lock can hold these.
+        print(
+            f"{output}: dropped {repeated} record(s) repeating an earlier record's id; "
+            "kept the first of each",
+            file=sys.stderr,
+        )
     ordered = in_input_order(merged, records)
     if ordered != written:
         write_atomically(output, ordered)

@@ -115,7 +115,7 @@ def checkpoint_loss(args: argparse.Namespace) -> dict[str, Any]:
         cache_dir=args.data_cache_dir,
         dataset_modules=args.dataset_module,
     )
-    model = load_model(args)
+    model = load_model(args, len(tokenizer))
     report = target_loss(model, dataset, tokenizer.pad_token_id, args.batch_size)
     return {
         "checkpoint": args.model_name_or_path,

@@ -13,6 +13,7 @@ from aligner.model_files import (
     LOAD_ERRORS,
     MODEL_FILES,
     CheckpointError,
+    check_embedding_rows,
     check_source,
     load_failure,
 )
@@ -75,8 +76,11 @@ def add_model_arguments(group: argparse._ArgumentGroup) -> None:
     add_options(group, ModelArgs, only=("trust_remote_code",))
 
 
-def load_model(args: argparse.Namespace, local_rank: int = 0) -> PreTrainedModel:
-    """The model that ``args`` name, in evaluation mode on its device (this rank's GPU)."""
+def load_model(
+    args: argparse.Namespace, tokenizer_size: int, local_rank: int = 0
+) -> PreTrainedModel:
+    """The model that ``args`` name, in evaluation mode on its device (this rank's GPU); its
+    embeddings must hold every token of its tokenizer's ``tokenizer_size``."""
     flag = "--model_name_or_path"
     check_source(args.model_name_or_path, flag)
     device = resolve_device(args.device, local_rank)
@@ -90,4 +94,6 @@ def load_model(args: argparse.Namespace, local_rank: int = 0) -> PreTrainedModel
         raise CheckpointError(
             load_failure(args.model_name_or_path, flag, error, MODEL_FILES)
         ) from None
+    rows = model.get_input_embeddings().num_embeddings
+    check_embedding_rows(f"{flag} {args.model_name_or_path}", tokenizer_size, rows)
     return model.to(device).eval()

@@ -3,19 +3,22 @@
 Beside each file it writes, a command keeps ``FILE.settings.json``: what produced it. That file
 marks the output as the command's own, so that a file a user made is never resumed into or
 replaced, and a resumed run cannot quietly mix the corrections of two models, templates or
-decoding settings.
+decoding settings. A run writing a file holds a lock on it (``.FILE.lock``), so that two runs
+never append to one output.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 from aligner.errors import UserError
+from aligner.files import check_file_path, write_durably
 from aligner.files import write_atomically as write_text_atomically
-from aligner.files import write_durably
 
 
 class OutputError(UserError):
@@ -111,6 +114,47 @@ def check_settings(
     write_text_atomically(path, json.dumps(settings, indent=2, ensure_ascii=False) + "\n")
 
 
+_held_locks: dict[Path, int] = {}
+"""The outputs this process has locked, by resolved path, and the lock's file descriptor: a
+lock lasts until the process exits, whatever path the run takes out of its command."""
+
+
+def lock_path(output: str | Path) -> Path:
+    output = Path(output)
+    return output.with_name(f".{output.name}.lock")
+
+
+def lock_output(output: str | Path, flag: str) -> None:
+    """Hold an exclusive lock on ``output`` until this process exits; refuse, naming the other
+    process, an output another process holds.
+
+    Two runs appending to one output would interleave their records. The lock is an ``flock`` on
+    a hidden file beside the output, which the system releases however the holder ends (a
+    crash, ``kill -9``), so a stale lock never blocks a resume.
+    """
+    check_file_path(output, flag)  # a device has no folder of its own to hold the lock
+    resolved = Path(output).resolve()
+    if resolved in _held_locks:
+        return
+    path = lock_path(resolved)
+    try:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise OutputError(f"{flag} {output}: cannot create {path} ({error.strerror})") from None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(descriptor, 32).decode(errors="replace").strip() or "unknown"
+        os.close(descriptor)
+        raise OutputError(
+            f"{flag} {output} is being written by another run (pid {holder}): wait for it to "
+            f"end, or choose another {flag}"
+        ) from None
+    os.ftruncate(descriptor, 0)
+    os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+    _held_locks[resolved] = descriptor
+
+
 def check_claim(
     output: str | Path, settings: dict[str, Any], *, overwrite: bool, flag: str
 ) -> list[Path]:
@@ -120,8 +164,7 @@ def check_claim(
     settings is another run's. Both are refused unless ``overwrite``.
     """
     output = Path(output)
-    if output.is_dir():
-        raise OutputError(f"{flag} {output}: is a folder, not a file")
+    check_file_path(output, flag)
     # An empty file (mktemp's, say) holds nothing to lose.
     files = (output, *shard_paths(output))
     written = [path for path in files if path.is_file() and path.stat().st_size > 0]
@@ -144,7 +187,9 @@ def check_claim(
 def claim_output(
     output: str | Path, settings: dict[str, Any], *, overwrite: bool, flag: str
 ) -> bool:
-    """Make ``output`` this run's (see ``check_claim``); return whether a run is resumed."""
+    """Make ``output`` this run's, locked until the process exits (see ``check_claim`` and
+    ``lock_output``); return whether a run is resumed."""
+    lock_output(output, flag)
     written = check_claim(output, settings, overwrite=overwrite, flag=flag)
     if overwrite:
         for path in written:

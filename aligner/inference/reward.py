@@ -28,6 +28,7 @@ from transformers import (
 from aligner.errors import UserError
 from aligner.inference.loading import resolve_device, resolve_dtype
 from aligner.inference.pairs import Context, as_messages
+from aligner.model_files import check_embedding_rows
 
 PLAIN_BEGIN = "BEGINNING OF CONVERSATION: "
 PLAIN_USER = "USER: {content} ASSISTANT:"
@@ -237,6 +238,8 @@ def load_reward_model(
             f"{name} {path}: a reward or cost model has one output; this one has "
             f"{model.config.num_labels} (num_labels)"
         )
+    rows = model.get_input_embeddings().num_embeddings
+    check_embedding_rows(f"{name} {path}", len(tokenizer), rows)
     if not device_map:
         model = model.to(target)
     return RewardModel(name, model.eval(), tokenizer, batch_size)

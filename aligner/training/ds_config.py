@@ -29,18 +29,16 @@ def get_deepspeed_train_config(
     CPU accelerator) lets an offloaded optimizer be torch's AdamW: its states already live in
     CPU memory, so DeepSpeed's compiled CPU Adam buys nothing there.
     """
-    if stage not in (0, 1, 2, 3):
-        raise ValueError(f"--zero_stage must be 0, 1, 2 or 3, got {stage}")
-    if offload not in OFFLOAD_CHOICES:
-        raise ValueError(f"--offload must be one of {', '.join(OFFLOAD_CHOICES)}, got {offload!r}")
     if precision not in PRECISION_CHOICES:
         raise ValueError(f"precision must be one of {', '.join(PRECISION_CHOICES)}")
-    if offload in ("parameter", "all") and stage != 3:
-        raise ValueError(f"--offload {offload} needs --zero_stage 3 (got {stage})")
-    if offload == "optimizer" and stage == 0:
-        raise ValueError("--offload optimizer needs --zero_stage 1, 2 or 3")
-    if min(micro_batch_size_per_gpu, gradient_accumulation_steps, world_size) < 1:
-        raise ValueError("batch size, accumulation steps and world size must be positive")
+    check_settings(
+        stage=stage,
+        offload=offload,
+        micro_batch_size_per_gpu=micro_batch_size_per_gpu,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        world_size=world_size,
+        overrides=overrides,
+    )
 
     zero: dict[str, Any] = {"stage": stage}
     if offload in ("optimizer", "all"):
@@ -80,6 +78,72 @@ def get_deepspeed_train_config(
     if on_cpu:
         config["zero_force_ds_cpu_optimizer"] = False
     return _merge(config, overrides or {})
+
+
+OWNED_SECTIONS = {
+    "optimizer": "--lr, --weight_decay, --adam_beta1, --adam_beta2 and --adam_epsilon",
+    "scheduler": "--lr_scheduler_type and --lr_warmup_ratio",
+}
+"""Sections of a DeepSpeed config that the trainer builds from its flags: a config's own would
+replace the flags' optimizer or schedule without a word, or (``null``) break DeepSpeed."""
+
+
+def check_settings(
+    *,
+    stage: int,
+    offload: str,
+    micro_batch_size_per_gpu: int,
+    gradient_accumulation_steps: int,
+    world_size: int,
+    overrides: dict[str, Any] | None = None,
+) -> None:
+    """Refuse, with one line, flags and ``--deepspeed_config`` keys that DeepSpeed would reject
+    only once the model and data are loaded, or that disagree with each other."""
+    if stage not in (0, 1, 2, 3):
+        raise ValueError(f"--zero_stage must be 0, 1, 2 or 3, got {stage}")
+    if offload not in OFFLOAD_CHOICES:
+        raise ValueError(f"--offload must be one of {', '.join(OFFLOAD_CHOICES)}, got {offload!r}")
+    if offload in ("parameter", "all") and stage != 3:
+        raise ValueError(f"--offload {offload} needs --zero_stage 3 (got {stage})")
+    if offload == "optimizer" and stage == 0:
+        raise ValueError(f"--offload optimizer needs --zero_stage 1, 2 or 3 (got {stage})")
+    if min(micro_batch_size_per_gpu, gradient_accumulation_steps, world_size) < 1:
+        raise ValueError("batch size, accumulation steps and world size must be positive")
+    overrides = overrides or {}
+    for key, flags in OWNED_SECTIONS.items():
+        if key in overrides:
+            raise ValueError(
+                f'--deepspeed_config: "{key}" is built from {flags}; remove it from the file'
+            )
+    batch = {
+        "train_micro_batch_size_per_gpu": (
+            micro_batch_size_per_gpu,
+            "--per_device_train_batch_size",
+        ),
+        "gradient_accumulation_steps": (
+            gradient_accumulation_steps,
+            "--gradient_accumulation_steps",
+        ),
+        "train_batch_size": (
+            micro_batch_size_per_gpu * gradient_accumulation_steps * world_size,
+            "--per_device_train_batch_size x --gradient_accumulation_steps x world size "
+            f"{world_size}",
+        ),
+    }
+    for key, (value, flags) in batch.items():
+        if key in overrides and overrides[key] != value:
+            raise ValueError(
+                f'--deepspeed_config: "{key}" is {overrides[key]!r}, but the flags give {value} '
+                f"({flags}); set the flags, and leave the batch sizes out of the file"
+            )
+    zero = overrides.get("zero_optimization", {})
+    if not isinstance(zero, dict):
+        raise ValueError(f'--deepspeed_config: "zero_optimization" must be an object, got {zero!r}')
+    if zero.get("stage", stage) != stage:
+        raise ValueError(
+            f'--deepspeed_config: "zero_optimization.stage" is {zero["stage"]!r} but --zero_stage '
+            f"is {stage}; set the flag, and leave the stage out of the file"
+        )
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from aligner.model_files import (
     LOAD_ERRORS,
     MODEL_FILES,
     CheckpointError,
+    check_embedding_rows,
     check_source,
     first_sentence,
     load_failure,
@@ -106,12 +107,9 @@ def plan_model(config: TrainConfig, tokenizer_size: int) -> ModelPlan:
             "leave the flag out to use the kernel transformers picks for this model"
         ) from None
     rows = lm.get_input_embeddings().num_embeddings
-    if tokenizer_size > rows and not model.resize_embeddings:
-        raise ArgumentError(
-            f"{source}: the tokenizer has {tokenizer_size} tokens but the model only {rows} "
-            f"embedding rows (ids {rows} and up would fail in the forward pass); pass "
-            "--resize_embeddings to add rows for them"
-        )
+    if not model.resize_embeddings:
+        remedy = "; pass --resize_embeddings to add rows for them"
+        check_embedding_rows(source, tokenizer_size, rows, remedy)
     targets = None
     if lora.lora_r > 0:
         targets = tuple(lora.lora_target_modules or default_target_modules(family.model_type))

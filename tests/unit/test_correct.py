@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ from aligner.inference.output import OutputError, read_written
 from aligner.inference.preference import write_preferences
 from aligner.prompts import PromptTemplate, get_template
 from aligner.tokenizer import load_tokenizer
+from tests.conftest import with_corrupt_bin_weights, with_fewer_embedding_rows
 
 # A template unlike every preset, so that only a checkpoint's own saved template renders it.
 TERSE = PromptTemplate(
@@ -343,6 +347,84 @@ def test_a_file_correct_did_not_write_is_neither_resumed_nor_replaced(
     assert [r["id"] for r in read_written(theirs)] == [0, 1]
 
 
+def test_an_output_another_run_writes_is_refused_naming_it(
+    tiny_checkpoint_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = write_jsonl(tmp_path / "in.jsonl", QUESTIONS[:2])
+    output = tmp_path / "out.jsonl"
+    args = ["--model_name_or_path", tiny_checkpoint_dir, "--input", source, "--output", output]
+    args += ["--max_new_tokens", 2]
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from aligner.inference.output import lock_output; "
+            "lock_output(sys.argv[1], '--output'); print('locked', flush=True); sys.stdin.read()",
+            str(output),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        assert run_correct(*args) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"aligner correct: error: --output {output} is being written by another run "
+            f"(pid {holder.pid}): wait for it to end, or choose another --output"
+        )
+        assert not output.exists()
+    finally:
+        holder.kill()  # as a crash would: the lock goes with the process
+        holder.wait()
+    assert run_correct(*args) == 0
+    assert len(read_written(output)) == 2
+
+
+def test_resuming_an_output_with_repeated_ids_keeps_the_first_of_each(
+    tiny_checkpoint_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = write_jsonl(tmp_path / "in.jsonl", QUESTIONS[:3])
+    output = tmp_path / "out.jsonl"
+    args = ["--model_name_or_path", tiny_checkpoint_dir, "--input", source, "--output", output]
+    args += ["--max_new_tokens", 2]
+    assert run_correct(*args) == 0
+    first = read_written(output)
+    # What two runs appending at once, before outputs were locked, left behind.
+    repeats = [{**first[2], "correction": "again"}, {**first[0], "correction": "again"}]
+    with output.open("a", encoding="utf-8") as handle:
+        handle.write("".join(json.dumps(r) + "\n" for r in repeats))
+    capsys.readouterr()
+    assert run_correct(*args) == 0
+    assert read_written(output) == first
+    captured = capsys.readouterr()
+    assert (
+        f"{output}: dropped 2 record(s) repeating an earlier record's id; kept the first of each"
+        in captured.err
+    )
+    assert f"{output}: 3 corrected records (0 new)" in captured.out
+
+
+@pytest.mark.parametrize("kind", ["null-device", "fifo"])
+def test_an_output_that_is_no_regular_file_is_refused_up_front(
+    kind: str, tiny_checkpoint_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = write_jsonl(tmp_path / "in.jsonl", QUESTIONS[:1])
+    if kind == "fifo":
+        output = tmp_path / "pipe"
+        os.mkfifo(output)
+    else:
+        output = Path(os.devnull)
+    before = sorted(output.parent.iterdir())
+    args = ["--model_name_or_path", tiny_checkpoint_dir, "--input", source, "--output", output]
+    assert run_correct(*args) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"aligner correct: error: --output {output}: is not a regular file (a device, pipe or "
+        "socket); name a file to write"
+    )
+    assert sorted(output.parent.iterdir()) == before  # nothing written beside it
+
+
 def test_an_empty_file_is_written_into(tiny_checkpoint_dir: Path, tmp_path: Path) -> None:
     source = write_jsonl(tmp_path / "in.jsonl", QUESTIONS[:2])
     output = tmp_path / "out.jsonl"
@@ -372,6 +454,24 @@ def test_an_own_output_without_corrections_is_refused_before_the_pairs(
     assert not pairs.exists()
 
 
+def test_a_tokenizer_larger_than_the_embeddings_is_one_line(
+    tiny_checkpoint_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    checkpoint = with_fewer_embedding_rows(tiny_checkpoint_dir, tmp_path / "short")
+    tokens = len(load_tokenizer(str(checkpoint)))
+    source = write_jsonl(tmp_path / "in.jsonl", QUESTIONS[:1])
+    output = tmp_path / "out.jsonl"
+    args = ["--model_name_or_path", checkpoint, "--input", source, "--output", output]
+    assert run_correct(*args) == 2
+    # Below the model's loading progress, one line.
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"aligner correct: error: --model_name_or_path {checkpoint}: the tokenizer has {tokens} "
+        f"tokens but the model only {tokens - 10} embedding rows (ids {tokens - 10} and up would "
+        "fail in the forward pass)"
+    )
+    assert not output.exists()
+
+
 def test_truncated_weights_are_one_line_and_exit_1(
     tiny_checkpoint_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -387,6 +487,23 @@ def test_truncated_weights_are_one_line_and_exit_1(
     error = capsys.readouterr().err.strip()
     assert error.startswith(f"aligner correct: error: --model_name_or_path {checkpoint}: ")
     assert len(error.splitlines()) == 1
+
+
+@pytest.mark.parametrize("kind", ["random", "code"])
+def test_corrupt_pickled_weights_are_one_line_and_never_run(
+    kind: str, tiny_checkpoint_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    marker = tmp_path / "the-payload-ran"
+    checkpoint = with_corrupt_bin_weights(tiny_checkpoint_dir, tmp_path / "ckpt", kind, marker)
+    source = write_jsonl(tmp_path / "in.jsonl", QUESTIONS[:1])
+    args = ["--model_name_or_path", checkpoint, "--input", source, "--output", tmp_path / "o"]
+    assert run_correct(*args) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"aligner correct: error: --model_name_or_path {checkpoint}: "
+        f"{checkpoint / 'pytorch_model.bin'} does not load as PyTorch weights (corrupt, or a "
+        "pickle holding code, which was not run)"
+    )
+    assert not marker.exists()
 
 
 def test_resuming_after_new_weights_at_the_same_path_is_refused(

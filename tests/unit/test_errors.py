@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import errno
+import runpy
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -48,3 +51,38 @@ def test_one_line_drops_errno_numbers_and_extra_lines() -> None:
     assert one_line(full) == "/data/out.jsonl: No space left on device"
     assert one_line(ValueError("first line\n  details the user need not see")) == "first line"
     assert one_line(RuntimeError()) == "RuntimeError"
+
+
+PACKAGE = Path(cli.__file__).parent
+ENTRY_POINTS = [
+    "aligner",  # aligner/__main__.py
+    *sorted(
+        ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        for path in PACKAGE.rglob("*.py")
+        if 'if __name__ == "__main__":' in path.read_text(encoding="utf-8")
+    ),
+]
+
+
+def test_the_entry_points_include_every_command_and_tool() -> None:
+    assert {"aligner.cli", "aligner.tiny", "aligner.demo", "aligner.commands.train"} <= set(
+        ENTRY_POINTS
+    )
+
+
+@pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")
+@pytest.mark.parametrize("module", ENTRY_POINTS)
+def test_every_module_entry_point_answers_help(
+    module: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(sys, "argv", [module, "--help"])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_module(module, run_name="__main__")  # as python -m MODULE --help runs it
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.startswith("usage:")
+
+
+def test_a_bare_aligner_prints_usage_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main([]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("usage: aligner <command> [options]") and not captured.out

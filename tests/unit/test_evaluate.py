@@ -127,6 +127,7 @@ def test_eval_reports_the_loss_of_a_checkpoint(tiny_checkpoint_dir: Path, tmp_pa
             "must be different files",
         ),
         (["--predictions", "p.jsonl", "--tie_margin", "-1"], "--tie_margin must not be negative"),
+        (["--predictions", "p.jsonl", "--output", "/dev/null"], "is not a regular file"),
     ],
 )
 def test_eval_user_errors_are_one_line(

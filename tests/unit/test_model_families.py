@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from aligner.config import ArgumentError, TrainConfig
+from aligner.errors import UserError
+from aligner.model_files import CheckpointError
 from aligner.tiny import FAMILIES
 from aligner.training.model import load_model_to_train, plan_model
-from tests.conftest import saved_tensors
+from tests.conftest import saved_tensors, with_corrupt_bin_weights
 
 REFUSES_SDPA = {"gemma2"}
 """transformers has no sdpa path for Gemma 2 (its attention logits are soft-capped)."""
@@ -56,7 +58,7 @@ def test_more_tokens_than_embedding_rows_is_refused_unless_resized(
     # More rows than tokens is fine: Phi-3 and Qwen ship spare rows.
     assert rows == fits.tokenizer_size + spare and not fits.resizes
     size = rows + 3  # a tokenizer with 3 tokens more than the model has rows
-    with pytest.raises(ArgumentError) as error:
+    with pytest.raises(UserError) as error:
         plan_model(_args(model_dir), size)
     message = str(error.value)
     assert f"the tokenizer has {size} tokens but the model only {rows} embedding rows" in message
@@ -143,3 +145,18 @@ def test_correct_generates_from_the_saved_folder(saved, family: str, tmp_path: P
     assert correct.main(["--model_name_or_path", str(out), *flags]) == 0
     (record,) = [json.loads(line) for line in corrected.read_text().splitlines()]
     assert isinstance(record["correction"], str) and record["answer"] == "5."
+
+
+@pytest.mark.parametrize("kind", ["random", "code"])
+def test_corrupt_pickled_weights_are_one_line_and_never_run(
+    tiny_model, tiny_tokenizer, tmp_path: Path, kind: str
+) -> None:
+    marker = tmp_path / "the-payload-ran"
+    model_dir = with_corrupt_bin_weights(tiny_model("llama"), tmp_path / "model", kind, marker)
+    with pytest.raises(CheckpointError) as error:
+        load_model_to_train(_args(model_dir), torch.float32, 0, len(tiny_tokenizer("llama")))
+    assert str(error.value) == (
+        f"--model_name_or_path {model_dir}: {model_dir / 'pytorch_model.bin'} does not load as "
+        "PyTorch weights (corrupt, or a pickle holding code, which was not run)"
+    )
+    assert not marker.exists()

@@ -13,6 +13,7 @@ from aligner.commands import evaluate
 from aligner.inference.comparison import outcomes, paired_summary
 from aligner.inference.output import read_written
 from aligner.inference.reward import RewardModel, load_reward_model, plain_conversation
+from tests.conftest import with_fewer_embedding_rows
 
 # A template that ends every turn with EOS, which is also the pad token below: the case where
 # finding the last token by comparing ids with the pad id goes wrong.
@@ -242,6 +243,17 @@ def test_a_checkpoint_without_a_single_output_head_is_refused(
     shutil.copy(tiny_llama_dir / "tokenizer_config.json", tmp_path / "two")
     with pytest.raises(ValueError, match="has 2"):
         load_reward_model("--cost_model", str(tmp_path / "two"), batch_size=1)
+
+
+def test_a_tokenizer_larger_than_the_embeddings_is_one_line(
+    reward_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    short = with_fewer_embedding_rows(reward_dir, tmp_path / "short")
+    predictions = write_jsonl(tmp_path / "corrected.jsonl", RECORDS)
+    assert run_eval("--predictions", predictions, "--reward_model", short) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # below the loading progress
+    assert error.startswith(f"aligner eval: error: --reward_model {short}: the tokenizer has ")
+    assert error.endswith("embedding rows (ids 31990 and up would fail in the forward pass)")
 
 
 def run_eval(*args: object) -> int:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
+from aligner.commands import train as train_command
 from aligner.config import FLOAT_RANGES, ArgumentError, TrainConfig, saved_values
 
 REQUIRED = ["--model_name_or_path", "m", "--train_datasets", "d.jsonl", "--output_dir", "o"]
@@ -111,6 +115,100 @@ def test_deepspeed_config_file_is_read_as_overrides(tmp_path) -> None:
     assert parse("--deepspeed_config", str(path)).deepspeed_overrides == {
         "zero_optimization": {"overlap_comm": False}
     }
+
+
+@pytest.mark.parametrize(
+    ("flags", "ds_config", "message"),
+    [
+        (
+            ["--zero_stage", "0", "--offload", "all"],
+            None,
+            "--offload all needs --zero_stage 3 (got 0)",
+        ),
+        (
+            ["--zero_stage", "0", "--offload", "optimizer"],
+            None,
+            "--offload optimizer needs --zero_stage 1, 2 or 3 (got 0)",
+        ),
+        (
+            [],
+            {"scheduler": None},
+            '--deepspeed_config: "scheduler" is built from --lr_scheduler_type and '
+            "--lr_warmup_ratio; remove it from the file",
+        ),
+        (
+            [],
+            {"optimizer": {"type": "Adam"}},
+            '--deepspeed_config: "optimizer" is built from --lr, --weight_decay, --adam_beta1, '
+            "--adam_beta2 and --adam_epsilon; remove it from the file",
+        ),
+        (
+            [],
+            {"train_batch_size": 64},
+            '--deepspeed_config: "train_batch_size" is 64, but the flags give 32 '
+            "(--per_device_train_batch_size x --gradient_accumulation_steps x world size 1); set "
+            "the flags, and leave the batch sizes out of the file",
+        ),
+        (
+            [],
+            {"train_micro_batch_size_per_gpu": 2},
+            '--deepspeed_config: "train_micro_batch_size_per_gpu" is 2, but the flags give 4 '
+            "(--per_device_train_batch_size); set the flags, and leave the batch sizes out of "
+            "the file",
+        ),
+        (
+            ["--zero_stage", "2"],
+            {"zero_optimization": {"stage": 0}},
+            '--deepspeed_config: "zero_optimization.stage" is 0 but --zero_stage is 2; set the '
+            "flag, and leave the stage out of the file",
+        ),
+        (
+            [],
+            {"zero_optimization": None},
+            '--deepspeed_config: "zero_optimization" must be an object, got None',
+        ),
+    ],
+    ids=[
+        "offload-all-stage-0",
+        "offload-optimizer-stage-0",
+        "null-scheduler",
+        "optimizer",
+        "global-batch",
+        "micro-batch",
+        "stage",
+        "null-zero",
+    ],
+)
+def test_deepspeed_settings_that_conflict_are_refused_before_any_work(
+    flags: list[str],
+    ds_config: dict | None,
+    message: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    if ds_config is not None:
+        (tmp_path / "ds.json").write_text(json.dumps(ds_config))
+        flags = [*flags, "--deepspeed_config", str(tmp_path / "ds.json")]
+    output = tmp_path / "out"
+    argv = ["--model_name_or_path", "m", "--train_datasets", "d.jsonl", "--output_dir", str(output)]
+    argv += ["--gradient_accumulation_steps", "8", *flags]
+    assert train_command.main(argv) == 2
+    assert capsys.readouterr().err.strip() == f"aligner train: error: {message}"
+    assert not output.exists()
+
+
+def test_deepspeed_batch_sizes_are_checked_against_the_flags_and_the_ranks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as the launcher sets it for two ranks
+    monkeypatch.setenv("RANK", "0")
+    path = tmp_path / "ds.json"
+    path.write_text('{"train_batch_size": 64, "gradient_accumulation_steps": 8}')
+    config = parse("--gradient_accumulation_steps", "8", "--deepspeed_config", str(path))
+    assert config.deepspeed_overrides == {"train_batch_size": 64, "gradient_accumulation_steps": 8}
+    path.write_text('{"train_batch_size": 32}')  # right for one rank, not for two
+    with pytest.raises(ArgumentError, match='"train_batch_size" is 32, but the flags give 64'):
+        parse("--gradient_accumulation_steps", "8", "--deepspeed_config", str(path))
 
 
 def test_saved_arguments_are_json_values_without_credentials() -> None:
