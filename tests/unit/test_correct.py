@@ -17,6 +17,7 @@ from aligner.inference.output import OutputError, read_written
 from aligner.inference.preference import write_preferences
 from aligner.prompts import PromptTemplate, get_template
 from aligner.tokenizer import load_tokenizer
+from tests.standins import completions_app, serving
 
 # A template unlike every preset, so that only a checkpoint's own saved template renders it.
 TERSE = PromptTemplate(
@@ -667,3 +668,63 @@ def test_correct_loads_an_adapter_only_lora_checkpoint(
     with lora.disable_adapter():
         assert generate(lora, tokenizer, prompts, options, stops) != expected
     assert [r["correction"] for r in read_written(tmp_path / "out.jsonl")] == expected
+
+
+@pytest.mark.parametrize(
+    ("checkpoint", "records"),
+    [("memorised_checkpoint", MEMORISED), ("chat_checkpoint", CHAT_MEMORISED)],
+)
+def test_a_completions_server_gives_the_local_corrections(
+    checkpoint: str, records: list[dict], request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    folder = request.getfixturevalue(checkpoint)
+    source = write_jsonl(tmp_path / "in.jsonl", records + QUESTIONS[:3])
+    args = ["--model_name_or_path", folder, "--input", source, "--max_new_tokens", 12]
+    local, remote = tmp_path / "local.jsonl", tmp_path / "remote.jsonl"
+    assert run_correct(*args, "--output", local) == 0
+    server = completions_app(folder)
+    with serving(server) as url:
+        flags = ["--aligner_url", url, "--aligner_model", "aligner", "--batch_size", 2]
+        assert run_correct(*args, "--output", remote, *flags) == 0
+    assert read_lines(remote) == read_lines(local)
+    assert [line["correction"] for line in read_lines(remote)[:3]] == [
+        r["correction"] for r in records
+    ]
+    encoder = SampleEncoder(
+        load_tokenizer(str(folder)), get_template(str(folder / "prompt_template.json")), 1 << 30
+    )
+    expected = prompt_ids(encoder, records + QUESTIONS[:3])
+    assert sorted(server.state.prompts) == sorted(expected)
+
+
+def test_a_completions_server_that_keeps_failing_stops_the_run_in_one_line(
+    memorised_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    failing = FastAPI()
+    failing.post("/v1/completions")(lambda: JSONResponse({"error": "overloaded"}, 503))
+    source = write_jsonl(tmp_path / "in.jsonl", MEMORISED)
+    output = tmp_path / "out.jsonl"
+    with serving(failing) as url:
+        code = run_correct(
+            "--model_name_or_path",
+            memorised_checkpoint,
+            "--input",
+            source,
+            "--output",
+            output,
+            "--aligner_url",
+            url,
+            "--aligner_model",
+            "aligner",
+            "--aligner_retries",
+            1,
+            "--aligner_backoff",
+            0,
+        )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert err[-1].startswith("aligner correct: error: ") and "HTTP 503" in err[-1]
+    assert "Traceback" not in "".join(err)
