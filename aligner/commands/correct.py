@@ -131,18 +131,11 @@ def add_generation_arguments(gen: argparse._ArgumentGroup) -> None:
     add_model_arguments(gen)
 
 
-def check_args(args: argparse.Namespace) -> None:
-    endpoint_from_args(args, "aligner")  # its flags checked before any work
-    for flag in ("rounds", "batch_size", "max_new_tokens"):
+def check_generation_args(args: argparse.Namespace) -> None:
+    """The checks of ``add_generation_arguments``' flags."""
+    for flag in ("batch_size", "max_new_tokens"):
         if getattr(args, flag) < 1:
             raise CorrectionError(f"--{flag} must be at least 1")
-    if args.upstream_tokenizer and (
-        not args.preference_output or args.preference_format != "standard"
-    ):
-        raise CorrectionError(
-            "--upstream_tokenizer writes standard-format preference prompts: it needs "
-            "--preference_output with --preference_format standard"
-        )
     sampling = [f"--{f}" for f in ("temperature", "top_p", "top_k") if getattr(args, f) is not None]
     if sampling and not args.do_sample:
         raise CorrectionError(f"{', '.join(sampling)} take effect only with --do_sample")
@@ -154,6 +147,20 @@ def check_args(args: argparse.Namespace) -> None:
         raise CorrectionError("--top_p must be in (0, 1]")
     if args.top_k is not None and args.top_k < 0:
         raise CorrectionError("--top_k must be at least 0 (0 disables it)")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    endpoint_from_args(args, "aligner")  # its flags checked before any work
+    check_generation_args(args)
+    if args.rounds < 1:
+        raise CorrectionError("--rounds must be at least 1")
+    if args.upstream_tokenizer and (
+        not args.preference_output or args.preference_format != "standard"
+    ):
+        raise CorrectionError(
+            "--upstream_tokenizer writes standard-format preference prompts: it needs "
+            "--preference_output with --preference_format standard"
+        )
     paths = {"--input": args.input, "--output": args.output}
     if args.preference_output:
         paths["--preference_output"] = args.preference_output

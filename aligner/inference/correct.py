@@ -40,7 +40,7 @@ from aligner.inference.output import (
     write_atomically,
 )
 from aligner.inference.preference import write_preferences
-from aligner.inference.remote import remote_generator
+from aligner.inference.remote import remote_aligner
 from aligner.prompts import Template
 from aligner.runtime import Ranks
 from aligner.tokenizer import load_tokenizer
@@ -131,23 +131,17 @@ def correct_pending(
     ranks: Ranks,
 ) -> None:
     """Generate the corrections of ``pending`` and append them to ``output``."""
-    options = GenerationOptions(
-        max_new_tokens=args.max_new_tokens,
-        do_sample=args.do_sample,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
-    )
+    options = GenerationOptions.from_args(args)
     endpoint = endpoint_from_args(args, "aligner")
     if endpoint is not None:
-        generate_fn = remote_generator(
+        generate_fn = remote_aligner(
             endpoint,
             encoder,
             options,
             model_name_or_path=args.model_name_or_path,
             seed=args.seed,
             concurrency=args.aligner_concurrency,
-        )
+        ).generate
     else:
         generate_fn = local_generator(args, encoder, options, ranks)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +21,12 @@ class GenerationOptions:
     top_p: float | None = None
     top_k: int | None = None
     """0 disables top-k filtering."""
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> GenerationOptions:
+        """The options the generation flags (``--max_new_tokens``, ``--do_sample``...) name."""
+        names = ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k")
+        return cls(**{name: getattr(args, name) for name in names})
 
     def generation_config(self, pad_token_id: int, eos_token_ids: list[int]) -> GenerationConfig:
         sampling = {}

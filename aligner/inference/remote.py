@@ -8,7 +8,7 @@ of turn or EOS as local generation, and decodes the reply without special tokens
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -47,8 +47,9 @@ def checkpoint_stops(model_name_or_path: str, template_stops: list[int]) -> list
 
 
 class RemoteAligner:
-    """``generate(requests)`` through the completions endpoint: each batch's requests are sent
-    ``concurrency`` at a time, each retried as the endpoint says."""
+    """Corrections through the completions endpoint, each request retried as the endpoint
+    says: ``generate(requests)`` sends a batch ``concurrency`` at a time; between ``start``
+    and ``stop``, ``stream(prompt)`` corrects one prompt (for ``aligner serve``)."""
 
     def __init__(
         self,
@@ -59,9 +60,21 @@ class RemoteAligner:
     ) -> None:
         self.endpoint, self.encoder, self.params = endpoint, encoder, params
         self.concurrency = concurrency
+        self.client: httpx.AsyncClient | None = None
 
     async def correct(self, client: httpx.AsyncClient, prompt: list[int]) -> str:
         return (await self.endpoint.complete(client, prompt, **self.params)).text
+
+    async def start(self) -> None:
+        self.client = self.endpoint.client(self.concurrency)
+
+    async def stream(self, prompt: list[int]) -> AsyncIterator[str]:
+        assert self.client is not None, "start() first"
+        yield await self.correct(self.client, prompt)
+
+    async def stop(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
 
     def generate(self, requests: list[Request]) -> list[str]:
         prompts = [self.encoder.prompt_ids(request) for request in requests]
@@ -78,7 +91,7 @@ class RemoteAligner:
         return [texts[index] for index in range(len(prompts))]
 
 
-def remote_generator(
+def remote_aligner(
     endpoint: Endpoint,
     encoder: SampleEncoder,
     options: GenerationOptions,
@@ -86,8 +99,7 @@ def remote_generator(
     model_name_or_path: str,
     seed: int,
     concurrency: int,
-) -> Callable[[list[Request]], list[str]]:
+) -> RemoteAligner:
+    """The aligner that ``endpoint`` serves, stopping and decoding as the local one would."""
     stops = checkpoint_stops(model_name_or_path, encoder.stop_token_ids())
-    return RemoteAligner(
-        endpoint, encoder, sampling_params(options, stops, seed), concurrency
-    ).generate
+    return RemoteAligner(endpoint, encoder, sampling_params(options, stops, seed), concurrency)
