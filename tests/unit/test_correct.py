@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from aligner.commands import correct as correct_command
-from aligner.datasets.collate import PaddingCollator
 from aligner.datasets.encode import Request, SampleEncoder
 from aligner.inference import correct
 from aligner.inference.generate import GenerationOptions, generate, left_pad
@@ -17,6 +16,7 @@ from aligner.inference.output import OutputError, read_written
 from aligner.inference.preference import write_preferences
 from aligner.prompts import PromptTemplate, get_template
 from aligner.tokenizer import load_tokenizer
+from tests.conftest import CHAT_MEMORISED, memorise
 from tests.standins import completions_app, serving
 
 # A template unlike every preset, so that only a checkpoint's own saved template renders it.
@@ -62,75 +62,6 @@ def memorised_checkpoint(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPath
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
     directory = tmp_path_factory.mktemp("memorised") / "checkpoint"
     return memorise(model, tokenizer, TERSE, MEMORISED, directory)
-
-
-def memorise(
-    model, tokenizer, template, records: list[dict], directory: Path, steps: int = 40
-) -> Path:
-    """Train ``model`` on ``records`` (full batch) until it reproduces their corrections, then
-    save it as a checkpoint with ``template``."""
-    encoder = SampleEncoder(tokenizer, template, max_length=256)
-    fields = ("question", "messages", "answer", "correction")
-    names = [name for name in fields if any(name in record for record in records)]
-    encoded = encoder({name: [r.get(name) for r in records] for name in names})
-    pairs = zip(encoded["input_ids"], encoded["labels"], strict=True)
-    rows = [{"input_ids": ids, "labels": labels} for ids, labels in pairs]
-    batch = PaddingCollator(tokenizer.pad_token_id)(rows)
-    torch.manual_seed(0)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(steps):
-        loss = model(**batch).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    assert loss.item() < 0.1
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    encoder.template.save(directory)
-    return directory
-
-
-CHAT_MEMORISED = [
-    {
-        "messages": [
-            {"role": "user", "content": "Boiling point of water?"},
-            {"role": "assistant", "content": "100 °C."},
-            {"role": "user", "content": "On Everest?"},
-        ],
-        "answer": "Also 100 °C.",
-        "correction": "About 70 °C.",
-    },
-    {
-        "question": "How do I end a text?",
-        "answer": "[INST]",
-        "correction": "Write </s> at the end.",
-    },
-    {"question": "Capital of Italy?", "answer": "Milan.", "correction": "Rome, not Milan."},
-]
-
-
-@pytest.fixture(scope="module")
-def chat_checkpoint(chatml_tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny Llama on the ChatML tokenizer that memorised CHAT_MEMORISED through its chat
-    template: single- and multi-turn records, one correction spelling ``</s>``."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    tokenizer = load_tokenizer(str(chatml_tokenizer_dir))
-    config = AutoConfig.for_model(
-        "llama",
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config)
-    directory = tmp_path_factory.mktemp("chat-memorised") / "checkpoint"
-    return memorise(model, tokenizer, get_template("chat"), CHAT_MEMORISED, directory, steps=60)
 
 
 def test_chat_corrections_end_at_the_end_of_turn(chat_checkpoint: Path, tmp_path: Path) -> None:
