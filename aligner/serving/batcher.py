@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -25,6 +26,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from aligner.inference.generate import GenerationOptions, left_pad, stop_token_ids
 
+RECENT_BATCHES = 256
 DONE = None
 """What a job's queue receives after its last piece of text."""
 
@@ -115,7 +117,8 @@ class LocalAligner:
         self.stops = stop_token_ids(model.generation_config, template_stops)
         self.max_batch = max_batch
         self.pending: queue.Queue[Job | None] = queue.Queue()
-        self.batch_sizes: list[int] = []
+        self.decoded: deque[list[int]] = deque(maxlen=RECENT_BATCHES)
+        """How many tokens each request of the recent batches decoded, oldest batch first."""
         self.worker = threading.Thread(target=self._work, name="aligner-batcher", daemon=True)
 
     async def start(self) -> None:
@@ -154,7 +157,6 @@ class LocalAligner:
                 self._generate(batch)
 
     def _generate(self, jobs: list[Job]) -> None:
-        self.batch_sizes.append(len(jobs))
         streamer = _RowStreamer(jobs, self.tokenizer, self.stops)
         input_ids, attention_mask = left_pad(
             [job.prompt for job in jobs], self.tokenizer.pad_token_id
@@ -175,3 +177,5 @@ class LocalAligner:
                 if not job.finished:
                     job.finished = True
                     job.send(error)
+        finally:
+            self.decoded.append([len(job.ids) for job in jobs])
