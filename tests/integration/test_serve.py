@@ -35,6 +35,7 @@ def conversation(record: dict) -> list[dict[str, str]]:
 ANSWERS = {conversation(r)[-1]["content"]: r["answer"] for r in CHAT_MEMORISED}
 """The stand-in upstream's reply to each conversation's last turn: the memorised answer, which
 the aligner learned to correct."""
+QUESTION = conversation(CHAT_MEMORISED[-1])
 DELAY = {"seconds": 0.0}
 
 
@@ -186,6 +187,21 @@ def test_load_of_64_concurrent_clients(servers) -> None:
     print(f"\nload: 64 clients x 4 requests, 0 errors; latency p50 {p50:.3f} s, p95 {p95:.3f} s")
 
 
+def test_latency_the_aligner_adds_for_one_client(servers, upstream) -> None:
+    def median_latency(api: openai.OpenAI) -> float:
+        latencies = []
+        for _ in range(10):
+            began = time.perf_counter()
+            api.chat.completions.create(model="standin", messages=QUESTION)
+            latencies.append(time.perf_counter() - began)
+        return statistics.median(latencies)
+
+    alone = median_latency(openai.OpenAI(base_url=upstream[1], api_key="-", max_retries=0))
+    served = median_latency(client(servers["main"]))
+    print(f"\nadded latency, one client: median {1000 * (served - alone):.1f} ms per request")
+    assert served > alone
+
+
 def post(served: Served, body: object = None, *, key: str = CLIENT_KEY, **kwargs) -> httpx.Response:
     headers = {"Authorization": f"Bearer {key}"}
     return httpx.post(
@@ -197,9 +213,6 @@ def error_of(response: httpx.Response) -> dict:
     error = response.json()["error"]
     assert error["message"] and error["type"]
     return error
-
-
-QUESTION = conversation(CHAT_MEMORISED[-1])
 
 
 @pytest.mark.parametrize(
