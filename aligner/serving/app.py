@@ -10,6 +10,7 @@ chunk carries ``upstream_content``. Every refusal is a JSON body in OpenAI's err
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import time
@@ -136,12 +137,15 @@ async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
     task, watch = asyncio.ensure_future(work), asyncio.ensure_future(gone())
     try:
         await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
+    finally:  # the client left, or this handler itself was cancelled: stop the work
         watch.cancel()
         if not task.done():
             task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
     if task.cancelled():
-        raise asyncio.CancelledError  # nobody is listening: nothing is sent
+        # Nobody is listening: this answer is never sent, only logged as 499 as nginx does.
+        raise ApiError(499, "the client closed the request", "client_closed_request")
     return task.result()
 
 

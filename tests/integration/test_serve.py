@@ -204,9 +204,8 @@ def test_latency_the_aligner_adds_for_one_client(servers, upstream) -> None:
 
 def post(served: Served, body: object = None, *, key: str = CLIENT_KEY, **kwargs) -> httpx.Response:
     headers = {"Authorization": f"Bearer {key}"}
-    return httpx.post(
-        f"{served.url}/chat/completions", json=body, headers=headers, timeout=60, **kwargs
-    )
+    kwargs.setdefault("timeout", 60)
+    return httpx.post(f"{served.url}/chat/completions", json=body, headers=headers, **kwargs)
 
 
 def error_of(response: httpx.Response) -> dict:
@@ -265,6 +264,16 @@ def test_upstream_failures_become_502_and_504_and_the_server_keeps_serving(serve
         assert UPSTREAM_KEY not in message
     ok = post(main, {"model": "m", "messages": QUESTION})
     assert ok.json()["choices"][0]["message"]["content"] == CHAT_MEMORISED[-1]["correction"]
+
+
+def test_a_client_that_leaves_is_let_go_and_the_server_keeps_serving(servers) -> None:
+    main = servers["main"]
+    with pytest.raises(httpx.ReadTimeout):  # gone while the upstream still thinks
+        post(main, {"model": "m", "messages": [{"role": "user", "content": "SLOW"}]}, timeout=0.5)
+    time.sleep(0.3)
+    ok = post(main, {"model": "m", "messages": QUESTION})
+    assert ok.json()["choices"][0]["message"]["content"] == CHAT_MEMORISED[-1]["correction"]
+    assert "Traceback" not in main.log.read_text()
 
 
 def test_sigterm_lets_requests_in_flight_finish_and_refuses_new_ones(servers) -> None:
