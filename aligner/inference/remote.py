@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-from transformers import GenerationConfig
+from transformers import AutoConfig, GenerationConfig
 
 from aligner.datasets.encode import Request, SampleEncoder
 from aligner.errors import RunFailure
@@ -41,8 +41,13 @@ def checkpoint_stops(model_name_or_path: str, template_stops: list[int]) -> list
     weights are not loaded)."""
     try:
         config = GenerationConfig.from_pretrained(model_name_or_path)
-    except OSError:  # a folder without generation_config.json: the template's stops alone
-        config = GenerationConfig()
+    except OSError:  # no generation_config.json: transformers derives one from config.json
+        try:
+            config = GenerationConfig.from_model_config(
+                AutoConfig.from_pretrained(model_name_or_path)
+            )
+        except (OSError, ValueError):  # an adapter-only folder: the template's stops alone
+            config = GenerationConfig()
     return stop_token_ids(config, template_stops)
 
 

@@ -200,10 +200,15 @@ def parse_chat(body: bytes, limits: Limits) -> tuple[list[dict[str, str]], dict[
     return messages, params, stream
 
 
-def completion(name: str, choice: dict[str, Any], chunk: bool = False) -> dict[str, Any]:
+def completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+def completion(name: str, choice: dict[str, Any], *, chunk_of: str | None = None) -> dict[str, Any]:
+    """A reply, or with ``chunk_of`` (the id every chunk of a stream shares) a stream chunk."""
     return {
-        "id": f"chatcmpl-{uuid.uuid4().hex}",
-        "object": "chat.completion.chunk" if chunk else "chat.completion",
+        "id": chunk_of or completion_id(),
+        "object": "chat.completion" if chunk_of is None else "chat.completion.chunk",
         "created": int(time.time()),
         "model": name,
         "choices": [{"index": 0, **choice}],
@@ -301,7 +306,8 @@ def create_app(service: Service) -> FastAPI:
             )
 
         async def whole() -> str:
-            return "".join([piece async for piece in correct(prompt)])
+            async with contextlib.aclosing(correct(prompt)) as pieces:
+                return "".join([piece async for piece in pieces])
 
         try:
             text = await until_disconnected(request, whole())
@@ -311,18 +317,21 @@ def create_app(service: Service) -> FastAPI:
         return completion(service.name, {"message": message, "finish_reason": "stop"})
 
     async def streamed(pieces: AsyncIterator[str], upstream: str) -> AsyncIterator[str]:
-        first = {"role": "assistant", "content": "", "upstream_content": upstream}
-        yield event(completion(service.name, {"delta": first, "finish_reason": None}, True))
-        try:
-            async for piece in pieces:
-                delta = {"delta": {"content": piece}, "finish_reason": None}
-                yield event(completion(service.name, delta, True))
-        except (EndpointError, EndpointUnavailable) as error:
-            yield event({"error": failed_call("aligner", error).body()})
-            return
-        finally:
-            await pieces.aclose()
-        yield event(completion(service.name, {"delta": {}, "finish_reason": "stop"}, True))
+        chunk_of = completion_id()
+
+        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> str:
+            choice = {"delta": delta, "finish_reason": finish_reason}
+            return event(completion(service.name, choice, chunk_of=chunk_of))
+
+        yield chunk({"role": "assistant", "content": "", "upstream_content": upstream})
+        async with contextlib.aclosing(pieces):  # a client gone mid-stream stops its row
+            try:
+                async for piece in pieces:
+                    yield chunk({"content": piece})
+            except (EndpointError, EndpointUnavailable) as error:
+                yield event(failed_call("aligner", error).body())
+                return
+        yield chunk({}, "stop")
         yield "data: [DONE]\n\n"
 
     return app

@@ -37,6 +37,8 @@ ANSWERS = {conversation(r)[-1]["content"]: r["answer"] for r in CHAT_MEMORISED}
 the aligner learned to correct."""
 QUESTION = conversation(CHAT_MEMORISED[-1])
 DELAY = {"seconds": 0.0}
+UPSTREAM_TIMEOUT = 4.0
+"""Long enough for the stand-in under the load test on a busy machine."""
 
 
 async def upstream_reply(messages: list[dict]) -> str | JSONResponse:
@@ -44,7 +46,7 @@ async def upstream_reply(messages: list[dict]) -> str | JSONResponse:
     if last == "FAIL":
         return JSONResponse({"error": {"message": "boom"}}, status_code=500)
     if last == "SLOW":
-        await asyncio.sleep(3.0)
+        await asyncio.sleep(UPSTREAM_TIMEOUT + 2)
         return "Too late."
     await asyncio.sleep(DELAY["seconds"])
     return ANSWERS[last]
@@ -75,7 +77,7 @@ def start(checkpoint: Path, upstream_url: str, work: Path, name: str) -> Served:
         sys.executable, "-m", "aligner.cli", "serve",
         "--model_name_or_path", str(checkpoint), "--port", str(port),
         "--upstream_url", upstream_url, "--upstream_model", "standin",
-        "--upstream_retries", "0", "--upstream_timeout", "1.5",
+        "--upstream_retries", "0", "--upstream_timeout", str(UPSTREAM_TIMEOUT),
         "--api_key_env", "SERVE_KEY", "--batch_size", "64", "--max_new_tokens", "16",
         "--max_body_bytes", "20000", "--max_messages", "8", "--max_tokens", "256",
     ]  # fmt: skip
@@ -150,6 +152,7 @@ def test_the_openai_client_gets_corrected_replies_plain_and_streamed(servers, up
         assert len(pieces) > 1  # streamed as generated, not sent whole
         assert chunks[0].choices[0].delta.upstream_content == record["answer"]
         assert chunks[-1].choices[0].finish_reason == "stop"
+        assert len({chunk.id for chunk in chunks}) == 1
     sent = upstream[0].state.requests[-1]
     assert sent["headers"]["authorization"] == f"Bearer {UPSTREAM_KEY}"
     assert sent["body"]["messages"] == conversation(CHAT_MEMORISED[-1])
@@ -257,7 +260,7 @@ def test_upstream_failures_become_502_and_504_and_the_server_keeps_serving(serve
     failed = post(main, {"model": "m", "messages": [{"role": "user", "content": "FAIL"}]})
     assert failed.status_code == 502 and "HTTP 500" in error_of(failed)["message"]
     slow = post(main, {"model": "m", "messages": [{"role": "user", "content": "SLOW"}]})
-    assert slow.status_code == 504 and "1.5 s" in error_of(slow)["message"]
+    assert slow.status_code == 504 and "within 4 s" in error_of(slow)["message"]
     dead = post(servers["unreachable"], {"model": "m", "messages": QUESTION})
     assert dead.status_code == 502 and "ConnectError" in error_of(dead)["message"]
     for message in (failed.text, slow.text, dead.text):

@@ -659,3 +659,21 @@ def test_a_completions_server_that_keeps_failing_stops_the_run_in_one_line(
     assert code == 1
     assert err[-1].startswith("aligner correct: error: ") and "HTTP 503" in err[-1]
     assert "Traceback" not in "".join(err)
+
+
+def test_a_served_aligner_stops_where_the_loaded_one_does(
+    tiny_checkpoint_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    from aligner.inference.generate import stop_token_ids
+    from aligner.inference.remote import checkpoint_stops
+
+    folder = tmp_path / "checkpoint"
+    shutil.copytree(tiny_checkpoint_dir, folder)
+    (folder / "generation_config.json").unlink(missing_ok=True)  # derived from config.json
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    expected = stop_token_ids(model.generation_config, [7])
+    assert checkpoint_stops(str(folder), [7]) == expected and len(expected) == 2

@@ -1,4 +1,5 @@
-"""The local aligner of ``aligner serve``: batching, streaming, and freeing a gone client's row."""
+"""The aligners of ``aligner serve``: local (batching, streaming, freeing a gone client's row)
+and on a completions server."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from transformers import AutoModelForCausalLM
 from aligner.datasets.encode import Request, SampleEncoder
 from aligner.inference.generate import GenerationOptions, generate
 from aligner.inference.loading import checkpoint_template
+from aligner.serving.app import Aligner
 from aligner.serving.batcher import LocalAligner
 from aligner.tokenizer import load_tokenizer
 
@@ -31,7 +33,7 @@ def prompts(encoder: SampleEncoder) -> list[list[int]]:
     ]
 
 
-async def collect(aligner: LocalAligner, prompt: list[int]) -> list[str]:
+async def collect(aligner: Aligner, prompt: list[int]) -> list[str]:
     return [piece async for piece in aligner.stream(prompt)]
 
 
@@ -79,3 +81,37 @@ def test_a_client_that_leaves_frees_its_row(tiny_checkpoint_dir: Path) -> None:
     decoded = sorted(count for batch in aligner.decoded for count in batch)
     assert decoded[0] < 10  # stopped within a few tokens of its client leaving
     assert decoded[1] == 200 and "".join(kept)  # the other decoded on to its full length
+
+
+def test_an_aligner_on_a_completions_server_streams_its_correction_whole(
+    chat_checkpoint: Path,
+) -> None:
+    from aligner.inference.endpoint import Endpoint
+    from aligner.inference.remote import remote_aligner
+    from tests.conftest import CHAT_MEMORISED
+    from tests.standins import completions_app, serving
+
+    record = CHAT_MEMORISED[-1]
+    encoder = SampleEncoder(
+        load_tokenizer(str(chat_checkpoint)), checkpoint_template(str(chat_checkpoint)), 1 << 30
+    )
+    prompt = encoder.prompt_ids(Request.from_record(record))
+
+    async def run(url: str) -> list[str]:
+        endpoint = Endpoint(url, "aligner", flag="--aligner_url")
+        aligner = remote_aligner(
+            endpoint,
+            encoder,
+            GenerationOptions(max_new_tokens=16),
+            model_name_or_path=str(chat_checkpoint),
+            seed=0,
+            concurrency=2,
+        )
+        await aligner.start()
+        try:
+            return await collect(aligner, prompt)
+        finally:
+            await aligner.stop()
+
+    with serving(completions_app(chat_checkpoint)) as url:
+        assert asyncio.run(run(url)) == [record["correction"]]
