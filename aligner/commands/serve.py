@@ -59,8 +59,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     limits = parser.add_argument_group("limits: a request over one is refused with a 4xx")
     defaults = Limits()
-    limits.add_argument("--max_body_bytes", type=int, default=defaults.max_body_bytes)
-    limits.add_argument("--max_messages", type=int, default=defaults.max_messages)
+    limits.add_argument(
+        "--max_body_bytes",
+        type=int,
+        default=defaults.max_body_bytes,
+        help="most bytes of a request's body; more is a 413 (%(default)s)",
+    )
+    limits.add_argument(
+        "--max_messages",
+        type=int,
+        default=defaults.max_messages,
+        help="most turns of a conversation (%(default)s)",
+    )
     limits.add_argument(
         "--max_prompt_tokens",
         type=int,
