@@ -5,6 +5,7 @@ Usage:
     aligner train --train_datasets FILE --model_name_or_path MODEL --output_dir DIR
     aligner correct --model_name_or_path CKPT --input answers.jsonl --output corrected.jsonl
     aligner eval --predictions corrected.jsonl [--reward_model RM] [--judge_url URL --judge_model M]
+    aligner serve --model_name_or_path CKPT --upstream_url URL --upstream_model NAME
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ COMMANDS = {
     "train": ("aligner.commands.train", "supervised correction training on DeepSpeed"),
     "correct": ("aligner.commands.correct", "correct upstream answers with a trained aligner"),
     "eval": ("aligner.commands.evaluate", "did corrections help (reward, cost, judge); eval loss"),
+    "serve": ("aligner.commands.serve", "an OpenAI-compatible endpoint that corrects a model"),
 }
 
 

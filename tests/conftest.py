@@ -225,3 +225,81 @@ def tiny_checkpoint_dir(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathF
     shutil.copytree(tiny_llama_dir, directory)
     get_template().save(directory)
     return directory
+
+
+def memorise(
+    model, tokenizer, template, records: list[dict], directory: Path, steps: int = 40
+) -> Path:
+    """Train ``model`` on ``records`` (full batch) until it reproduces their corrections, then
+    save it as a checkpoint with ``template``."""
+    import torch
+
+    from aligner.datasets.collate import PaddingCollator
+    from aligner.datasets.encode import SampleEncoder
+
+    encoder = SampleEncoder(tokenizer, template, max_length=256)
+    fields = ("question", "messages", "answer", "correction")
+    names = [name for name in fields if any(name in record for record in records)]
+    encoded = encoder({name: [r.get(name) for r in records] for name in names})
+    pairs = zip(encoded["input_ids"], encoded["labels"], strict=True)
+    rows = [{"input_ids": ids, "labels": labels} for ids, labels in pairs]
+    batch = PaddingCollator(tokenizer.pad_token_id)(rows)
+    torch.manual_seed(0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        loss = model(**batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.1
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    encoder.template.save(directory)
+    return directory
+
+
+CHAT_MEMORISED = [
+    {
+        "messages": [
+            {"role": "user", "content": "Boiling point of water?"},
+            {"role": "assistant", "content": "100 °C."},
+            {"role": "user", "content": "On Everest?"},
+        ],
+        "answer": "Also 100 °C.",
+        "correction": "About 70 °C.",
+    },
+    {
+        "question": "How do I end a text?",
+        "answer": "[INST]",
+        "correction": "Write </s> at the end.",
+    },
+    {"question": "Capital of Italy?", "answer": "Milan.", "correction": "Rome, not Milan."},
+]
+
+
+@pytest.fixture(scope="session")
+def chat_checkpoint(chatml_tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama on the ChatML tokenizer that memorised CHAT_MEMORISED through its chat
+    template: single- and multi-turn records, one correction spelling ``</s>``."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from aligner.prompts import get_template
+    from aligner.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(str(chatml_tokenizer_dir))
+    config = AutoConfig.for_model(
+        "llama",
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    directory = tmp_path_factory.mktemp("chat-memorised") / "checkpoint"
+    return memorise(model, tokenizer, get_template("chat"), CHAT_MEMORISED, directory, steps=60)

@@ -3,6 +3,11 @@
 Usage:
     aligner correct --model_name_or_path CKPT --input answers.jsonl --output corrected.jsonl
         [--rounds N] [--preference_output pairs.jsonl] [--batch_size 8] [--max_new_tokens 512]
+        [--aligner_url http://localhost:8000/v1 --aligner_model NAME]
+
+With ``--aligner_url`` the corrections come from an OpenAI-compatible completions server that
+serves the checkpoint (``vllm serve CKPT``); the folder is still read for its tokenizer and
+template, and the prompt is sent as token ids.
 
 Each output line is an input record plus ``correction`` (and ``id`` where the input had none);
 an input's own ``correction`` (a test split's reference) is kept as ``reference_correction``.
@@ -25,6 +30,7 @@ from pathlib import Path
 from aligner.config import DataArgs
 from aligner.errors import CommandParser, run_command
 from aligner.inference.correct import REFERENCE_FIELD, CorrectionError, Plan, check, run
+from aligner.inference.endpoint import add_endpoint_arguments, endpoint_from_args
 from aligner.inference.loading import add_model_arguments
 from aligner.inference.preference import FORMATS
 from aligner.options import add_bool, add_options
@@ -95,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="TRL's standard (strings) or conversational (message lists) preference records",
     )
     add_generation_arguments(parser.add_argument_group("generation"))
+    add_endpoint_arguments(
+        parser,
+        "aligner",
+        "the aligner on a vLLM or SGLang server, instead of loaded here",
+    )
     # The deepspeed launcher passes --local_rank; the rank is read from the environment.
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     return parser
@@ -103,7 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
 def add_generation_arguments(gen: argparse._ArgumentGroup) -> None:
     """Decoding: greedy by default, sampled with --do_sample; where and how the model loads."""
     gen.add_argument(
-        "--batch_size", type=int, default=8, help="records per generate call (%(default)s)"
+        "--batch_size",
+        type=int,
+        default=8,
+        help="records per generate call, or per round of requests to --aligner_url (%(default)s)",
     )
     gen.add_argument(
         "--max_new_tokens", type=int, default=512, help="most tokens per correction (%(default)s)"
@@ -117,17 +131,11 @@ def add_generation_arguments(gen: argparse._ArgumentGroup) -> None:
     add_model_arguments(gen)
 
 
-def check_args(args: argparse.Namespace) -> None:
-    for flag in ("rounds", "batch_size", "max_new_tokens"):
+def check_generation_args(args: argparse.Namespace) -> None:
+    """The checks of ``add_generation_arguments``' flags."""
+    for flag in ("batch_size", "max_new_tokens"):
         if getattr(args, flag) < 1:
             raise CorrectionError(f"--{flag} must be at least 1")
-    if args.upstream_tokenizer and (
-        not args.preference_output or args.preference_format != "standard"
-    ):
-        raise CorrectionError(
-            "--upstream_tokenizer writes standard-format preference prompts: it needs "
-            "--preference_output with --preference_format standard"
-        )
     sampling = [f"--{f}" for f in ("temperature", "top_p", "top_k") if getattr(args, f) is not None]
     if sampling and not args.do_sample:
         raise CorrectionError(f"{', '.join(sampling)} take effect only with --do_sample")
@@ -139,6 +147,20 @@ def check_args(args: argparse.Namespace) -> None:
         raise CorrectionError("--top_p must be in (0, 1]")
     if args.top_k is not None and args.top_k < 0:
         raise CorrectionError("--top_k must be at least 0 (0 disables it)")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    endpoint_from_args(args, "aligner")  # its flags checked before any work
+    check_generation_args(args)
+    if args.rounds < 1:
+        raise CorrectionError("--rounds must be at least 1")
+    if args.upstream_tokenizer and (
+        not args.preference_output or args.preference_format != "standard"
+    ):
+        raise CorrectionError(
+            "--upstream_tokenizer writes standard-format preference prompts: it needs "
+            "--preference_output with --preference_format standard"
+        )
     paths = {"--input": args.input, "--output": args.output}
     if args.preference_output:
         paths["--preference_output"] = args.preference_output

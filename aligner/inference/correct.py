@@ -27,6 +27,7 @@ from aligner.datasets.encode import Request, SampleEncoder
 from aligner.datasets.loading import load_records
 from aligner.errors import UserError
 from aligner.files import check_writable
+from aligner.inference.endpoint import endpoint_from_args
 from aligner.inference.generate import GenerationOptions, generate
 from aligner.inference.loading import checkpoint_template, load_model
 from aligner.inference.metrics import is_copy
@@ -41,6 +42,7 @@ from aligner.inference.output import (
     write_atomically,
 )
 from aligner.inference.preference import write_preferences
+from aligner.inference.remote import remote_aligner
 from aligner.prompts import Template
 from aligner.runtime import Ranks
 from aligner.tokenizer import load_tokenizer
@@ -131,20 +133,19 @@ def correct_pending(
     ranks: Ranks,
 ) -> None:
     """Generate the corrections of ``pending`` and append them to ``output``."""
-    model = load_model(args, len(encoder.tokenizer), ranks.local_rank)
-    set_seed(args.seed)
-    options = GenerationOptions(
-        max_new_tokens=args.max_new_tokens,
-        do_sample=args.do_sample,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
-    )
-    stops = encoder.stop_token_ids()
-
-    def generate_fn(requests: list[Request]) -> list[str]:
-        prompts = [encoder.prompt_ids(request) for request in requests]
-        return generate(model, encoder.tokenizer, prompts, options, stops)
+    options = GenerationOptions.from_args(args)
+    endpoint = endpoint_from_args(args, "aligner")
+    if endpoint is not None:
+        generate_fn = remote_aligner(
+            endpoint,
+            encoder,
+            options,
+            model_name_or_path=args.model_name_or_path,
+            seed=args.seed,
+            concurrency=args.aligner_concurrency,
+        ).generate
+    else:
+        generate_fn = local_generator(args, encoder, options, ranks)
 
     size = args.batch_size
     desc = "correct" if ranks.world_size == 1 else f"correct (rank 0 of {ranks.world_size})"
@@ -158,6 +159,21 @@ def correct_pending(
             pairs = zip(batch, histories, strict=True)
             append_durably(handle, [corrected(r, h, args.rounds) for r, h in pairs])
             bar.update(len(batch))
+
+
+def local_generator(
+    args: argparse.Namespace, encoder: SampleEncoder, options: GenerationOptions, ranks: Ranks
+) -> Callable[[list[Request]], list[str]]:
+    """Corrections from the checkpoint loaded here, on this rank's device."""
+    model = load_model(args, len(encoder.tokenizer), ranks.local_rank)
+    set_seed(args.seed)
+    stops = encoder.stop_token_ids()
+
+    def generate_fn(requests: list[Request]) -> list[str]:
+        prompts = [encoder.prompt_ids(request) for request in requests]
+        return generate(model, encoder.tokenizer, prompts, options, stops)
+
+    return generate_fn
 
 
 def in_input_order(written: list[Record], records: list[Record]) -> list[Record]:

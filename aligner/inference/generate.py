@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +21,12 @@ class GenerationOptions:
     top_p: float | None = None
     top_k: int | None = None
     """0 disables top-k filtering."""
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> GenerationOptions:
+        """The options the generation flags (``--max_new_tokens``, ``--do_sample``...) name."""
+        names = ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k")
+        return cls(**{name: getattr(args, name) for name in names})
 
     def generation_config(self, pad_token_id: int, eos_token_ids: list[int]) -> GenerationConfig:
         sampling = {}
@@ -51,11 +58,11 @@ def left_pad(sequences: list[list[int]], pad_token_id: int) -> tuple[torch.Tenso
     return input_ids, attention_mask
 
 
-def stop_token_ids(model: PreTrainedModel, template_stops: list[int]) -> list[int]:
+def stop_token_ids(config: GenerationConfig, template_stops: list[int]) -> list[int]:
     """What ends a correction: the template's end of turn and EOS (which training puts at the end
-    of every target), and the model's own EOS."""
+    of every target), and the model's own EOS from its generation ``config``."""
     ids = list(template_stops)
-    configured = model.generation_config.eos_token_id
+    configured = config.eos_token_id
     for token_id in configured if isinstance(configured, list) else [configured]:
         if token_id is not None and token_id not in ids:
             ids.append(token_id)
@@ -87,7 +94,7 @@ def generate(
     if not prompts:
         return []
     input_ids, attention_mask = left_pad(prompts, tokenizer.pad_token_id)
-    stops = stop_token_ids(model, template_stops)
+    stops = stop_token_ids(model.generation_config, template_stops)
     output = model.generate(
         input_ids=input_ids.to(model.device),
         attention_mask=attention_mask.to(model.device),

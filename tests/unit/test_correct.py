@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from aligner.commands import correct as correct_command
-from aligner.datasets.collate import PaddingCollator
 from aligner.datasets.encode import Request, SampleEncoder
 from aligner.inference import correct
 from aligner.inference.generate import GenerationOptions, generate, left_pad
@@ -20,7 +19,13 @@ from aligner.inference.output import OutputError, read_written
 from aligner.inference.preference import write_preferences
 from aligner.prompts import PromptTemplate, get_template
 from aligner.tokenizer import load_tokenizer
-from tests.conftest import with_corrupt_bin_weights, with_fewer_embedding_rows
+from tests.conftest import (
+    CHAT_MEMORISED,
+    memorise,
+    with_corrupt_bin_weights,
+    with_fewer_embedding_rows,
+)
+from tests.standins import completions_app, serving
 
 # A template unlike every preset, so that only a checkpoint's own saved template renders it.
 TERSE = PromptTemplate(
@@ -65,75 +70,6 @@ def memorised_checkpoint(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPath
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
     directory = tmp_path_factory.mktemp("memorised") / "checkpoint"
     return memorise(model, tokenizer, TERSE, MEMORISED, directory)
-
-
-def memorise(
-    model, tokenizer, template, records: list[dict], directory: Path, steps: int = 40
-) -> Path:
-    """Train ``model`` on ``records`` (full batch) until it reproduces their corrections, then
-    save it as a checkpoint with ``template``."""
-    encoder = SampleEncoder(tokenizer, template, max_length=256)
-    fields = ("question", "messages", "answer", "correction")
-    names = [name for name in fields if any(name in record for record in records)]
-    encoded = encoder({name: [r.get(name) for r in records] for name in names})
-    pairs = zip(encoded["input_ids"], encoded["labels"], strict=True)
-    rows = [{"input_ids": ids, "labels": labels} for ids, labels in pairs]
-    batch = PaddingCollator(tokenizer.pad_token_id)(rows)
-    torch.manual_seed(0)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(steps):
-        loss = model(**batch).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    assert loss.item() < 0.1
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    encoder.template.save(directory)
-    return directory
-
-
-CHAT_MEMORISED = [
-    {
-        "messages": [
-            {"role": "user", "content": "Boiling point of water?"},
-            {"role": "assistant", "content": "100 °C."},
-            {"role": "user", "content": "On Everest?"},
-        ],
-        "answer": "Also 100 °C.",
-        "correction": "About 70 °C.",
-    },
-    {
-        "question": "How do I end a text?",
-        "answer": "[INST]",
-        "correction": "Write </s> at the end.",
-    },
-    {"question": "Capital of Italy?", "answer": "Milan.", "correction": "Rome, not Milan."},
-]
-
-
-@pytest.fixture(scope="module")
-def chat_checkpoint(chatml_tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny Llama on the ChatML tokenizer that memorised CHAT_MEMORISED through its chat
-    template: single- and multi-turn records, one correction spelling ``</s>``."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    tokenizer = load_tokenizer(str(chatml_tokenizer_dir))
-    config = AutoConfig.for_model(
-        "llama",
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config)
-    directory = tmp_path_factory.mktemp("chat-memorised") / "checkpoint"
-    return memorise(model, tokenizer, get_template("chat"), CHAT_MEMORISED, directory, steps=60)
 
 
 def test_chat_corrections_end_at_the_end_of_turn(chat_checkpoint: Path, tmp_path: Path) -> None:
@@ -784,3 +720,81 @@ def test_correct_loads_an_adapter_only_lora_checkpoint(
     with lora.disable_adapter():
         assert generate(lora, tokenizer, prompts, options, stops) != expected
     assert [r["correction"] for r in read_written(tmp_path / "out.jsonl")] == expected
+
+
+@pytest.mark.parametrize(
+    ("checkpoint", "records"),
+    [("memorised_checkpoint", MEMORISED), ("chat_checkpoint", CHAT_MEMORISED)],
+)
+def test_a_completions_server_gives_the_local_corrections(
+    checkpoint: str, records: list[dict], request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    folder = request.getfixturevalue(checkpoint)
+    source = write_jsonl(tmp_path / "in.jsonl", records + QUESTIONS[:3])
+    args = ["--model_name_or_path", folder, "--input", source, "--max_new_tokens", 12]
+    local, remote = tmp_path / "local.jsonl", tmp_path / "remote.jsonl"
+    assert run_correct(*args, "--output", local) == 0
+    server = completions_app(folder)
+    with serving(server) as url:
+        flags = ["--aligner_url", url, "--aligner_model", "aligner", "--batch_size", 2]
+        assert run_correct(*args, "--output", remote, *flags) == 0
+    assert read_lines(remote) == read_lines(local)
+    assert [line["correction"] for line in read_lines(remote)[:3]] == [
+        r["correction"] for r in records
+    ]
+    encoder = SampleEncoder(
+        load_tokenizer(str(folder)), get_template(str(folder / "prompt_template.json")), 1 << 30
+    )
+    expected = prompt_ids(encoder, records + QUESTIONS[:3])
+    assert sorted(server.state.prompts) == sorted(expected)
+
+
+def test_a_completions_server_that_keeps_failing_stops_the_run_in_one_line(
+    memorised_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    failing = FastAPI()
+    failing.post("/v1/completions")(lambda: JSONResponse({"error": "overloaded"}, 503))
+    source = write_jsonl(tmp_path / "in.jsonl", MEMORISED)
+    output = tmp_path / "out.jsonl"
+    with serving(failing) as url:
+        code = run_correct(
+            "--model_name_or_path",
+            memorised_checkpoint,
+            "--input",
+            source,
+            "--output",
+            output,
+            "--aligner_url",
+            url,
+            "--aligner_model",
+            "aligner",
+            "--aligner_retries",
+            1,
+            "--aligner_backoff",
+            0,
+        )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert err[-1].startswith("aligner correct: error: ") and "HTTP 503" in err[-1]
+    assert "Traceback" not in "".join(err)
+
+
+def test_a_served_aligner_stops_where_the_loaded_one_does(
+    tiny_checkpoint_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    from aligner.inference.generate import stop_token_ids
+    from aligner.inference.remote import checkpoint_stops
+
+    folder = tmp_path / "checkpoint"
+    shutil.copytree(tiny_checkpoint_dir, folder)
+    (folder / "generation_config.json").unlink(missing_ok=True)  # derived from config.json
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    expected = stop_token_ids(model.generation_config, [7])
+    assert checkpoint_stops(str(folder), [7]) == expected and len(expected) == 2

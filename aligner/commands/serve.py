@@ -1,0 +1,164 @@
+"""``aligner serve``: an OpenAI-compatible server that puts a trained aligner after any model.
+
+Usage:
+    aligner serve --model_name_or_path ALIGNER --upstream_url http://localhost:8000/v1
+        --upstream_model NAME [--host 127.0.0.1 --port 8080] [--api_key_env VAR]
+        [--aligner_url http://localhost:8001/v1 --aligner_model NAME]
+
+``POST /v1/chat/completions`` asks the upstream model, then returns the aligner's correction of
+its reply as the message's ``content`` (the upstream's own reply is ``upstream_content``);
+``stream: true`` streams the correction as it is generated. The aligner runs here, with
+concurrent requests batched into one ``generate``, or on a vLLM/SGLang server
+(``--aligner_url``); either way the checkpoint folder gives its tokenizer and template.
+SIGTERM or Ctrl-C stops taking requests, lets those in flight finish, and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from aligner.commands.correct import add_generation_arguments, check_generation_args
+from aligner.config import ArgumentError
+from aligner.datasets.encode import SampleEncoder
+from aligner.errors import CommandParser, run_command
+from aligner.inference.correct import INFERENCE_MAX_LENGTH
+from aligner.inference.endpoint import (
+    add_endpoint_arguments,
+    api_key_from_env,
+    endpoint_from_args,
+)
+from aligner.inference.generate import GenerationOptions
+from aligner.inference.loading import checkpoint_template, load_model
+from aligner.inference.remote import remote_aligner
+from aligner.serving.app import Limits, Service, create_app
+from aligner.serving.batcher import LocalAligner
+from aligner.tokenizer import load_tokenizer
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = CommandParser(
+        prog="aligner serve",
+        description="Serve an OpenAI-compatible endpoint whose replies an aligner corrects.",
+    )
+    server = parser.add_argument_group("server")
+    server.add_argument("--model_name_or_path", required=True, help="the trained aligner folder")
+    server.add_argument("--host", default="127.0.0.1", help="address to listen on (%(default)s)")
+    server.add_argument("--port", type=int, default=8080, help="port to listen on (%(default)s)")
+    server.add_argument(
+        "--served_model_name",
+        default=None,
+        help="the model name /v1/models lists and replies carry (default: --upstream_model)",
+    )
+    server.add_argument(
+        "--api_key_env",
+        default=None,
+        metavar="VAR",
+        help="environment variable holding the key clients must send as a bearer token; "
+        "without it no key is asked for",
+    )
+    limits = parser.add_argument_group("limits: a request over one is refused with a 4xx")
+    defaults = Limits()
+    limits.add_argument(
+        "--max_body_bytes",
+        type=int,
+        default=defaults.max_body_bytes,
+        help="most bytes of a request's body; more is a 413 (%(default)s)",
+    )
+    limits.add_argument(
+        "--max_messages",
+        type=int,
+        default=defaults.max_messages,
+        help="most turns of a conversation (%(default)s)",
+    )
+    limits.add_argument(
+        "--max_prompt_tokens",
+        type=int,
+        default=defaults.max_prompt_tokens,
+        help="most tokens of the aligner's prompt: the conversation and the upstream's reply "
+        "(%(default)s)",
+    )
+    limits.add_argument(
+        "--max_tokens",
+        type=int,
+        default=defaults.max_tokens,
+        help="most max_tokens a client may ask of the upstream (%(default)s)",
+    )
+    add_endpoint_arguments(
+        parser, "upstream", "the upstream model", concurrency=64, api_key_env="OPENAI_API_KEY"
+    )
+    gen = parser.add_argument_group("the aligner's decoding (--batch_size: most requests batched)")
+    add_generation_arguments(gen)
+    add_endpoint_arguments(
+        parser, "aligner", "the aligner on a vLLM or SGLang server, instead of loaded here"
+    )
+    return parser
+
+
+def prepare(args: argparse.Namespace) -> Service:
+    """Every check, then the service with its aligner loaded; nothing listens yet."""
+    check_generation_args(args)
+    upstream = endpoint_from_args(args, "upstream")
+    if upstream is None:
+        raise ArgumentError("give --upstream_url and --upstream_model")
+    remote = endpoint_from_args(args, "aligner")
+    for flag in ("max_body_bytes", "max_messages", "max_prompt_tokens", "max_tokens"):
+        if getattr(args, flag) < 1:
+            raise ArgumentError(f"--{flag} must be at least 1")
+    api_key = None
+    if args.api_key_env:
+        api_key = api_key_from_env(args.api_key_env)
+        if api_key is None:
+            raise ArgumentError(f"--api_key_env {args.api_key_env}: that variable is not set")
+    tokenizer = load_tokenizer(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
+    encoder = SampleEncoder(
+        tokenizer, checkpoint_template(args.model_name_or_path), max_length=INFERENCE_MAX_LENGTH
+    )
+    options = GenerationOptions.from_args(args)
+    if remote is not None:
+        aligner = remote_aligner(
+            remote,
+            encoder,
+            options,
+            model_name_or_path=args.model_name_or_path,
+            seed=args.seed,
+            concurrency=args.aligner_concurrency,
+        )
+    else:
+        model = load_model(args, len(tokenizer))
+        aligner = LocalAligner(model, tokenizer, encoder.stop_token_ids(), options, args.batch_size)
+    return Service(
+        name=args.served_model_name or upstream.model,
+        upstream=upstream,
+        upstream_concurrency=args.upstream_concurrency,
+        encoder=encoder,
+        aligner=aligner,
+        api_key=api_key,
+        limits=Limits(
+            args.max_body_bytes, args.max_messages, args.max_prompt_tokens, args.max_tokens
+        ),
+    )
+
+
+def serve(args: argparse.Namespace, service: Service) -> int:
+    import uvicorn
+
+    aligner = args.aligner_url or args.model_name_or_path
+    print(
+        f"aligner serve: http://{args.host}:{args.port}/v1: replies of {service.upstream.model} "
+        f"at {service.upstream.base_url}, corrected by {aligner}",
+        flush=True,
+    )
+    # uvicorn handles SIGTERM and Ctrl-C: it stops listening, lets in-flight requests finish,
+    # then runs the app's shutdown, which stops the aligner.
+    uvicorn.run(create_app(service), host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    return run_command("aligner serve", lambda: prepare(args), lambda service: serve(args, service))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,1 @@
+"""``aligner serve``: an OpenAI-compatible server that corrects an upstream model's replies."""
