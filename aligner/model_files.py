@@ -11,9 +11,17 @@ from safetensors import SafetensorError
 
 from aligner.errors import RunFailure, UserError, one_line
 
-PICKLED_WEIGHTS_ERRORS = (pickle.UnpicklingError, EOFError)
-"""What ``torch.load`` raises for a ``.bin`` that holds no weights: random bytes, an empty file,
-or a pickle that would run code (the weights-only loader transformers uses refuses to run it)."""
+PICKLED_WEIGHTS_ERRORS = (
+    pickle.UnpicklingError,
+    EOFError,
+    IndexError,
+    KeyError,
+    UnicodeDecodeError,
+)
+"""What ``torch.load`` raises for a ``.bin`` that holds no weights: random bytes (its weights-only
+unpickler stops on whichever opcode or memo lookup fails first: about one file in twelve raises
+one of the last three), an empty file, or a pickle that would run code (the weights-only loader
+transformers uses refuses to run it)."""
 LOAD_ERRORS = (OSError, ValueError, SafetensorError, *PICKLED_WEIGHTS_ERRORS)
 """What transformers raises for a folder or file that does not load: a missing or unreadable
 file, a config it cannot parse, truncated or corrupt safetensors or pickled weights."""
@@ -49,10 +57,10 @@ def load_failure(name: str, flag: str, error: BaseException, needs: tuple[str, .
     if folder.is_dir() and not any((folder / file).is_file() for file in needs):
         files = needs[0] if len(needs) == 1 else f"file it needs ({', '.join(needs)})"
         return f"{flag} {name}: the folder holds no {files}"
-    if isinstance(error, PICKLED_WEIGHTS_ERRORS):
+    files = sorted(folder.glob("*.bin")) if folder.is_dir() else []
+    if isinstance(error, PICKLED_WEIGHTS_ERRORS) and files:
         # torch's own message suggests loading with weights_only=False: the one thing not to do.
-        files = sorted(folder.glob("*.bin")) if folder.is_dir() else []
-        named = ", ".join(str(path) for path in files) or "its .bin weights"
+        named = ", ".join(str(path) for path in files)
         return (
             f"{flag} {name}: {named} does not load as PyTorch weights (corrupt, or a pickle "
             "holding code, which was not run)"

@@ -61,15 +61,19 @@ class _MakesFolder:
 
 def with_corrupt_bin_weights(source: Path, target: Path, kind: str, marker: Path) -> Path:
     """A copy of the model folder ``source`` whose weights are a ``pytorch_model.bin`` holding
-    random bytes (``kind`` "random") or a pickle that makes the folder ``marker`` if run
+    random bytes (``kind`` "random-SEED") or a pickle that makes the folder ``marker`` if run
     ("code")."""
     import pickle
+    import random
     import shutil
 
     shutil.copytree(source, target)
     for weights in target.glob("*.safetensors"):
         weights.unlink()
-    data = os.urandom(4096) if kind == "random" else pickle.dumps(_MakesFolder(marker))
+    if kind == "code":
+        data = pickle.dumps(_MakesFolder(marker))
+    else:
+        data = random.Random(int(kind.removeprefix("random-"))).randbytes(4096)
     (target / "pytorch_model.bin").write_bytes(data)
     return target
 

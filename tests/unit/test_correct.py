@@ -425,7 +425,7 @@ def test_truncated_weights_are_one_line_and_exit_1(
     assert len(error.splitlines()) == 1
 
 
-@pytest.mark.parametrize("kind", ["random", "code"])
+@pytest.mark.parametrize("kind", ["random-0", "code"])
 def test_corrupt_pickled_weights_are_one_line_and_never_run(
     kind: str, tiny_checkpoint_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -147,7 +147,9 @@ def test_correct_generates_from_the_saved_folder(saved, family: str, tmp_path: P
     assert isinstance(record["correction"], str) and record["answer"] == "5."
 
 
-@pytest.mark.parametrize("kind", ["random", "code"])
+# Random bytes seeded so that torch's weights-only unpickler fails in each of the ways it can:
+# UnpicklingError (seed 0), IndexError (2), KeyError (20), UnicodeDecodeError (195).
+@pytest.mark.parametrize("kind", ["random-0", "random-2", "random-20", "random-195", "code"])
 def test_corrupt_pickled_weights_are_one_line_and_never_run(
     tiny_model, tiny_tokenizer, tmp_path: Path, kind: str
 ) -> None:
