@@ -125,6 +125,10 @@ WRITE_PROBE_PREFIX = ".aligner-write-check-"
 the same output folder at once, so whoever lists that folder must not count another's probe."""
 
 
+SYSTEM_FOLDERS = {("/", "dev"), ("/", "proc")}
+"""Where paths name devices and processes' files, not files a command may write beside."""
+
+
 def check_file_path(path: str | Path, flag: str) -> None:
     """Refuse an output file path that names something other than a regular file (if anything).
 
@@ -134,7 +138,12 @@ def check_file_path(path: str | Path, flag: str) -> None:
     path = Path(path)
     if path.is_dir():
         raise UnwritableError(f"{flag} {path}: is a folder, not a file")
-    if path.exists() and not path.is_file():
+    # /dev/stdout redirected to a file is a link to a regular file: its settings file, and an
+    # atomic replace, would still land in /dev.
+    in_system_folders = any(
+        place.parts[:2] in SYSTEM_FOLDERS for place in (path.absolute(), path.resolve())
+    )
+    if in_system_folders or (path.exists() and not path.is_file()):
         raise UnwritableError(
             f"{flag} {path}: is not a regular file (a device, pipe or socket); name a file to write"
         )

@@ -341,7 +341,7 @@ def test_resuming_an_output_with_repeated_ids_keeps_the_first_of_each(
     assert f"{output}: 3 corrected records (0 new)" in captured.out
 
 
-@pytest.mark.parametrize("kind", ["null-device", "fifo"])
+@pytest.mark.parametrize("kind", ["null-device", "stdout", "fifo"])
 def test_an_output_that_is_no_regular_file_is_refused_up_front(
     kind: str, tiny_checkpoint_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -349,8 +349,8 @@ def test_an_output_that_is_no_regular_file_is_refused_up_front(
     if kind == "fifo":
         output = tmp_path / "pipe"
         os.mkfifo(output)
-    else:
-        output = Path(os.devnull)
+    else:  # /dev/stdout is a link to pytest's capture file: a regular file
+        output = Path(os.devnull if kind == "null-device" else "/dev/stdout")
     before = sorted(output.parent.iterdir())
     args = ["--model_name_or_path", tiny_checkpoint_dir, "--input", source, "--output", output]
     assert run_correct(*args) == 2

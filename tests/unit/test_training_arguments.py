@@ -190,7 +190,9 @@ def test_deepspeed_settings_that_conflict_are_refused_before_any_work(
         (tmp_path / "ds.json").write_text(json.dumps(ds_config))
         flags = [*flags, "--deepspeed_config", str(tmp_path / "ds.json")]
     output = tmp_path / "out"
-    argv = ["--model_name_or_path", "m", "--train_datasets", "d.jsonl", "--output_dir", str(output)]
+    model = str(tmp_path / "model")  # a local path: a failed check must not reach for the Hub
+    argv = ["--model_name_or_path", model, "--output_dir", str(output)]
+    argv += ["--train_datasets", "d.jsonl"]
     argv += ["--gradient_accumulation_steps", "8", *flags]
     assert train_command.main(argv) == 2
     assert capsys.readouterr().err.strip() == f"aligner train: error: {message}"
