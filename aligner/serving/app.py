@@ -56,8 +56,11 @@ UPSTREAM_PARAMS = (
     "frequency_penalty",
     "user",
 )
-"""What a client may ask of the upstream model; every other field is refused."""
+"""What a client may ask of the upstream model; every field not named here is refused."""
 OWN_FIELDS = ("model", "messages", "stream", "n")
+IGNORED_FIELDS = ("stream_options", "metadata", "store", "service_tier")
+"""Fields that change no reply, which clients such as LangChain send unasked: accepted and not
+acted on (a stream's chunks carry no ``usage``)."""
 
 
 @dataclass(frozen=True)
@@ -166,7 +169,7 @@ def parse_chat(body: bytes, limits: Limits) -> tuple[list[dict[str, str]], dict[
         raise bad_request("the body is not JSON") from None
     if not isinstance(request, dict):
         raise bad_request("the body must be a JSON object")
-    unknown = sorted(set(request) - set(UPSTREAM_PARAMS) - set(OWN_FIELDS))
+    unknown = sorted(set(request) - {*UPSTREAM_PARAMS, *OWN_FIELDS, *IGNORED_FIELDS})
     if unknown:
         raise bad_request(f"unsupported field(s): {', '.join(unknown)}", "unsupported_parameter")
     if request.get("n", 1) != 1:

@@ -136,7 +136,9 @@ def client(served: Served, key: str = CLIENT_KEY) -> openai.OpenAI:
 def test_the_openai_client_gets_corrected_replies_plain_and_streamed(servers, upstream) -> None:
     main = client(servers["main"])
     for record in CHAT_MEMORISED:
-        reply = main.chat.completions.create(model="standin", messages=conversation(record))
+        reply = main.chat.completions.create(
+            model="standin", messages=conversation(record), metadata={"team": "a"}
+        )
         message = reply.choices[0].message
         assert message.content == record["correction"]
         assert message.upstream_content == record["answer"]
@@ -144,7 +146,10 @@ def test_the_openai_client_gets_corrected_replies_plain_and_streamed(servers, up
 
         chunks = list(
             main.chat.completions.create(
-                model="standin", messages=conversation(record), stream=True
+                model="standin",
+                messages=conversation(record),
+                stream=True,
+                stream_options={"include_usage": True},
             )
         )
         pieces = [c.choices[0].delta.content for c in chunks if c.choices[0].delta.content]
