@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from aligner.config import DataArgs
-from aligner.errors import CommandParser, run_command
+from aligner.errors import CommandParser, UserError, run_command
 from aligner.inference.correct import REFERENCE_FIELD, CorrectionError, Plan, check, run
 from aligner.inference.loading import add_model_arguments
 from aligner.inference.preference import FORMATS
@@ -117,10 +117,28 @@ def add_generation_arguments(gen: argparse._ArgumentGroup) -> None:
     add_model_arguments(gen)
 
 
-def check_args(args: argparse.Namespace) -> None:
-    for flag in ("rounds", "batch_size", "max_new_tokens"):
+def check_generation_args(args: argparse.Namespace) -> None:
+    """The flags of ``add_generation_arguments``, checked."""
+    for flag in ("batch_size", "max_new_tokens"):
         if getattr(args, flag) < 1:
-            raise CorrectionError(f"--{flag} must be at least 1")
+            raise UserError(f"--{flag} must be at least 1")
+    sampling = [f"--{f}" for f in ("temperature", "top_p", "top_k") if getattr(args, f) is not None]
+    if sampling and not args.do_sample:
+        raise UserError(f"{', '.join(sampling)} take effect only with --do_sample")
+    if args.temperature is not None and not 0 < args.temperature < math.inf:
+        raise UserError(
+            "--temperature must be a finite number above 0 (greedy decoding is the default)"
+        )
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise UserError("--top_p must be in (0, 1]")
+    if args.top_k is not None and args.top_k < 0:
+        raise UserError("--top_k must be at least 0 (0 disables it)")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    if args.rounds < 1:
+        raise CorrectionError("--rounds must be at least 1")
+    check_generation_args(args)
     if args.upstream_tokenizer and (
         not args.preference_output or args.preference_format != "standard"
     ):
@@ -128,17 +146,6 @@ def check_args(args: argparse.Namespace) -> None:
             "--upstream_tokenizer writes standard-format preference prompts: it needs "
             "--preference_output with --preference_format standard"
         )
-    sampling = [f"--{f}" for f in ("temperature", "top_p", "top_k") if getattr(args, f) is not None]
-    if sampling and not args.do_sample:
-        raise CorrectionError(f"{', '.join(sampling)} take effect only with --do_sample")
-    if args.temperature is not None and not 0 < args.temperature < math.inf:
-        raise CorrectionError(
-            "--temperature must be a finite number above 0 (greedy decoding is the default)"
-        )
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise CorrectionError("--top_p must be in (0, 1]")
-    if args.top_k is not None and args.top_k < 0:
-        raise CorrectionError("--top_k must be at least 0 (0 disables it)")
     paths = {"--input": args.input, "--output": args.output}
     if args.preference_output:
         paths["--preference_output"] = args.preference_output
