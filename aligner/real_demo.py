@@ -3,8 +3,8 @@
 SmolLM2-135M-Instruct (``aligner.real_model``) is the upstream. It is asked for the first or
 the last word of a short list of words, a task whose answer can be checked and that it often
 gets wrong ("The last word of this list is "stone."" of a list ending in "lamp"). Its answers
-(``aligner answer``) become correction records: an answer that names the right word, and no
-other word of the list, is right and kept as it is; a wrong one is corrected to the sentence
+(``aligner answer``) become correction records: a finished answer that names the right word,
+and no other word of the list, is right and kept as it is; a wrong one is corrected to the sentence
 the model writes, with the right word. An aligner is trained from the same model on these,
 then corrects the answers to held-out questions, scored as ``aligner.demo`` scores its own.
 
@@ -40,6 +40,8 @@ QUESTIONS_FILE = "demo-questions.jsonl"
 ANSWERS_FILE = "demo-answers.jsonl"
 TRAIN_FILE = "demo-train.jsonl"
 HELDOUT_FILE = "demo-heldout.jsonl"
+FINAL = (".", "!", '"')
+"""How a finished sentence ends."""
 QUESTION = re.compile(r"What is the (\w+) word of this list: (.*)\? Reply with the word only\.")
 
 
@@ -72,10 +74,12 @@ def truth(question: str) -> str:
 
 
 def is_right(question: str, answer: str) -> bool:
-    """Whether the answer names the right word of the list and no other word of it."""
+    """Whether the answer names the right word of the list, no other word of it, and ends as
+    a finished reply does (not cut off by the token limit in the middle of a sentence)."""
     _, words = parse(question)
     named = [word for word in re.findall(r"[a-z]+", answer.lower()) if word in words]
-    return named == [truth(question)]
+    finished = answer.strip().lower() == truth(question) or answer.rstrip().endswith(FINAL)
+    return named == [truth(question)] and finished
 
 
 def correction(question: str, answer: str) -> str:

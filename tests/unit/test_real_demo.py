@@ -38,6 +38,7 @@ def test_questions_are_seeded_and_each_has_a_truth() -> None:
         ("The last word of this list is only: stone.", False),
         ("The last word of this list is lamp, after apple.", False),  # names two words
         ('The last word of this list is "s"', False),
+        ('The last word of this list is "lamp" and the only word is', False),  # cut off
         ("", False),
     ],
 )
