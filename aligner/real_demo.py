@@ -40,8 +40,8 @@ QUESTIONS_FILE = "demo-questions.jsonl"
 ANSWERS_FILE = "demo-answers.jsonl"
 TRAIN_FILE = "demo-train.jsonl"
 HELDOUT_FILE = "demo-heldout.jsonl"
-FINAL = (".", "!", '"')
-"""How a finished sentence ends."""
+FINISHED = re.compile(r'\w([.!]"?|"[.!]?)\s*$')
+"""How a finished reply ends: a word, then a full stop and or a closing quote."""
 QUESTION = re.compile(r"What is the (\w+) word of this list: (.*)\? Reply with the word only\.")
 
 
@@ -78,7 +78,7 @@ def is_right(question: str, answer: str) -> bool:
     a finished reply does (not cut off by the token limit in the middle of a sentence)."""
     _, words = parse(question)
     named = [word for word in re.findall(r"[a-z]+", answer.lower()) if word in words]
-    finished = answer.strip().lower() == truth(question) or answer.rstrip().endswith(FINAL)
+    finished = answer.strip().lower() == truth(question) or FINISHED.search(answer) is not None
     return named == [truth(question)] and finished
 
 

@@ -39,6 +39,8 @@ def test_questions_are_seeded_and_each_has_a_truth() -> None:
         ("The last word of this list is lamp, after apple.", False),  # names two words
         ('The last word of this list is "s"', False),
         ('The last word of this list is "lamp" and the only word is', False),  # cut off
+        ('The last word of this list is "lamp" and the only word is "', False),
+        ('The last word of this list is "lamp".', True),
         ("", False),
     ],
 )
