@@ -4,9 +4,10 @@ SmolLM2-135M-Instruct (``aligner.real_model``) is the upstream. It is asked for 
 the last word of a short list of words, a task whose answer can be checked and that it often
 gets wrong ("The last word of this list is "stone."" of a list ending in "lamp"). Its answers
 (``aligner answer``) become correction records: a finished answer that names the right word,
-and no other word of the list, is right and kept as it is; a wrong one is corrected to the sentence
-the model writes, with the right word. An aligner is trained from the same model on these,
-then corrects the answers to held-out questions, scored as ``aligner.demo`` scores its own.
+and no other word of the list, is right and kept as it is; in a wrong one the right word
+replaces the wrong one, or the answer is rewritten as the sentence the model usually writes.
+An aligner is trained from the same model on these, then corrects the answers to held-out
+questions, scored as ``aligner.demo`` scores its own.
 
 Usage (``bash scripts/sft-correction.sh --demo real`` runs all of it):
     python -m aligner.real_demo prepare DIR      # the model, DIR/demo-questions.jsonl
@@ -42,6 +43,8 @@ TRAIN_FILE = "demo-train.jsonl"
 HELDOUT_FILE = "demo-heldout.jsonl"
 FINISHED = re.compile(r'\w([.!]"?|"[.!]?)\s*$')
 """How a finished reply ends: a word, then a full stop and or a closing quote."""
+SENTENCE = re.compile(r'The (first|last) word of this list is "(\w+)("\.|\."|")')
+"""The model's usual reply: the word in quotes, the full stop inside or outside them."""
 QUESTION = re.compile(r"What is the (\w+) word of this list: (.*)\? Reply with the word only\.")
 
 
@@ -83,10 +86,14 @@ def is_right(question: str, answer: str) -> bool:
 
 
 def correction(question: str, answer: str) -> str:
-    """The answer itself when it is right; else the model's own sentence with the right word."""
+    """The answer itself when it is right. A wrong one in the model's usual sentence gets the
+    right word in place of the wrong one, its punctuation kept; any other, that sentence."""
     if is_right(question, answer):
         return answer
     position, _ = parse(question)
+    sentence = SENTENCE.fullmatch(answer.strip())
+    if sentence is not None and sentence.group(1) == position:
+        return f"{sentence.group(0)[: sentence.start(2)]}{truth(question)}{sentence.group(3)}"
     return f'The {position} word of this list is "{truth(question)}."'
 
 

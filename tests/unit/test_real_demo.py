@@ -37,7 +37,7 @@ def test_questions_are_seeded_and_each_has_a_truth() -> None:
         ("lamp", True),
         ("The last word of this list is only: stone.", False),
         ("The last word of this list is lamp, after apple.", False),  # names two words
-        ('The last word of this list is "s"', False),
+        ('The last word of this list is "s', False),
         ('The last word of this list is "lamp" and the only word is', False),  # cut off
         ('The last word of this list is "lamp" and the only word is "', False),
         ('The last word of this list is "lamp".', True),
@@ -48,6 +48,11 @@ def test_an_answer_is_right_when_it_names_the_right_word_alone(answer: str, righ
     assert real_demo.is_right(QUESTION, answer) is right
     expected = answer if right else 'The last word of this list is "lamp."'
     assert real_demo.correction(QUESTION, answer) == expected
+
+
+def test_a_wrong_word_is_replaced_and_the_punctuation_kept() -> None:
+    wrong = 'The last word of this list is "stone".'
+    assert real_demo.correction(QUESTION, wrong) == 'The last word of this list is "lamp".'
 
 
 def test_split_keeps_right_answers_and_scores_as_the_demo_does(tmp_path: Path) -> None:
