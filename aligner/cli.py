@@ -3,6 +3,7 @@
 Usage:
     aligner data  --train_datasets FILE --model_name_or_path MODEL [--dump out.jsonl]
     aligner train --train_datasets FILE --model_name_or_path MODEL --output_dir DIR
+    aligner answer --model_name_or_path UPSTREAM --input questions.jsonl --output answers.jsonl
     aligner correct --model_name_or_path CKPT --input answers.jsonl --output corrected.jsonl
     aligner eval --predictions corrected.jsonl [--reward_model RM] [--judge_url URL --judge_model M]
     aligner serve --model_name_or_path CKPT --upstream_url URL --upstream_model NAME
@@ -18,6 +19,7 @@ import sys
 COMMANDS = {
     "data": ("aligner.commands.data", "validate, inspect and dump the processed training data"),
     "train": ("aligner.commands.train", "supervised correction training on DeepSpeed"),
+    "answer": ("aligner.commands.answer", "the upstream model answers the questions"),
     "correct": ("aligner.commands.correct", "correct upstream answers with a trained aligner"),
     "eval": ("aligner.commands.evaluate", "did corrections help (reward, cost, judge); eval loss"),
     "serve": ("aligner.commands.serve", "an OpenAI-compatible endpoint that corrects a model"),

@@ -130,8 +130,11 @@ def error_kind(question: str) -> str:
     return "sentence"
 
 
-def score_corrections(records: list[dict[str, str]]) -> dict[str, dict[str, float | None]]:
-    """Before/after accuracy and copy rates of corrected demo records, per kind and in all.
+def score_corrections(
+    records: list[dict[str, str]], kind_of: Callable[[str], str] = error_kind
+) -> dict[str, dict[str, float | None]]:
+    """Before/after accuracy and copy rates of corrected demo records, per kind (``kind_of``
+    a question) and in all.
 
     Each record is an ``aligner correct`` output line: ``answer`` (upstream), ``correction``
     (the aligner's) and ``reference_correction`` (the right answer). Accuracy is exact match
@@ -146,7 +149,7 @@ def score_corrections(records: list[dict[str, str]]) -> dict[str, dict[str, floa
 
     groups: dict[str, list[dict[str, str]]] = {"all": records}
     for record in records:
-        groups.setdefault(error_kind(record["question"]), []).append(record)
+        groups.setdefault(kind_of(record["question"]), []).append(record)
     scores = {}
     for kind, group in groups.items():
         right = [r for r in group if exact_match(r["answer"], r[REFERENCE_FIELD])]
@@ -189,10 +192,14 @@ def format_scores(scores: dict[str, dict[str, float | None]]) -> str:
     return "\n".join(lines)
 
 
-def report(corrected: str | Path, output: str | Path | None = None) -> str:
+def report(
+    corrected: str | Path,
+    output: str | Path | None = None,
+    kind_of: Callable[[str], str] = error_kind,
+) -> str:
     """Score a file of corrected demo records; also write the scores as JSON to ``output``."""
     lines = Path(corrected).read_text(encoding="utf-8").splitlines()
-    scores = score_corrections([json.loads(line) for line in lines if line.strip()])
+    scores = score_corrections([json.loads(line) for line in lines if line.strip()], kind_of)
     if output is not None:
         Path(output).write_text(json.dumps(scores, indent=2) + "\n", encoding="utf-8")
     return format_scores(scores)

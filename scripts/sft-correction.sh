@@ -6,6 +6,7 @@
 #   bash scripts/sft-correction.sh --train_datasets FILE_OR_SPEC... \
 #       --model_name_or_path MODEL --output_dir output/sft [flags]
 #   bash scripts/sft-correction.sh --demo [--output_dir output/demo] [flags]
+#   bash scripts/sft-correction.sh --demo real [--output_dir output/demo-real] [flags]
 #
 # Launcher flags (taken by this script):
 #   --hostfile FILE          multi-node run (DeepSpeed hostfile); with --no_ssh, --node_rank,
@@ -16,6 +17,10 @@
 #   --master_port PORT       default: a free port
 #   --demo                   train a tiny model on the bundled correction set (no downloads),
 #                            then correct its held-out set and print accuracy before and after
+#   --demo real              the whole loop on a real model, SmolLM2-135M-Instruct (fetched once
+#                            by scripts/get-real-model.sh): it answers checkable questions, a
+#                            LoRA aligner trained from it on the corrected answers corrects its
+#                            answers to held-out ones, and accuracy before and after is printed
 # Training flags pass through to `aligner train`, whose defaults are the original toolkit's
 # (`aligner train --help` lists every flag and its default; they are declared once, in
 # aligner/config.py): --zero_stage 3 --epochs 3 --lr 2e-5 --per_device_train_batch_size 4
@@ -160,7 +165,11 @@ while [[ $# -gt 0 ]]; do
 		shift 2
 		;;
 	--no_ssh) LAUNCHER_ARGS+=("$1"); NO_SSH=1; shift ;;
-	--demo) DEMO=1; shift ;;
+	--demo)
+		DEMO=1
+		if [[ "${2:-}" == real ]]; then DEMO=real; shift; fi
+		shift
+		;;
 	-h | --help)
 		sed -n '2,/^$/p' "$0" | sed 's/^# \{0,1\}//'
 		exit 0
@@ -170,7 +179,31 @@ while [[ $# -gt 0 ]]; do
 done
 
 DEMO_ARGS=()
-if [[ "${DEMO}" == 1 ]]; then
+DEMO_MODULE=aligner.demo
+DEMO_MAX_NEW_TOKENS=32
+if [[ "${DEMO}" == real ]]; then
+	OUTPUT_DIR="${OUTPUT_DIR:-output/demo-real}"
+	DEMO_MODULE=aligner.real_demo
+	DEMO_MAX_NEW_TOKENS=24
+	# The model (built once into a cache), and questions whose answers can be checked.
+	MODEL_NAME_OR_PATH="$("${PYTHON}" -m aligner.real_demo prepare "${OUTPUT_DIR}" | tail -n 1)"
+	# The upstream answers them; a rerun resumes what an interrupted one left.
+	"${PYTHON}" -m aligner.cli answer --model_name_or_path "${MODEL_NAME_OR_PATH}" \
+		--input "${OUTPUT_DIR}/demo-questions.jsonl" --output "${OUTPUT_DIR}/demo-answers.jsonl" \
+		--batch_size 64 --max_new_tokens 16
+	# Right answers kept, wrong ones corrected from the known truth; training and held out.
+	read -r DEMO_TRAIN DEMO_EVAL < <("${PYTHON}" -m aligner.real_demo split "${OUTPUT_DIR}")
+	[[ ${#TRAIN_DATASETS[@]} -gt 0 ]] || TRAIN_DATASETS=("${DEMO_TRAIN}")
+	# LoRA on the model's own chat template, with a short system message (the template's
+	# default one costs 20 tokens a sample). ZeRO-0: nothing to shard in 135M parameters. No
+	# eval during training: on 2 CPU cores it would cost more than the training itself.
+	DEMO_ARGS=(
+		--defaults aligner --zero_stage 0 --prompt_template chat --system_prompt "Correct the answer."
+		--lora_r 16 --lora_alpha 32 --overwrite --epochs 2 --lr 2e-3 --lr_warmup_ratio 0.05
+		--per_device_train_batch_size 4 --gradient_accumulation_steps 1 --max_length 160
+		--gradient_checkpointing False
+	)
+elif [[ "${DEMO}" == 1 ]]; then
 	OUTPUT_DIR="${OUTPUT_DIR:-output/demo}"
 	# A tiny random Llama with a real tokenizer, written offline; the bundled correction set.
 	MODEL_NAME_OR_PATH="$("${PYTHON}" -m aligner.demo prepare "${OUTPUT_DIR}" | tail -n 1)"
@@ -337,12 +370,12 @@ finish "${STATUS}" training
 demo_correct() {
 	"${PYTHON}" -m aligner.cli correct --model_name_or_path "${OUTPUT_DIR}" --input "${DEMO_EVAL}" \
 		--output "${OUTPUT_DIR}/demo-corrections.jsonl" --overwrite --batch_size 64 \
-		--max_new_tokens 32 &&
-		"${PYTHON}" -m aligner.demo report "${OUTPUT_DIR}/demo-corrections.jsonl" \
+		--max_new_tokens "${DEMO_MAX_NEW_TOKENS}" &&
+		"${PYTHON}" -m "${DEMO_MODULE}" report "${OUTPUT_DIR}/demo-corrections.jsonl" \
 			--output "${OUTPUT_DIR}/demo-report.json" | tee "${OUTPUT_DIR}/demo-report.txt"
 }
 
-if [[ "${DEMO}" == 1 ]]; then
+if [[ "${DEMO}" != 0 ]]; then
 	# The demo's proof of learning: correct the held-out set, score before against after.
 	# It starts afresh (--overwrite): corrections left by an earlier run are not resumed.
 	supervise logged demo_correct && STATUS=0 || STATUS=$?

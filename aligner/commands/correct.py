@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 from aligner.config import DataArgs
-from aligner.errors import CommandParser, run_command
+from aligner.errors import CommandParser, UserError, run_command
 from aligner.inference.correct import REFERENCE_FIELD, CorrectionError, Plan, check, run
 from aligner.inference.endpoint import add_endpoint_arguments, endpoint_from_args
 from aligner.inference.loading import add_model_arguments
@@ -132,28 +132,28 @@ def add_generation_arguments(gen: argparse._ArgumentGroup) -> None:
 
 
 def check_generation_args(args: argparse.Namespace) -> None:
-    """The checks of ``add_generation_arguments``' flags."""
+    """The flags of ``add_generation_arguments``, checked."""
     for flag in ("batch_size", "max_new_tokens"):
         if getattr(args, flag) < 1:
-            raise CorrectionError(f"--{flag} must be at least 1")
+            raise UserError(f"--{flag} must be at least 1")
     sampling = [f"--{f}" for f in ("temperature", "top_p", "top_k") if getattr(args, f) is not None]
     if sampling and not args.do_sample:
-        raise CorrectionError(f"{', '.join(sampling)} take effect only with --do_sample")
+        raise UserError(f"{', '.join(sampling)} take effect only with --do_sample")
     if args.temperature is not None and not 0 < args.temperature < math.inf:
-        raise CorrectionError(
+        raise UserError(
             "--temperature must be a finite number above 0 (greedy decoding is the default)"
         )
     if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise CorrectionError("--top_p must be in (0, 1]")
+        raise UserError("--top_p must be in (0, 1]")
     if args.top_k is not None and args.top_k < 0:
-        raise CorrectionError("--top_k must be at least 0 (0 disables it)")
+        raise UserError("--top_k must be at least 0 (0 disables it)")
 
 
 def check_args(args: argparse.Namespace) -> None:
     endpoint_from_args(args, "aligner")  # its flags checked before any work
-    check_generation_args(args)
     if args.rounds < 1:
         raise CorrectionError("--rounds must be at least 1")
+    check_generation_args(args)
     if args.upstream_tokenizer and (
         not args.preference_output or args.preference_format != "standard"
     ):

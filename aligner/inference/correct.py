@@ -12,15 +12,11 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import itertools
-import json
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
 from transformers import set_seed
 
 from aligner.datasets.encode import Request, SampleEncoder
@@ -31,18 +27,15 @@ from aligner.inference.endpoint import endpoint_from_args
 from aligner.inference.generate import GenerationOptions, generate
 from aligner.inference.loading import checkpoint_template, load_model
 from aligner.inference.metrics import is_copy
-from aligner.inference.output import (
-    append_durably,
-    check_claim,
-    check_settings,
-    claim_output,
-    read_written,
-    shard_path,
-    shard_paths,
-    write_atomically,
-)
+from aligner.inference.output import check_claim, check_settings, read_written
 from aligner.inference.preference import write_preferences
 from aligner.inference.remote import remote_aligner
+from aligner.inference.resumable import (
+    Record,
+    append_in_batches,
+    run_over_ranks,
+    with_ids,
+)
 from aligner.prompts import Template
 from aligner.runtime import Ranks
 from aligner.tokenizer import load_tokenizer
@@ -51,38 +44,12 @@ CORRECTION_FIELD = "correction"
 REFERENCE_FIELD = "reference_correction"
 """Where an input's own ``correction`` (a reference, e.g. from a test split) is kept."""
 ROUNDS_FIELD = "correction_rounds"
-CONTEXT_FIELDS = ("question", "messages")
 INFERENCE_MAX_LENGTH = 1 << 30
 """Prompts are not truncated at inference: the model sees the record whole."""
-
-Record = dict[str, Any]
 
 
 class CorrectionError(UserError):
     """A flag or input that the command cannot work with."""
-
-
-def id_key(record_id: object) -> str:
-    """A hashable key for an id of any JSON type, the same before and after a JSON round trip."""
-    return json.dumps(record_id, sort_keys=True, default=str)
-
-
-def with_ids(rows: list[Record], source: str) -> list[Record]:
-    """Each record with its id (its own, else its index); ids must be unique."""
-    records, seen = [], {}
-    for index, row in enumerate(rows):
-        # A file mixing question and messages records gives every row both columns.
-        row = {k: v for k, v in row.items() if v is not None or k not in CONTEXT_FIELDS}
-        record = dict(row) if row.get("id") is not None else {"id": index, **row}
-        key = id_key(record["id"])
-        if key in seen:
-            raise CorrectionError(
-                f"{source}: records {seen[key]} and {index} share the id {record['id']!r}; "
-                "ids must be unique"
-            )
-        seen[key] = index
-        records.append(record)
-    return records
 
 
 def prepare_records(rows: list[Record], source: str) -> list[Record]:
@@ -147,18 +114,11 @@ def correct_pending(
     else:
         generate_fn = local_generator(args, encoder, options, ranks)
 
-    size = args.batch_size
-    desc = "correct" if ranks.world_size == 1 else f"correct (rank 0 of {ranks.world_size})"
-    with (
-        open(output, "a", encoding="utf-8") as handle,
-        tqdm(total=len(pending), unit="record", desc=desc, disable=not ranks.is_main) as bar,
-    ):
-        for start in range(0, len(pending), size):
-            batch = pending[start : start + size]
-            histories = correct_batch(generate_fn, batch, args.rounds)
-            pairs = zip(batch, histories, strict=True)
-            append_durably(handle, [corrected(r, h, args.rounds) for r, h in pairs])
-            bar.update(len(batch))
+    def lines_of(batch: list[Record]) -> list[Record]:
+        histories = correct_batch(generate_fn, batch, args.rounds)
+        return [corrected(r, h, args.rounds) for r, h in zip(batch, histories, strict=True)]
+
+    append_in_batches(output, pending, args.batch_size, lines_of, desc="correct", ranks=ranks)
 
 
 def local_generator(
@@ -174,42 +134,6 @@ def local_generator(
         return generate(model, encoder.tokenizer, prompts, options, stops)
 
     return generate_fn
-
-
-def in_input_order(written: list[Record], records: list[Record]) -> list[Record]:
-    """Written records in input order; any the input does not hold follow in file order."""
-    position = {id_key(record["id"]): index for index, record in enumerate(records)}
-    return sorted(written, key=lambda r: position.get(id_key(r["id"]), len(position)))
-
-
-def merge_written(output: Path, records: list[Record]) -> list[Record]:
-    """Gather what was written, to ``output`` and to rank shards, into ``output``.
-
-    Each id is kept once (its first record), in input order. The shards are removed only after
-    the merged file has replaced ``output``, so a crash in between loses nothing.
-    """
-    shards = shard_paths(output)
-    written = read_written(output)
-    seen: set[str] = set()
-    merged = []
-    for record in itertools.chain(written, *(read_written(shard) for shard in shards)):
-        if id_key(record["id"]) not in seen:
-            seen.add(id_key(record["id"]))
-            merged.append(record)
-    repeated = len(written) - len({id_key(record["id"]) for record in written})
-    if repeated:
-        # Only an output written outside this command's lock can hold these.
-        print(
-            f"{output}: dropped {repeated} record(s) repeating an earlier record's id; "
-            "kept the first of each",
-            file=sys.stderr,
-        )
-    ordered = in_input_order(merged, records)
-    if ordered != written:
-        write_atomically(output, ordered)
-    for shard in shards:
-        shard.unlink()
-    return ordered
 
 
 def by_prompt_length(records: list[Record], encoder: SampleEncoder) -> list[Record]:
@@ -296,30 +220,21 @@ def check(args: argparse.Namespace) -> Plan:
 
 
 def run(args: argparse.Namespace, plan: Plan) -> int:
-    encoder, records = plan.encoder, plan.records
+    encoder = plan.encoder
     output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    ranks = Ranks.from_env()
-    with ranks.group():
-        # Only the main rank rewrites the output; the others append to their own shard files.
-        if ranks.is_main:
-            claim_output(output, plan.settings, overwrite=args.overwrite, flag="--output")
-            merge_written(output, records)
-        ranks.barrier()
-        done = {id_key(record["id"]) for record in read_written(output)}
-        pending = [record for record in records if id_key(record["id"]) not in done]
-        if done and ranks.is_main:
-            print(f"{output}: {len(done)} records already corrected, skipped")
-        # Dealt round-robin from longest to shortest, so every rank gets a similar load.
-        mine = by_prompt_length(pending, encoder)[ranks.rank :: ranks.world_size]
-        if mine:
-            shard = output if ranks.world_size == 1 else shard_path(output, ranks.rank)
-            correct_pending(args, encoder, mine, shard, ranks)
-        ranks.barrier()
-        if not ranks.is_main:
-            return 0
-        final = merge_written(output, records)
-    print(f"{output}: {len(final)} corrected records ({len(pending)} new)")
+    result = run_over_ranks(
+        output,
+        plan.records,
+        plan.settings,
+        overwrite=args.overwrite,
+        verb="corrected",
+        order=lambda pending: by_prompt_length(pending, encoder),
+        write_share=lambda mine, shard, ranks: correct_pending(args, encoder, mine, shard, ranks),
+    )
+    if result is None:
+        return 0
+    final, new = result
+    print(f"{output}: {len(final)} corrected records ({new} new)")
     if args.preference_output:
         pairs = args.preference_output
         stats = write_preferences(final, pairs, args.preference_format, plan.upstream)

@@ -21,10 +21,10 @@ import httpx
 from tqdm import tqdm
 
 from aligner.datasets.base import DataError
-from aligner.inference.correct import id_key, merge_written
 from aligner.inference.endpoint import Endpoint, run_requests
 from aligner.inference.output import append_durably, claim_output
 from aligner.inference.pairs import Pair, pairs_digest, transcript
+from aligner.inference.resumable import id_key, merge_written
 
 DEFAULT_PROMPT = """\
 Please act as an impartial judge of two replies to the conversation below. Decide which reply is \

@@ -15,7 +15,6 @@ from typing import Any
 from tqdm import tqdm
 
 from aligner.inference.comparison import LOSE, WIN, outcomes, paired_summary
-from aligner.inference.correct import id_key, merge_written
 from aligner.inference.output import (
     append_durably,
     check_claim,
@@ -24,6 +23,7 @@ from aligner.inference.output import (
     shard_path,
 )
 from aligner.inference.pairs import Pair, pairs_digest, transcript
+from aligner.inference.resumable import id_key, merge_written
 from aligner.inference.reward import RewardModel, ScoringError, load_reward_model
 from aligner.runtime import Ranks
 

@@ -675,24 +675,6 @@ def test_user_errors_are_one_line(
     assert len(error.splitlines()) == 1
 
 
-def test_merge_gathers_rank_shards_once_each_in_input_order(tmp_path: Path) -> None:
-    records = [{"id": i, "question": "q", "answer": "a"} for i in range(5)]
-    written = [{**records[i], "correction": f"c{i}"} for i in range(5)]
-    output = tmp_path / "out.jsonl"
-    output.write_text(dumps_lines([written[3]]) + '{"id": 4, "corr')  # torn by a crash
-    (tmp_path / "out.jsonl.rank0").write_text(dumps_lines([written[1], written[3]]))
-    (tmp_path / "out.jsonl.rank1").write_text(dumps_lines([written[0], written[4]]))
-    (tmp_path / "out.jsonl.rankings").write_text("not a shard")
-    merged = correct.merge_written(output, records)
-    assert merged == [written[0], written[1], written[3], written[4]]
-    assert read_written(output) == merged
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl", "out.jsonl.rankings"]
-
-
-def dumps_lines(records: list[dict]) -> str:
-    return "".join(json.dumps(r) + "\n" for r in records)
-
-
 def test_correct_loads_an_adapter_only_lora_checkpoint(
     tiny_llama_dir: Path, tmp_path: Path
 ) -> None:

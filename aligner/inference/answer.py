@@ -1,0 +1,210 @@
+"""Upstream answers: the first step of the aligner's loop, resumably, over ranks or an endpoint.
+
+Each output line is an input record plus ``answer`` and ``answer_source`` (the model and the
+sampling settings that produced it), and ``id`` where the input had none; an input's own
+``answer`` is kept as ``reference_answer``. The output is what ``aligner correct`` reads. The
+model answers in its own chat template: locally in batches, split over the ranks under a
+launcher; or through an OpenAI-compatible chat endpoint, several requests at once. Re-running
+with the same ``--output`` asks only for the answers not yet written (``inference.resumable``).
+The command itself is ``aligner.commands.answer``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from transformers import PreTrainedTokenizerBase, set_seed
+
+from aligner.datasets.encode import Request
+from aligner.datasets.loading import load_records
+from aligner.errors import RunFailure, UserError
+from aligner.files import check_writable
+from aligner.inference.correct import weights_fingerprint
+from aligner.inference.endpoint import Endpoint, endpoint_from_args, run_requests
+from aligner.inference.generate import GenerationOptions, generate
+from aligner.inference.loading import load_model
+from aligner.inference.output import append_durably, check_claim, read_written
+from aligner.inference.resumable import Record, append_in_batches, run_over_ranks, with_ids
+from aligner.runtime import Ranks
+from aligner.tokenizer import load_tokenizer
+
+ANSWER_FIELD = "answer"
+SOURCE_FIELD = "answer_source"
+REFERENCE_FIELD = "reference_answer"
+"""Where an input's own ``answer`` is kept."""
+ANSWERED_FIELDS = ("id", ANSWER_FIELD, SOURCE_FIELD)
+"""What every line of this command's output holds."""
+
+
+class AnswerError(UserError):
+    """A flag or input that the command cannot work with."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the checks found: the records, the settings, and the model to ask."""
+
+    records: list[Record]
+    settings: dict[str, Any]
+    tokenizer: PreTrainedTokenizerBase | None  # the local model's; None with an endpoint
+    endpoint: Endpoint | None
+
+
+def turns(record: Record) -> list[dict[str, str]]:
+    return list(Request.from_record(record).turns)
+
+
+def prepare_records(rows: list[Record], source: str) -> list[Record]:
+    records = with_ids(rows, source)
+    for record in records:
+        if record.get(ANSWER_FIELD) is not None:
+            record[REFERENCE_FIELD] = record[ANSWER_FIELD]
+        record.pop(ANSWER_FIELD, None)
+    return records
+
+
+def sampling_settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "max_new_tokens": args.max_new_tokens,
+        "do_sample": args.do_sample,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "top_k": args.top_k,
+        "seed": args.seed if args.do_sample else None,
+    }
+
+
+def check(args: argparse.Namespace) -> Plan:
+    """Every check that needs no model, on every rank alike; nothing is written."""
+    endpoint = endpoint_from_args(args, "upstream")
+    if (endpoint is None) == (args.model_name_or_path is None):
+        raise AnswerError("give the upstream model: --model_name_or_path or --upstream_url")
+    tokenizer = None
+    if endpoint is None:
+        path, remote = args.model_name_or_path, args.trust_remote_code
+        tokenizer = load_tokenizer(path, trust_remote_code=remote)
+        if not tokenizer.chat_template:
+            raise AnswerError(
+                f"--model_name_or_path {args.model_name_or_path}: the tokenizer has no chat "
+                "template; the upstream must be a chat model"
+            )
+        model = Path(args.model_name_or_path)
+        source = {
+            "model": str(model.resolve()) if model.exists() else args.model_name_or_path,
+            "weights": weights_fingerprint(args.model_name_or_path),
+        }
+    else:
+        source = {"model": endpoint.model, "url": endpoint.base_url}
+    rows = load_records(args.input, fields=("question",)).to_list()
+    records = prepare_records(rows, args.input)
+    check_writable(args.output, "--output")
+    settings = {**source, **sampling_settings(args)}
+    written = check_claim(args.output, settings, overwrite=args.overwrite, flag="--output")
+    if not args.overwrite:
+        for path in written:  # every line an answered record of ours, before anything is cut
+            read_written(path, repair=False, fields=ANSWERED_FIELDS)
+    return Plan(records, settings, tokenizer, endpoint)
+
+
+def answered(record: Record, answer: str, settings: dict[str, Any]) -> Record:
+    return {**record, ANSWER_FIELD: answer, SOURCE_FIELD: settings}
+
+
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, record: Record) -> list[int]:
+    """The record's conversation in the model's own chat template, ready for its reply."""
+    text = tokenizer.apply_chat_template(turns(record), add_generation_prompt=True, tokenize=False)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def answer_locally(
+    args: argparse.Namespace, plan: Plan, pending: list[Record], output: Path, ranks: Ranks
+) -> None:
+    """Generate the answers of ``pending`` in batches and append them to ``output``."""
+    tokenizer = plan.tokenizer
+    model = load_model(args, len(tokenizer), ranks.local_rank)
+    set_seed(args.seed)
+    options = GenerationOptions.from_args(args)
+    stops = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+
+    def lines_of(batch: list[Record]) -> list[Record]:
+        prompts = [prompt_ids(tokenizer, record) for record in batch]
+        answers = generate(model, tokenizer, prompts, options, stops)
+        return [answered(r, a, plan.settings) for r, a in zip(batch, answers, strict=True)]
+
+    append_in_batches(output, pending, args.batch_size, lines_of, desc="answer", ranks=ranks)
+
+
+def chat_params(args: argparse.Namespace) -> dict[str, Any]:
+    """The request's sampling fields: greedy (temperature 0) unless ``--do_sample``."""
+    params: dict[str, Any] = {"max_tokens": args.max_new_tokens}
+    if not args.do_sample:
+        return {**params, "temperature": 0}
+    given = {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k}
+    return {**params, "seed": args.seed, **{k: v for k, v in given.items() if v is not None}}
+
+
+def answer_by_endpoint(
+    args: argparse.Namespace, plan: Plan, pending: list[Record], output: Path
+) -> None:
+    """Ask the endpoint for the answers of ``pending``, appending each as it arrives.
+
+    Records that got no reply after every retry are not written, so that the next run asks
+    for them again; the run then fails naming how many.
+    """
+    endpoint, params = plan.endpoint, chat_params(args)
+
+    async def ask(client: httpx.AsyncClient, record: Record) -> Record:
+        reply = await endpoint.chat(client, turns(record), **params)
+        return answered(record, reply.text, plan.settings)
+
+    with open(output, "a", encoding="utf-8") as handle:
+        unanswered = run_requests(
+            endpoint,
+            pending,
+            ask,
+            lambda _record, line: append_durably(handle, [line]),
+            concurrency=args.upstream_concurrency,
+        )
+    if unanswered:
+        first = unanswered[0][1]
+        raise RunFailure(
+            f"{output}: {len(unanswered)} records got no answer (first: {first}); run the "
+            "same command again to ask for them"
+        )
+
+
+def by_prompt_length(records: list[Record], plan: Plan) -> list[Record]:
+    # Longest prompts first: neighbours of similar length waste little compute on padding.
+    if plan.tokenizer is None:
+        return records
+    lengths = [len(prompt_ids(plan.tokenizer, record)) for record in records]
+    order = sorted(range(len(records)), key=lambda i: lengths[i], reverse=True)
+    return [records[i] for i in order]
+
+
+def run(args: argparse.Namespace, plan: Plan) -> int:
+    output = Path(args.output)
+
+    def write_share(mine: list[Record], shard: Path, ranks: Ranks) -> None:
+        if plan.endpoint is None:
+            answer_locally(args, plan, mine, shard, ranks)
+        else:
+            answer_by_endpoint(args, plan, mine, shard)
+
+    result = run_over_ranks(
+        output,
+        plan.records,
+        plan.settings,
+        overwrite=args.overwrite,
+        verb="answered",
+        order=lambda pending: by_prompt_length(pending, plan),
+        write_share=write_share,
+    )
+    if result is not None:
+        final, new = result
+        print(f"{output}: {len(final)} answered records ({new} new)")
+    return 0
