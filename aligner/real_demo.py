@@ -27,7 +27,7 @@ from typing import Any
 
 from aligner.demo import report
 
-TRAIN_SIZE = 64
+TRAIN_SIZE = 192
 HELDOUT_SIZE = 64
 TRAIN_SEED = 0
 HELDOUT_SEED = 1
