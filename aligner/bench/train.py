@@ -2,9 +2,11 @@
 
 Usage:
     python -m aligner.bench.train [--records 64] [--quick] [--skip_memory]
+        [--model FOLDER|real] [--modes "aligner padded,trl padded"]
     bash scripts/bench-train.sh [same flags]
 
-Every mode trains the same tiny random Llama (hidden 256, 4 layers, the 32k Llama vocabulary)
+Every mode trains the same tiny random Llama (hidden 256, 4 layers, the 32k Llama vocabulary),
+or the pretrained model of ``--model`` (``real``: SmolLM2-135M-Instruct, aligner.real_model),
 for one epoch over the same synthetic correction records (median ~400 tokens, long tail),
 tokenized once by the project's pipeline, in fp32 with AdamW, micro-batches of 4 samples (or a
 4 x max_length token budget when packing) and 2 accumulation steps, one process each:
@@ -16,6 +18,8 @@ tokenized once by the project's pipeline, in fp32 with AdamW, micro-batches of 4
                        batches, full-vocabulary logits and the model's own cross-entropy
     trl padded/packed  TRL's SFTTrainer on the same tokenized samples (labels mask the prompt),
                        when trl is installed
+
+``--modes`` runs only the modes named (comma-separated, as above).
 
 "real tokens" are the non-pad tokens a step processes; "target tokens" are those in the loss
 (the correction and its EOS); "padding" is pad positions / all positions. Rates skip the first
@@ -38,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from aligner.bench.processes import REPO_ROOT, offline_env, run_logged
+from aligner.errors import CommandParser, UserError, run_command
 
 MICRO_BATCH = 4
 ACCUMULATION = 2
@@ -45,6 +50,15 @@ SEED = 0
 LEARNING_RATE = 1e-4
 MODEL_SHAPE = {"hidden_size": 256, "num_layers": 4, "num_heads": 4, "intermediate_size": 688}
 RESULT_PREFIX = "BENCH_RESULT "
+MODES = (
+    "aligner padded",
+    "aligner grouped",
+    "aligner packed",
+    "naive padded",
+    "trl padded",
+    "trl packed",
+)
+REAL_MODEL = "real"
 
 
 @dataclass
@@ -101,12 +115,12 @@ class StepLog:
 # ---- the modes that run inside a child process ---------------------------------------------
 
 
-def _tokenized(work: Path, max_length: int, records: str = "records.jsonl"):
+def _tokenized(work: Path, model: Path, max_length: int, records: str = "records.jsonl"):
     from aligner.datasets.pipeline import build_dataset
     from aligner.prompts import get_template
     from aligner.tokenizer import load_tokenizer
 
-    tokenizer = load_tokenizer(str(work / "model"))
+    tokenizer = load_tokenizer(str(model))
     dataset, _ = build_dataset(
         [str(work / records)],
         tokenizer,
@@ -117,16 +131,18 @@ def _tokenized(work: Path, max_length: int, records: str = "records.jsonl"):
     return tokenizer, dataset
 
 
-def run_naive(work: Path, max_length: int) -> Measured:
+def run_naive(work: Path, model_dir: Path, max_length: int) -> Measured:
     """The original toolkit's loop: random right-padded batches, full logits, mean CE."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from aligner.datasets.collate import PaddingCollator
 
-    tokenizer, dataset = _tokenized(work, max_length)
+    tokenizer, dataset = _tokenized(work, model_dir, max_length)
     torch.manual_seed(SEED)
-    model = AutoModelForCausalLM.from_pretrained(work / "model", attn_implementation="sdpa").train()
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, attn_implementation="sdpa", dtype=torch.float32
+    ).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, betas=(0.9, 0.95))
     collate = PaddingCollator(tokenizer.pad_token_id)
     order = torch.randperm(len(dataset)).tolist()
@@ -146,13 +162,14 @@ def run_naive(work: Path, max_length: int) -> Measured:
     return log.measured("naive padded")
 
 
-def run_trl(work: Path, max_length: int, packing: bool) -> Measured:
+def run_trl(work: Path, model_dir: Path, max_length: int, packing: bool) -> Measured:
     """TRL's SFTTrainer on the same tokenized samples; packed rows are padding-free (BFD)."""
     import datasets
+    import torch
     from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    tokenizer, dataset = _tokenized(work, max_length)
+    tokenizer, dataset = _tokenized(work, model_dir, max_length)
     log = StepLog()
 
     class CountingSFTTrainer(SFTTrainer):
@@ -179,7 +196,7 @@ def run_trl(work: Path, max_length: int, packing: bool) -> Measured:
         max_length=max_length,  # packed: rows of max_length, 4 per micro-batch, flattened
         packing=packing,
         activation_checkpointing=False,  # SFTConfig turns it on by default; the others run without
-        bf16=False,
+        bf16=False,  # fp32 like the others, whatever the model's config says
         logging_steps=10**6,
         save_strategy="no",
         report_to="none",
@@ -187,7 +204,9 @@ def run_trl(work: Path, max_length: int, packing: bool) -> Measured:
         seed=SEED,
         dataloader_num_workers=0,
     )
-    model = AutoModelForCausalLM.from_pretrained(work / "model", attn_implementation="sdpa")
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, attn_implementation="sdpa", dtype=torch.float32
+    )
     trainer = CountingSFTTrainer(
         model=model,
         args=config,
@@ -210,9 +229,11 @@ def _run(command: list[str], env: dict[str, str], log: Path) -> str:
     return log.read_text()
 
 
-def _trainer_command(work: Path, output_dir: Path, max_length: int, *flags: str) -> list[str]:
+def _trainer_command(
+    work: Path, model: Path, output_dir: Path, max_length: int, *flags: str
+) -> list[str]:
     return [
-        *("--model_name_or_path", str(work / "model")),
+        *("--model_name_or_path", str(model)),
         *("--train_datasets", str(work / "records.jsonl")),
         *("--output_dir", str(output_dir), "--overwrite"),
         *("--data_cache_dir", str(work / "cache")),
@@ -225,13 +246,15 @@ def _trainer_command(work: Path, output_dir: Path, max_length: int, *flags: str)
     ]
 
 
-def run_aligner(work: Path, mode: str, max_length: int, threads: int, *flags: str) -> Measured:
+def run_aligner(
+    work: Path, model: Path, mode: str, max_length: int, threads: int, *flags: str
+) -> Measured:
     """The trainer in one process under ZeRO-0; the counts come from its metrics file."""
     from aligner.training.tracking import read_metrics
 
     output_dir = work / mode.replace(" ", "-")
     command = [sys.executable, "-m", "aligner.commands.train"]
-    command += _trainer_command(work, output_dir, max_length, "--zero_stage", "0", *flags)
+    command += _trainer_command(work, model, output_dir, max_length, "--zero_stage", "0", *flags)
     _run(command, offline_env(threads), work / f"{output_dir.name}.log")
     rows = [row for row in read_metrics(output_dir / "metrics.jsonl") if "train_loss" in row]
     if len(rows) < 2:
@@ -251,21 +274,21 @@ def run_aligner(work: Path, mode: str, max_length: int, threads: int, *flags: st
     )
 
 
-def run_child(work: Path, mode: str, max_length: int, threads: int) -> Measured:
+def run_child(work: Path, model: Path, mode: str, max_length: int, threads: int) -> Measured:
     command = [sys.executable, "-m", "aligner.bench.train", "--child", mode, "--work", str(work)]
-    command += ["--max_length", str(max_length)]
-    output = _run(command, offline_env(threads), work / f"{mode}.log")
+    command += ["--model", str(model), "--max_length", str(max_length)]
+    output = _run(command, offline_env(threads), work / f"{mode.replace(' ', '-')}.log")
     line = next(line for line in output.splitlines() if line.startswith(RESULT_PREFIX))
     return Measured(**json.loads(line.removeprefix(RESULT_PREFIX)))
 
 
-def peak_memory(work: Path, stage: int, max_length: int) -> list[float]:
+def peak_memory(work: Path, model: Path, stage: int, max_length: int) -> list[float]:
     """Peak resident memory (MiB) of each of 2 CPU ranks running the trainer for 3 steps."""
     from aligner.training.tracking import read_metrics
 
     output_dir = work / f"zero{stage}-2ranks"
     command = ["bash", str(REPO_ROOT / "scripts" / "sft-correction.sh"), "--num_gpus", "2"]
-    command += _trainer_command(work, output_dir, max_length, "--zero_stage", str(stage))
+    command += _trainer_command(work, model, output_dir, max_length, "--zero_stage", str(stage))
     command += ["--max_steps", "3", "--per_device_train_batch_size", "2"]
     env = offline_env(1) | {"PYTHON": sys.executable}
     _run(command, env, work / f"{output_dir.name}.log")
@@ -304,16 +327,16 @@ def plan_padding(lengths: list[int], world_size: int = 2) -> dict[str, float]:
     return shares
 
 
-def print_table(results: list[Measured], lengths: list[int]) -> None:
+def print_table(results: list[Measured], lengths: list[int], model: str) -> None:
     import numpy as np
 
     print(
-        f"\n{len(lengths)} records, tokens per sample: median {np.median(lengths):.0f}, "
+        f"\n{model}, {len(lengths)} records, tokens per sample: median {np.median(lengths):.0f}, "
         f"p90 {np.percentile(lengths, 90):.0f}, max {max(lengths)}"
     )
     trl = [r for r in results if r.mode.startswith("trl")]
     reference = max(trl, key=lambda r: r.target_per_s) if trl else None
-    naive = next(r for r in results if r.mode.startswith("naive"))
+    naive = next((r for r in results if r.mode.startswith("naive")), None)
     versus = f"x {reference.mode}" if reference else "x trl (n/a)"
     header = (
         f"{'mode':<16} {'steps':>5} {'real tok/s':>10} {'target tok/s':>12} "
@@ -323,9 +346,10 @@ def print_table(results: list[Measured], lengths: list[int]) -> None:
     print("-" * len(header))
     for r in results:
         ratio = f"{r.target_per_s / reference.target_per_s:.2f}" if reference else "-"
+        to_naive = f"{r.target_per_s / naive.target_per_s:.2f}" if naive else "-"
         print(
             f"{r.mode:<16} {r.steps:>5} {r.real_per_s:>10,.0f} {r.target_per_s:>12,.0f} "
-            f"{r.padding_share:>8.1%} {r.target_per_s / naive.target_per_s:>8.2f} {ratio:>14}"
+            f"{r.padding_share:>8.1%} {to_naive:>8} {ratio:>14}"
         )
     print(
         "real tok/s: non-pad tokens processed per second; target tok/s: loss-bearing tokens "
@@ -333,14 +357,122 @@ def print_table(results: list[Measured], lengths: list[int]) -> None:
     )
 
 
+def parse_modes(text: str) -> list[str]:
+    """``--modes``: comma-separated mode names, each once, in the order given."""
+    modes = [" ".join(part.split()) for part in text.split(",") if part.strip()]
+    for mode in modes:
+        if mode not in MODES:
+            raise UserError(f"--modes: unknown mode {mode!r}; choose from {', '.join(MODES)}")
+    if not modes or len(set(modes)) < len(modes):
+        raise UserError("--modes: name each mode once, separated by commas")
+    return modes
+
+
+def check_options(args: argparse.Namespace) -> argparse.Namespace:
+    """Resolve ``--modes`` and ``--model`` before any work; a bad one is a ``UserError``."""
+    trl_installed = importlib.util.find_spec("trl") is not None
+    if args.modes is None:
+        args.trl_missing = not args.skip_trl and not trl_installed
+        skip = args.skip_trl or not trl_installed
+        args.modes = [m for m in MODES if not (skip and m.startswith("trl"))]
+    else:
+        args.modes = parse_modes(args.modes)
+        args.trl_missing = False
+        asked_trl = any(m.startswith("trl") for m in args.modes)
+        if asked_trl and args.skip_trl:
+            raise UserError("--modes names a trl mode and --skip_trl leaves TRL out; drop one")
+        if asked_trl and not trl_installed:
+            raise UserError("--modes: trl is not installed (pip install 'aligner[bench]' or trl)")
+    args.build_model = args.model == REAL_MODEL  # built at the start of the run when missing
+    if args.build_model:
+        from aligner.real_model import model_folder
+
+        args.model = model_folder()
+    elif args.model is not None:
+        args.model = Path(args.model)
+        if not (args.model / "config.json").is_file():
+            raise UserError(
+                f"--model {args.model}: no config.json there; give a Hugging Face model folder "
+                f"or '{REAL_MODEL}'"
+            )
+    return args
+
+
+def run_benchmark(args: argparse.Namespace) -> int:
+    from aligner.bench.synthetic import synthetic_records
+    from aligner.real_model import ensure_model
+    from aligner.tiny import write_tiny_llama
+
+    if args.quick:
+        args.records, args.max_length = 32, 256
+    with tempfile.TemporaryDirectory(prefix="aligner-bench-") as scratch:
+        work = Path(args.work or scratch)
+        work.mkdir(parents=True, exist_ok=True)
+        if args.model is None:
+            model = work / "model"
+            write_tiny_llama(model, **MODEL_SHAPE)
+            described = "tiny random Llama (hidden {hidden_size}, {num_layers} layers)".format(
+                **MODEL_SHAPE
+            )
+        else:
+            model = ensure_model(args.model) if args.build_model else args.model
+            described = model.name
+        records = synthetic_records(args.records, seed=SEED)
+        (work / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        _, dataset = _tokenized(work, model, args.max_length)
+        common = (args.max_length, args.threads)
+        aligner_flags = {"padded": (), "grouped": ("--group_by_length",), "packed": ("--packing",)}
+        results = []
+        for mode in args.modes:
+            family, layout = mode.split()
+            if family == "aligner":
+                results.append(run_aligner(work, model, mode, *common, *aligner_flags[layout]))
+            else:
+                results.append(run_child(work, model, mode, *common))
+            print(f"measured {results[-1].mode}", flush=True)
+        print_table(results, dataset["length"], described)
+        if args.trl_missing:
+            print("TRL's SFTTrainer: not measured (pip install 'aligner[bench]' or trl)")
+        if args.plan_records:
+            records = synthetic_records(args.plan_records, seed=SEED + 1)
+            (work / "plan.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+            _, planned = _tokenized(work, model, args.max_length, "plan.jsonl")
+            shares = plan_padding(planned["length"])
+            print(
+                f"\npadding share of one epoch over {len(planned)} records, 2 ranks x 8 "
+                "micro-batches of 4 (the trainer's layout, no training): "
+                + ", ".join(f"{name} {share:.1%}" for name, share in shares.items())
+            )
+        if not args.skip_memory:
+            print("\npeak resident memory per rank, 2 CPU ranks, 3 steps of the trainer:")
+            for stage in (0, 3):
+                ranks = peak_memory(work, model, stage, args.max_length)
+                print(
+                    f"  ZeRO-{stage}: "
+                    + ", ".join(f"rank {i} {m:,.0f} MiB" for i, m in enumerate(ranks))
+                )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = CommandParser(prog="bench-train", description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=64)
     parser.add_argument("--max_length", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run (32 records)")
     parser.add_argument("--skip_trl", action="store_true", help="leave out TRL's SFTTrainer")
     parser.add_argument("--skip_memory", action="store_true", help="leave out the 2-rank runs")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="a pretrained Hugging Face model folder to train instead of the tiny random Llama; "
+        f"'{REAL_MODEL}': SmolLM2-135M-Instruct, built once into the model cache",
+    )
+    parser.add_argument(
+        "--modes",
+        default=None,
+        help=f"comma-separated modes to run (default: all): {', '.join(MODES)}",
+    )
     parser.add_argument(
         "--plan_records",
         type=int,
@@ -352,62 +484,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.child:
-        work = Path(args.work)
-        if args.child == "naive":
-            result = run_naive(work, args.max_length)
+        work, model = Path(args.work), Path(args.model)
+        if args.child == "naive padded":
+            result = run_naive(work, model, args.max_length)
         else:
-            result = run_trl(work, args.max_length, packing=args.child == "trl-packed")
+            result = run_trl(work, model, args.max_length, packing=args.child == "trl packed")
         print(RESULT_PREFIX + json.dumps(asdict(result)), flush=True)
         return 0
-
-    if args.quick:
-        args.records, args.max_length = 32, 256
-    from aligner.bench.synthetic import synthetic_records
-    from aligner.tiny import write_tiny_llama
-
-    with tempfile.TemporaryDirectory(prefix="aligner-bench-") as scratch:
-        work = Path(args.work or scratch)
-        work.mkdir(parents=True, exist_ok=True)
-        write_tiny_llama(work / "model", **MODEL_SHAPE)
-        records = synthetic_records(args.records, seed=SEED)
-        (work / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-        _, dataset = _tokenized(work, args.max_length)
-        common = (args.max_length, args.threads)
-        modes = [
-            lambda: run_aligner(work, "aligner padded", *common),
-            lambda: run_aligner(work, "aligner grouped", *common, "--group_by_length"),
-            lambda: run_aligner(work, "aligner packed", *common, "--packing"),
-            lambda: run_child(work, "naive", *common),
-        ]
-        trl_installed = importlib.util.find_spec("trl") is not None
-        if not args.skip_trl and trl_installed:
-            modes += [lambda m=m: run_child(work, m, *common) for m in ("trl-padded", "trl-packed")]
-        results = []
-        for run in modes:
-            results.append(run())
-            print(f"measured {results[-1].mode}", flush=True)
-        print_table(results, dataset["length"])
-        if not args.skip_trl and not trl_installed:
-            print("TRL's SFTTrainer: not measured (pip install 'aligner[bench]' or trl)")
-        if args.plan_records:
-            records = synthetic_records(args.plan_records, seed=SEED + 1)
-            (work / "plan.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-            _, planned = _tokenized(work, args.max_length, "plan.jsonl")
-            shares = plan_padding(planned["length"])
-            print(
-                f"\npadding share of one epoch over {len(planned)} records, 2 ranks x 8 "
-                "micro-batches of 4 (the trainer's layout, no training): "
-                + ", ".join(f"{name} {share:.1%}" for name, share in shares.items())
-            )
-        if not args.skip_memory:
-            print("\npeak resident memory per rank, 2 CPU ranks, 3 steps of the trainer:")
-            for stage in (0, 3):
-                ranks = peak_memory(work, stage, args.max_length)
-                print(
-                    f"  ZeRO-{stage}: "
-                    + ", ".join(f"rank {i} {m:,.0f} MiB" for i, m in enumerate(ranks))
-                )
-    return 0
+    return run_command("bench-train", lambda: check_options(args), run_benchmark)
 
 
 if __name__ == "__main__":
