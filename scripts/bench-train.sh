@@ -19,4 +19,4 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-exec "${PYTHON:-python3}" -m aligner.bench.train "$@"
+exec "${PYTHON:-python3}" -m benchmarks.train "$@"

@@ -67,4 +67,4 @@ import importlib.util, sys
 missing = [m for m in ("deepspeed", "datasets", "mistral_common") if not importlib.util.find_spec(m)]
 sys.exit(f"gpu-check.sh: {', '.join(missing)} not installed" if missing else 0)
 EOF
-exec "${PYTHON}" -m aligner.bench.gpu_check ${ARGS[@]+"${ARGS[@]}"}
+exec "${PYTHON}" -m benchmarks.gpu_check ${ARGS[@]+"${ARGS[@]}"}

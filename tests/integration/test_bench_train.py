@@ -13,7 +13,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.mark.timeout(600)
 def test_quick_benchmark_prints_a_row_per_mode(tmp_path) -> None:
-    command = [sys.executable, "-m", "aligner.bench.train", "--quick", "--skip_trl"]
+    command = [sys.executable, "-m", "benchmarks.train", "--quick", "--skip_trl"]
     command += ["--skip_memory", "--work", str(tmp_path / "bench")]
     run = run_command(command, clean_env(tmp_path), tmp_path, timeout=540)
     assert run.returncode == 0, run.output[-3000:]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from aligner.bench import data
+from benchmarks import data
 
 
 def test_the_benchmark_times_the_pipeline_and_the_naive_loop(

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from aligner.bench import gpu_check
-from aligner.bench.assets import parameter_counts, write_bench_model
-from aligner.bench.processes import offline_env, run_logged
-from aligner.bench.report import render_markdown
-from aligner.bench.train_figures import ModelCounts, step_flops, train_figures
+from benchmarks import gpu_check
+from benchmarks.assets import parameter_counts, write_bench_model
+from benchmarks.processes import offline_env, run_logged
+from benchmarks.report import render_markdown
+from benchmarks.train_figures import ModelCounts, step_flops, train_figures
 
 COUNTS = ModelCounts(
     parameters=1000, embedding=100, lm_head=100, tied=False, layers=2, hidden_size=8

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from aligner.bench import train
+from benchmarks import train
 
 
 def test_modes_are_parsed_in_the_order_given() -> None:

@@ -12,6 +12,8 @@ import pytest
 from aligner import cli
 from aligner.errors import one_line
 
+from ..conftest import REPO_ROOT
+
 
 @pytest.mark.parametrize(
     ("argv", "required"),
@@ -57,17 +59,23 @@ PACKAGE = Path(cli.__file__).parent
 ENTRY_POINTS = [
     "aligner",  # aligner/__main__.py
     *sorted(
-        ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
-        for path in PACKAGE.rglob("*.py")
+        ".".join(path.relative_to(folder.parent).with_suffix("").parts)
+        for folder in (PACKAGE, REPO_ROOT / "benchmarks")
+        for path in folder.rglob("*.py")
         if 'if __name__ == "__main__":' in path.read_text(encoding="utf-8")
     ),
 ]
 
 
 def test_the_entry_points_include_every_command_and_tool() -> None:
-    assert {"aligner.cli", "aligner.tiny", "aligner.demo", "aligner.commands.train"} <= set(
-        ENTRY_POINTS
-    )
+    assert {
+        "aligner.cli",
+        "aligner.tiny",
+        "aligner.demo",
+        "aligner.commands.train",
+        "benchmarks.train",
+        "benchmarks.gpu_check",
+    } <= set(ENTRY_POINTS)
 
 
 @pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")

@@ -1,10 +1,10 @@
 """Benchmark: reward-model scoring throughput (records/s) of a tiny random reward model.
 
 Usage:
-    python -m aligner.bench.score [--records 128] [--batch_sizes 1 8 32]
+    python -m benchmarks.score [--records 128] [--batch_sizes 1 8 32]
 
 Each record is a synthetic (question, answer, correction) of realistic length (see
-``aligner.bench.synthetic``); scoring it renders, tokenizes and scores both (question, answer)
+``benchmarks.synthetic``); scoring it renders, tokenizes and scores both (question, answer)
 and (question, correction), exactly as ``aligner eval --reward_model`` does, longest first.
 """
 
@@ -15,11 +15,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from aligner.bench.synthetic import synthetic_records
 from aligner.inference.pairs import read_pairs
 from aligner.inference.reward import load_reward_model
 from aligner.inference.scoring import score_chunk
 from aligner.tiny import write_tiny_reward_model
+from benchmarks.synthetic import synthetic_records
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,7 @@ one leaves the others' numbers:
 Results in the output folder: gpu-check.json (a list of rows, each with its ``name``),
 gpu-check.md (the same as tables), gpu-check.log (every part's output) and metrics.jsonl (the
 training runs' own metrics rows, each tagged with its row's name). See
-``aligner.bench.train_figures`` for the FLOP count behind MFU and ``aligner.bench.correct_speed``
+``benchmarks.train_figures`` for the FLOP count behind MFU and ``benchmarks.correct_speed``
 for how generation is timed.
 """
 
@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aligner.bench.processes import REPO_ROOT, Finished, offline_env, run_logged
+from benchmarks.processes import REPO_ROOT, Finished, offline_env, run_logged
 
 TINYLLAMA_1B = {
     "hidden_size": 2048,
@@ -162,7 +162,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
 def prepare(work: Path, settings: Settings, on_gpu: bool) -> None:
     import torch
 
-    from aligner.bench.assets import write_bench_model, write_records
+    from benchmarks.assets import write_bench_model, write_records
 
     if on_gpu and not torch.cuda.is_available():
         raise SystemExit("gpu-check: no CUDA device (--cpu_smoke checks the check on CPU)")
@@ -197,7 +197,7 @@ def package_versions() -> dict[str, str | None]:
 
 
 def correct(work: Path, settings: Settings) -> None:
-    from aligner.bench.correct_speed import measure
+    from benchmarks.correct_speed import measure
 
     lines = (work / "records.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
@@ -243,13 +243,13 @@ class Check:
             print(f"gpu-check: {message}", flush=True)
 
     def self_command(self, part: str) -> list[str]:
-        command = [sys.executable, "-m", "aligner.bench.gpu_check", "--part", part]
+        command = [sys.executable, "-m", "benchmarks.gpu_check", "--part", part]
         command += ["--work", str(self.work)]
         return command + (["--cpu_smoke"] if self.args.cpu_smoke else [])
 
     def add(self, *rows: dict[str, Any]) -> None:
         """Keep ``rows`` (in the parts' order, however they finished) and rewrite the report."""
-        from aligner.bench.report import write_report
+        from benchmarks.report import write_report
 
         order = [name for part in PART_NAMES for name in row_names(self, part)]
         with self.lock:
@@ -278,7 +278,7 @@ class Check:
 
     @property
     def peak_tflops(self) -> float:
-        from aligner.bench.train_figures import PEAK_BF16_TFLOPS
+        from benchmarks.train_figures import PEAK_BF16_TFLOPS
 
         return self.args.peak_tflops or PEAK_BF16_TFLOPS
 
@@ -319,8 +319,8 @@ def train_argv(check: Check, name: str) -> list[str]:
 
 def train_row(check: Check, name: str, timeout_s: float) -> dict[str, Any]:
     """One `aligner train` run and its figures; its output folder is removed afterwards."""
-    from aligner.bench.train_figures import ModelCounts, planned_batches, train_figures
     from aligner.training.tracking import read_metrics
+    from benchmarks.train_figures import ModelCounts, planned_batches, train_figures
 
     argv = train_argv(check, name)
     ranks = check.args.ranks
@@ -358,7 +358,7 @@ def train_row(check: Check, name: str, timeout_s: float) -> dict[str, Any]:
 
 
 def correct_rows(check: Check, timeout_s: float) -> list[dict[str, Any]]:
-    from aligner.bench.correct_speed import RESULT_PREFIX
+    from benchmarks.correct_speed import RESULT_PREFIX
 
     finished = check.child("correct", check.self_command("correct"), timeout_s)
     measured = {}

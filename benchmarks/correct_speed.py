@@ -4,7 +4,7 @@ Each measurement calls the command itself (``aligner.commands.correct.main``, gr
 this process: on one batch of records, then on three. Both calls pay the same model load and
 set-up, so the two extra batches' generated tokens over the difference in wall time is the
 generation rate, output writing included. With the benchmark model's EOS muted (see
-``aligner.bench.assets.mute_token``) every correction is exactly ``max_new_tokens`` long. A
+``benchmarks.assets.mute_token``) every correction is exactly ``max_new_tokens`` long. A
 first call warms the process up (the CUDA context, the kernels, the weights in the page cache).
 """
 

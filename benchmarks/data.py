@@ -1,7 +1,7 @@
 """Benchmark: tokenize + mask throughput of the data pipeline against a naive per-record loop.
 
 Usage:
-    python -m aligner.bench.data [--records 100000] [--num_proc 1 2] [--templates]
+    python -m benchmarks.data [--records 100000] [--num_proc 1 2] [--templates]
 
 Synthetic correction records of realistic length (median about 400 tokens per sample, a long
 tail to 2k) are written to a temporary JSONL file. The pipeline (load, validate, one batched
@@ -41,7 +41,7 @@ def naive_loop(records, tokenizer, template, max_length: int) -> None:
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m aligner.bench.data", description=__doc__.splitlines()[0]
+        prog="python -m benchmarks.data", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--num_proc", type=int, nargs="+", default=[1, 2])
@@ -63,11 +63,11 @@ def timed(run: Callable[[], object]) -> tuple[float, object]:
 def measure(args: argparse.Namespace, work: Path) -> tuple[dict, dict, np.ndarray]:
     """Seconds of each pipeline mode and of the naive loop, of each template's rendering (with
     ``--templates``), and the tokens per sample."""
-    from aligner.bench.synthetic import synthetic_records
     from aligner.datasets.pipeline import build_dataset
     from aligner.prompts import get_template
     from aligner.tiny import write_llama_tokenizer, write_tekken_tokenizer
     from aligner.tokenizer import load_tokenizer
+    from benchmarks.synthetic import synthetic_records
 
     tokenizer = load_tokenizer(str(write_llama_tokenizer(work / "tokenizer")))
     template = get_template()

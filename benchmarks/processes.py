@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 KILL_GRACE_S = 10.0
 """How long a timed-out part may take to exit after SIGTERM before its processes are killed."""
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from aligner.bench.synthetic import synthetic_records
+from benchmarks.synthetic import synthetic_records
 
 COUNTS_FILE = "parameter_counts.json"
 

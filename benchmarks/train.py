@@ -1,7 +1,7 @@
 """Training throughput benchmark: this project's layouts against a naive loop and TRL's SFTTrainer.
 
 Usage:
-    python -m aligner.bench.train [--records 64] [--quick] [--skip_memory]
+    python -m benchmarks.train [--records 64] [--quick] [--skip_memory]
         [--model FOLDER|real] [--modes "aligner padded,trl padded"]
     bash scripts/bench-train.sh [same flags]
 
@@ -41,8 +41,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from aligner.bench.processes import REPO_ROOT, offline_env, run_logged
 from aligner.errors import CommandParser, UserError, run_command
+from benchmarks.processes import REPO_ROOT, offline_env, run_logged
 
 MICRO_BATCH = 4
 ACCUMULATION = 2
@@ -275,7 +275,7 @@ def run_aligner(
 
 
 def run_child(work: Path, model: Path, mode: str, max_length: int, threads: int) -> Measured:
-    command = [sys.executable, "-m", "aligner.bench.train", "--child", mode, "--work", str(work)]
+    command = [sys.executable, "-m", "benchmarks.train", "--child", mode, "--work", str(work)]
     command += ["--model", str(model), "--max_length", str(max_length)]
     output = _run(command, offline_env(threads), work / f"{mode.replace(' ', '-')}.log")
     line = next(line for line in output.splitlines() if line.startswith(RESULT_PREFIX))
@@ -399,9 +399,9 @@ def check_options(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def run_benchmark(args: argparse.Namespace) -> int:
-    from aligner.bench.synthetic import synthetic_records
     from aligner.real_model import ensure_model
     from aligner.tiny import write_tiny_llama
+    from benchmarks.synthetic import synthetic_records
 
     if args.quick:
         args.records, args.max_length = 32, 256
