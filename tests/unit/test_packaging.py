@@ -1,4 +1,5 @@
-"""Packaging: the conda recipe matches pyproject.toml, and the data side never loads DeepSpeed."""
+"""Packaging: the conda recipe matches pyproject.toml, the wheel holds the package alone, and the
+data side never loads DeepSpeed."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import sys
 
 import pytest
 import yaml
+from setuptools.config.pyprojecttoml import apply_configuration
+from setuptools.dist import Distribution
 
 from ..conftest import REPO_ROOT
 
@@ -21,6 +24,14 @@ def test_conda_recipe_lists_the_same_dependencies_as_pyproject() -> None:
         d for d in recipe["dependencies"] if isinstance(d, str) and d.startswith("python")
     )
     assert project["requires-python"] == ">=3.10" and python.split("=")[-1] >= "3.10"
+
+
+def test_the_wheel_holds_the_package_and_not_the_benchmarks() -> None:
+    # The packages setuptools puts in the wheel, found as `pip install .` finds them.
+    packages = set(apply_configuration(Distribution(), REPO_ROOT / "pyproject.toml").packages)
+    assert {"aligner", "aligner.commands", "aligner.training"} <= packages
+    assert {name.split(".")[0] for name in packages} == {"aligner"}  # no benchmarks, no tests
+    assert "aligner.bench" not in packages
 
 
 def test_data_pipeline_imports_without_deepspeed() -> None:
