@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoTokenizer, LlamaForCausalLM
 
+from aligner.tiny import tiny_llama_config, write_llama_tokenizer
 from benchmarks.synthetic import synthetic_records
 
 COUNTS_FILE = "parameter_counts.json"
@@ -45,10 +47,6 @@ def write_bench_model(
 ) -> dict[str, Any]:
     """Write a random-init Llama of ``shape`` with the 32k Llama tokenizer and EOS muted;
     returns its parameter counts (also saved as ``COUNTS_FILE``)."""
-    from transformers import AutoTokenizer, LlamaForCausalLM
-
-    from aligner.tiny import tiny_llama_config, write_llama_tokenizer
-
     write_llama_tokenizer(directory)
     tokenizer = AutoTokenizer.from_pretrained(directory)
     config = tiny_llama_config(tokenizer, **shape, tie_word_embeddings=False)

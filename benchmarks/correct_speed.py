@@ -24,6 +24,8 @@ def timed_correct(
     model: Path, records: list[dict[str, Any]], work: Path, batch_size: int, max_new_tokens: int
 ) -> float:
     """Seconds one `aligner correct` call takes to correct ``records``."""
+    # Here, not at the top: the GPU check's parent and its prepare child import this module
+    # for RESULT_PREFIX and need neither torch nor transformers from the command.
     from aligner.commands.correct import main as correct
 
     name = f"b{batch_size}-n{len(records)}-t{max_new_tokens}"

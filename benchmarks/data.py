@@ -22,11 +22,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
+
+from aligner.datasets.pipeline import build_dataset
+from aligner.prompts import get_template
+from aligner.tiny import write_llama_tokenizer, write_tekken_tokenizer
+from aligner.tokenizer import load_tokenizer
+from benchmarks.synthetic import synthetic_records
 
 
 def naive_loop(records, tokenizer, template, max_length: int) -> None:
-    import torch
-
     for record in records:
         prompt = template.render(record["question"], record["answer"])
         text = prompt + record["correction"] + tokenizer.eos_token
@@ -63,12 +68,6 @@ def timed(run: Callable[[], object]) -> tuple[float, object]:
 def measure(args: argparse.Namespace, work: Path) -> tuple[dict, dict, np.ndarray]:
     """Seconds of each pipeline mode and of the naive loop, of each template's rendering (with
     ``--templates``), and the tokens per sample."""
-    from aligner.datasets.pipeline import build_dataset
-    from aligner.prompts import get_template
-    from aligner.tiny import write_llama_tokenizer, write_tekken_tokenizer
-    from aligner.tokenizer import load_tokenizer
-    from benchmarks.synthetic import synthetic_records
-
     tokenizer = load_tokenizer(str(write_llama_tokenizer(work / "tokenizer")))
     template = get_template()
     records = synthetic_records(args.records, args.seed)

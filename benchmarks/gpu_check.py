@@ -35,10 +35,20 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from aligner.training.tracking import read_metrics
+from benchmarks.correct_speed import RESULT_PREFIX, measure
 from benchmarks.processes import REPO_ROOT, Finished, offline_env, run_logged
+from benchmarks.report import write_report
+from benchmarks.train_figures import (
+    PEAK_BF16_TFLOPS,
+    ModelCounts,
+    planned_batches,
+    train_figures,
+)
 
 TINYLLAMA_1B = {
     "hidden_size": 2048,
@@ -160,6 +170,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
 
 
 def prepare(work: Path, settings: Settings, on_gpu: bool) -> None:
+    # torch and the model code load here, in the prepare child: the parent starts it without
+    # waiting for them, and loads what it needs itself meanwhile (import_figure_modules).
     import torch
 
     from benchmarks.assets import write_bench_model, write_records
@@ -184,8 +196,6 @@ def prepare(work: Path, settings: Settings, on_gpu: bool) -> None:
 
 
 def package_versions() -> dict[str, str | None]:
-    from importlib.metadata import PackageNotFoundError, version
-
     names = ("torch", "transformers", "deepspeed", "datasets", "peft", "accelerate", "flash-attn")
     found: dict[str, str | None] = {}
     for name in names:
@@ -197,8 +207,6 @@ def package_versions() -> dict[str, str | None]:
 
 
 def correct(work: Path, settings: Settings) -> None:
-    from benchmarks.correct_speed import measure
-
     lines = (work / "records.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
     measure(
@@ -249,8 +257,6 @@ class Check:
 
     def add(self, *rows: dict[str, Any]) -> None:
         """Keep ``rows`` (in the parts' order, however they finished) and rewrite the report."""
-        from benchmarks.report import write_report
-
         order = [name for part in PART_NAMES for name in row_names(self, part)]
         with self.lock:
             self.rows = sorted([*self.rows, *rows], key=lambda row: order.index(row["name"]))
@@ -278,8 +284,6 @@ class Check:
 
     @property
     def peak_tflops(self) -> float:
-        from benchmarks.train_figures import PEAK_BF16_TFLOPS
-
         return self.args.peak_tflops or PEAK_BF16_TFLOPS
 
 
@@ -319,9 +323,6 @@ def train_argv(check: Check, name: str) -> list[str]:
 
 def train_row(check: Check, name: str, timeout_s: float) -> dict[str, Any]:
     """One `aligner train` run and its figures; its output folder is removed afterwards."""
-    from aligner.training.tracking import read_metrics
-    from benchmarks.train_figures import ModelCounts, planned_batches, train_figures
-
     argv = train_argv(check, name)
     ranks = check.args.ranks
     if ranks == 1:
@@ -358,8 +359,6 @@ def train_row(check: Check, name: str, timeout_s: float) -> dict[str, Any]:
 
 
 def correct_rows(check: Check, timeout_s: float) -> list[dict[str, Any]]:
-    from benchmarks.correct_speed import RESULT_PREFIX
-
     finished = check.child("correct", check.self_command("correct"), timeout_s)
     measured = {}
     for line in finished.log.read_text(errors="replace").splitlines():

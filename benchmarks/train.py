@@ -41,8 +41,24 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import datasets
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM, TrainerCallback
+
+from aligner.constants import IGNORE_INDEX
+from aligner.datasets.collate import PaddingCollator
+from aligner.datasets.pipeline import build_dataset
 from aligner.errors import CommandParser, UserError, run_command
+from aligner.prompts import get_template
+from aligner.real_model import ensure_model, model_folder
+from aligner.tiny import write_tiny_llama
+from aligner.tokenizer import load_tokenizer
+from aligner.training.batching import global_batches
+from aligner.training.layout import BatchLayout
+from aligner.training.tracking import read_metrics
 from benchmarks.processes import REPO_ROOT, offline_env, run_logged
+from benchmarks.synthetic import synthetic_records
 
 MICRO_BATCH = 4
 ACCUMULATION = 2
@@ -93,8 +109,6 @@ class StepLog:
         self.marks: list[tuple[float, list[int]]] = []
 
     def count(self, input_ids, attention_mask, labels) -> None:
-        from aligner.constants import IGNORE_INDEX
-
         positions = input_ids.numel()
         real = int(attention_mask.sum()) if attention_mask is not None else positions
         targets = int((labels[..., 1:] != IGNORE_INDEX).sum())
@@ -116,10 +130,6 @@ class StepLog:
 
 
 def _tokenized(work: Path, model: Path, max_length: int, records: str = "records.jsonl"):
-    from aligner.datasets.pipeline import build_dataset
-    from aligner.prompts import get_template
-    from aligner.tokenizer import load_tokenizer
-
     tokenizer = load_tokenizer(str(model))
     dataset, _ = build_dataset(
         [str(work / records)],
@@ -133,11 +143,6 @@ def _tokenized(work: Path, model: Path, max_length: int, records: str = "records
 
 def run_naive(work: Path, model_dir: Path, max_length: int) -> Measured:
     """The original toolkit's loop: random right-padded batches, full logits, mean CE."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from aligner.datasets.collate import PaddingCollator
-
     tokenizer, dataset = _tokenized(work, model_dir, max_length)
     torch.manual_seed(SEED)
     model = AutoModelForCausalLM.from_pretrained(
@@ -164,9 +169,7 @@ def run_naive(work: Path, model_dir: Path, max_length: int) -> Measured:
 
 def run_trl(work: Path, model_dir: Path, max_length: int, packing: bool) -> Measured:
     """TRL's SFTTrainer on the same tokenized samples; packed rows are padding-free (BFD)."""
-    import datasets
-    import torch
-    from transformers import AutoModelForCausalLM, TrainerCallback
+    # trl is optional (the bench extra): it loads in the TRL modes' child processes alone.
     from trl import SFTConfig, SFTTrainer
 
     tokenizer, dataset = _tokenized(work, model_dir, max_length)
@@ -250,8 +253,6 @@ def run_aligner(
     work: Path, model: Path, mode: str, max_length: int, threads: int, *flags: str
 ) -> Measured:
     """The trainer in one process under ZeRO-0; the counts come from its metrics file."""
-    from aligner.training.tracking import read_metrics
-
     output_dir = work / mode.replace(" ", "-")
     command = [sys.executable, "-m", "aligner.commands.train"]
     command += _trainer_command(work, model, output_dir, max_length, "--zero_stage", "0", *flags)
@@ -284,8 +285,6 @@ def run_child(work: Path, model: Path, mode: str, max_length: int, threads: int)
 
 def peak_memory(work: Path, model: Path, stage: int, max_length: int) -> list[float]:
     """Peak resident memory (MiB) of each of 2 CPU ranks running the trainer for 3 steps."""
-    from aligner.training.tracking import read_metrics
-
     output_dir = work / f"zero{stage}-2ranks"
     command = ["bash", str(REPO_ROOT / "scripts" / "sft-correction.sh"), "--num_gpus", "2"]
     command += _trainer_command(work, model, output_dir, max_length, "--zero_stage", str(stage))
@@ -299,11 +298,6 @@ def peak_memory(work: Path, model: Path, stage: int, max_length: int) -> list[fl
 def plan_padding(lengths: list[int], world_size: int = 2) -> dict[str, float]:
     """Padding share of one epoch's micro-batches as the trainer would lay them out on
     ``world_size`` ranks (micro-batch 4, 8 accumulation steps): a plan, no training."""
-    import numpy as np
-
-    from aligner.training.batching import global_batches
-    from aligner.training.layout import BatchLayout
-
     shares = {}
     for name, flags in {
         "padded": {},
@@ -328,8 +322,6 @@ def plan_padding(lengths: list[int], world_size: int = 2) -> dict[str, float]:
 
 
 def print_table(results: list[Measured], lengths: list[int], model: str) -> None:
-    import numpy as np
-
     print(
         f"\n{model}, {len(lengths)} records, tokens per sample: median {np.median(lengths):.0f}, "
         f"p90 {np.percentile(lengths, 90):.0f}, max {max(lengths)}"
@@ -385,8 +377,6 @@ def check_options(args: argparse.Namespace) -> argparse.Namespace:
             raise UserError("--modes: trl is not installed (pip install 'aligner[bench]' or trl)")
     args.build_model = args.model == REAL_MODEL  # built at the start of the run when missing
     if args.build_model:
-        from aligner.real_model import model_folder
-
         args.model = model_folder()
     elif args.model is not None:
         args.model = Path(args.model)
@@ -399,10 +389,6 @@ def check_options(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def run_benchmark(args: argparse.Namespace) -> int:
-    from aligner.real_model import ensure_model
-    from aligner.tiny import write_tiny_llama
-    from benchmarks.synthetic import synthetic_records
-
     if args.quick:
         args.records, args.max_length = 32, 256
     with tempfile.TemporaryDirectory(prefix="aligner-bench-") as scratch:

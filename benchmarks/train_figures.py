@@ -19,6 +19,11 @@ import statistics
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from aligner.prompts import get_template
+from aligner.training.batching import global_batches
+
 if TYPE_CHECKING:
     from aligner.config import DataArgs
 
@@ -65,8 +70,9 @@ def planned_batches(train_argv: list[str], world_size: int) -> list[list[int]]:
     """The sample lengths of each global batch of the first epoch that ``aligner train`` run
     with ``train_argv`` on ``world_size`` ranks trains, in order (the data order is a pure
     function of the flags, and the tokenized data comes from the run's cache)."""
+    # Here and in sample_lengths, not at the top: these load torch, transformers and datasets,
+    # which the GPU check's parent imports in the background (gpu_check.import_figure_modules).
     from aligner.config import TrainConfig
-    from aligner.training.batching import global_batches
     from aligner.training.layout import BatchLayout
 
     config = TrainConfig.parse(train_argv)
@@ -86,10 +92,7 @@ def sample_lengths(model: str, data: DataArgs) -> tuple[Any, int]:
     batch layout (the GPU check's rows) share one load."""
     key = f"{model}\n{data!r}"
     if key not in _LOADED_LENGTHS:
-        import numpy as np
-
         from aligner.datasets.pipeline import training_sets
-        from aligner.prompts import get_template
         from aligner.tokenizer import load_tokenizer
 
         tokenizer = load_tokenizer(model)
