@@ -28,7 +28,10 @@ from typing import Any
 from aligner.demo import report
 
 TRAIN_SIZE = 192
-HELDOUT_SIZE = 64
+HELDOUT_SIZE = 256
+"""About a third of the upstream's answers are right: 256 questions give about 90 right ones,
+enough to measure the share that comes back unchanged to within a few points (with 64, one
+answer moves it by 5)."""
 TRAIN_SEED = 0
 HELDOUT_SEED = 1
 LIST_LENGTH = 4
