@@ -143,9 +143,9 @@ def score_corrections(
     (copying them is right) and wrong ones (copying them keeps the error); None where a kind
     has no such answers.
     """
-    # Imported here: aligner.inference.correct loads transformers, which the launcher's
+    # Imported here: aligner.inference.correcting loads transformers, which the launcher's
     # look-ups of the demo's file names do not need.
-    from aligner.inference.correct import REFERENCE_FIELD
+    from aligner.inference.correcting import REFERENCE_FIELD
 
     groups: dict[str, list[dict[str, str]]] = {"all": records}
     for record in records:

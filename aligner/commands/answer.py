@@ -25,7 +25,7 @@ from pathlib import Path
 
 from aligner.commands.correct import add_generation_arguments, check_generation_args
 from aligner.errors import CommandParser, run_command
-from aligner.inference.answer import REFERENCE_FIELD, AnswerError, Plan, check, run
+from aligner.inference.answering import REFERENCE_FIELD, AnswerError, Plan, check, run
 from aligner.inference.endpoint import add_endpoint_arguments
 from aligner.options import add_bool
 

@@ -29,9 +29,9 @@ from pathlib import Path
 
 from aligner.config import DataArgs
 from aligner.errors import CommandParser, UserError, run_command
-from aligner.inference.correct import REFERENCE_FIELD, CorrectionError, Plan, check, run
+from aligner.inference.correcting import REFERENCE_FIELD, CorrectionError, Plan, check, run
 from aligner.inference.endpoint import add_endpoint_arguments, endpoint_from_args
-from aligner.inference.loading import add_model_arguments
+from aligner.inference.model_loading import add_model_arguments
 from aligner.inference.preference import FORMATS
 from aligner.options import add_bool, add_options
 

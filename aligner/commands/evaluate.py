@@ -28,10 +28,10 @@ from aligner.datasets.base import DataError
 from aligner.errors import CommandParser, run_command
 from aligner.files import check_writable
 from aligner.inference import judge
-from aligner.inference.correct import REFERENCE_FIELD
+from aligner.inference.correcting import REFERENCE_FIELD
 from aligner.inference.endpoint import add_endpoint_arguments, endpoint_from_args
-from aligner.inference.evaluate import beside, run, scoring_requested
-from aligner.inference.loading import add_model_arguments
+from aligner.inference.model_loading import add_model_arguments
+from aligner.inference.reporting import beside, run, scoring_requested
 from aligner.options import add_bool, add_options
 from aligner.runtime import Ranks
 

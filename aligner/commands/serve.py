@@ -22,14 +22,14 @@ from aligner.commands.correct import add_generation_arguments, check_generation_
 from aligner.config import ArgumentError
 from aligner.datasets.encode import SampleEncoder
 from aligner.errors import CommandParser, run_command
-from aligner.inference.correct import INFERENCE_MAX_LENGTH
+from aligner.inference.correcting import INFERENCE_MAX_LENGTH
 from aligner.inference.endpoint import (
     add_endpoint_arguments,
     api_key_from_env,
     endpoint_from_args,
 )
 from aligner.inference.generate import GenerationOptions
-from aligner.inference.loading import checkpoint_template, load_model
+from aligner.inference.model_loading import checkpoint_template, load_model
 from aligner.inference.remote import remote_aligner
 from aligner.serving.app import Limits, Service, create_app
 from aligner.serving.batcher import LocalAligner

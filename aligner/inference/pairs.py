@@ -13,7 +13,7 @@ from typing import Any
 
 from aligner.datasets.base import DataError
 from aligner.datasets.validation import check_messages
-from aligner.inference.correct import CORRECTION_FIELD
+from aligner.inference.correcting import CORRECTION_FIELD
 from aligner.inference.resumable import id_key, with_ids
 from aligner.prompts import serialize_conversation
 

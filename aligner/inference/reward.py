@@ -26,7 +26,7 @@ from transformers import (
 )
 
 from aligner.errors import UserError
-from aligner.inference.loading import resolve_device, resolve_dtype
+from aligner.inference.model_loading import resolve_device, resolve_dtype
 from aligner.inference.pairs import Context, as_messages
 from aligner.model_files import check_embedding_rows
 

@@ -28,7 +28,7 @@ def score_row(label: str, section: dict[str, Any]) -> str:
 
 
 def summary_table(report: dict[str, Any]) -> str:
-    """The table of a report (see ``aligner.inference.evaluate``)."""
+    """The table of a report (see ``aligner.inference.reporting``)."""
     lines = []
     if "reward" in report or "cost" in report or "judge" in report:
         lines.append(HEADER)

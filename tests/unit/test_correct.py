@@ -13,7 +13,7 @@ import torch
 
 from aligner.commands import correct as correct_command
 from aligner.datasets.encode import Request, SampleEncoder
-from aligner.inference import correct
+from aligner.inference import correcting as correct
 from aligner.inference.generate import GenerationOptions, generate, left_pad
 from aligner.inference.output import OutputError, read_written
 from aligner.inference.preference import write_preferences

@@ -12,7 +12,7 @@ import torch
 
 from aligner.commands import evaluate as eval_command
 from aligner.constants import IGNORE_INDEX
-from aligner.inference import evaluate
+from aligner.inference import reporting as evaluate
 from aligner.prompts import get_template
 from aligner.tokenizer import load_tokenizer
 

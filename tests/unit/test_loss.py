@@ -111,7 +111,9 @@ def test_activation_checkpointing_keeps_the_gradients(tiny_model, family: str) -
 
 
 def test_the_loss_and_evaluation_load_no_deepspeed() -> None:
-    code = "import sys, aligner.loss, aligner.inference.evaluate; print('deepspeed' in sys.modules)"
+    code = (
+        "import sys, aligner.loss, aligner.inference.reporting; print('deepspeed' in sys.modules)"
+    )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
     )

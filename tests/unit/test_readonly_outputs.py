@@ -21,7 +21,7 @@ import contextlib, io, json, sys
 from pathlib import Path
 from aligner.commands.data import main as data_main
 from aligner.commands import correct as correct_cmd
-from aligner.inference import correct
+from aligner.inference import correcting as correct
 from aligner.training.checkpoints import check_output_dir
 
 readonly, checkpoint, data = map(Path, sys.argv[1:4])

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from aligner.datasets.encode import Request, SampleEncoder
 from aligner.inference.generate import GenerationOptions, generate
-from aligner.inference.loading import checkpoint_template
+from aligner.inference.model_loading import checkpoint_template
 from aligner.serving.app import Aligner
 from aligner.serving.batcher import LocalAligner
 from aligner.tokenizer import load_tokenizer

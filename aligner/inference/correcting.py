@@ -25,8 +25,8 @@ from aligner.errors import UserError
 from aligner.files import check_writable
 from aligner.inference.endpoint import endpoint_from_args
 from aligner.inference.generate import GenerationOptions, generate
-from aligner.inference.loading import checkpoint_template, load_model
 from aligner.inference.metrics import is_copy
+from aligner.inference.model_loading import checkpoint_template, load_model
 from aligner.inference.output import check_claim, check_settings, read_written
 from aligner.inference.preference import write_preferences
 from aligner.inference.remote import remote_aligner

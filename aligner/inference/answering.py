@@ -23,10 +23,10 @@ from aligner.datasets.encode import Request
 from aligner.datasets.loading import load_records
 from aligner.errors import RunFailure, UserError
 from aligner.files import check_writable
-from aligner.inference.correct import weights_fingerprint
+from aligner.inference.correcting import weights_fingerprint
 from aligner.inference.endpoint import Endpoint, endpoint_from_args, run_requests
 from aligner.inference.generate import GenerationOptions, generate
-from aligner.inference.loading import load_model
+from aligner.inference.model_loading import load_model
 from aligner.inference.output import append_durably, check_claim, read_written
 from aligner.inference.resumable import Record, append_in_batches, run_over_ranks, with_ids
 from aligner.runtime import Ranks
