@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
     from aligner.prompts import Template
-    from aligner.training.devices import Runtime
+    from aligner.runtime import Runtime
 
 
 @dataclass
@@ -62,8 +62,8 @@ def prepare(argv: list[str]) -> PreparedRun:
     from transformers import set_seed
 
     from aligner.datasets.pipeline import template_for, training_sets, warmup_set
+    from aligner.runtime import Runtime
     from aligner.tokenizer import load_tokenizer
-    from aligner.training.devices import Runtime
     from aligner.training.model import check_model_flags, plan_model
 
     config = TrainConfig.parse(argv)
@@ -96,7 +96,7 @@ def execute(run: PreparedRun) -> int:
     """Join the process group, train, and leave it on every rank."""
     import torch.distributed as dist
 
-    from aligner.training.devices import join_training_group
+    from aligner.runtime import join_training_group
     from aligner.training.trainer import Trainer
 
     rt = run.runtime

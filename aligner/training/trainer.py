@@ -24,6 +24,7 @@ from aligner.constants import IGNORE_INDEX
 from aligner.datasets.collate import Batch, PackedBatch, PaddingCollator
 from aligner.loss import TokenLoss
 from aligner.prompts import Template
+from aligner.runtime import Runtime
 from aligner.training.batching import global_batches, split_evenly
 from aligner.training.checkpoints import (
     CheckpointManager,
@@ -34,7 +35,6 @@ from aligner.training.checkpoints import (
     write_failure,
     write_run_file,
 )
-from aligner.training.devices import Runtime
 from aligner.training.ds_config import get_deepspeed_train_config
 from aligner.training.export import save_model
 from aligner.training.faults import (
