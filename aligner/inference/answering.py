@@ -23,12 +23,16 @@ from aligner.datasets.encode import Request
 from aligner.datasets.loading import load_records
 from aligner.errors import RunFailure, UserError
 from aligner.files import check_writable
-from aligner.inference.correcting import weights_fingerprint
-from aligner.inference.endpoint import Endpoint, endpoint_from_args, run_requests
+from aligner.inference.endpoint import Endpoint, endpoint_from_args
 from aligner.inference.generate import GenerationOptions, generate
-from aligner.inference.model_loading import load_model
-from aligner.inference.output import append_durably, check_claim, read_written
-from aligner.inference.resumable import Record, append_in_batches, run_over_ranks, with_ids
+from aligner.inference.model_loading import load_model, model_source
+from aligner.inference.records import Record, with_ids
+from aligner.inference.resumable import (
+    ResumableJob,
+    append_in_batches,
+    append_replies,
+    longest_first,
+)
 from aligner.runtime import Ranks
 from aligner.tokenizer import load_tokenizer
 
@@ -46,10 +50,9 @@ class AnswerError(UserError):
 
 @dataclass(frozen=True)
 class Plan:
-    """What the checks found: the records, the settings, and the model to ask."""
+    """What the checks found: the job, and the model to ask."""
 
-    records: list[Record]
-    settings: dict[str, Any]
+    job: ResumableJob
     tokenizer: PreTrainedTokenizerBase | None  # the local model's; None with an endpoint
     endpoint: Endpoint | None
 
@@ -92,22 +95,21 @@ def check(args: argparse.Namespace) -> Plan:
                 f"--model_name_or_path {args.model_name_or_path}: the tokenizer has no chat "
                 "template; the upstream must be a chat model"
             )
-        model = Path(args.model_name_or_path)
-        source = {
-            "model": str(model.resolve()) if model.exists() else args.model_name_or_path,
-            "weights": weights_fingerprint(args.model_name_or_path),
-        }
+        source = model_source(args.model_name_or_path)
     else:
         source = {"model": endpoint.model, "url": endpoint.base_url}
     rows = load_records(args.input, fields=("question",)).to_list()
-    records = prepare_records(rows, args.input)
     check_writable(args.output, "--output")
-    settings = {**source, **sampling_settings(args)}
-    written = check_claim(args.output, settings, overwrite=args.overwrite, flag="--output")
-    if not args.overwrite:
-        for path in written:  # every line an answered record of ours, before anything is cut
-            read_written(path, repair=False, fields=ANSWERED_FIELDS)
-    return Plan(records, settings, tokenizer, endpoint)
+    job = ResumableJob(
+        Path(args.output),
+        prepare_records(rows, args.input),
+        {**source, **sampling_settings(args)},
+        verb="answered",
+        fields=ANSWERED_FIELDS,
+        overwrite=args.overwrite,
+    )
+    job.check()
+    return Plan(job, tokenizer, endpoint)
 
 
 def answered(record: Record, answer: str, settings: dict[str, Any]) -> Record:
@@ -133,7 +135,7 @@ def answer_locally(
     def lines_of(batch: list[Record]) -> list[Record]:
         prompts = [prompt_ids(tokenizer, record) for record in batch]
         answers = generate(model, tokenizer, prompts, options, stops)
-        return [answered(r, a, plan.settings) for r, a in zip(batch, answers, strict=True)]
+        return [answered(r, a, plan.job.settings) for r, a in zip(batch, answers, strict=True)]
 
     append_in_batches(output, pending, args.batch_size, lines_of, desc="answer", ranks=ranks)
 
@@ -148,7 +150,7 @@ def chat_params(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def answer_by_endpoint(
-    args: argparse.Namespace, plan: Plan, pending: list[Record], output: Path
+    args: argparse.Namespace, plan: Plan, pending: list[Record], output: Path, ranks: Ranks
 ) -> None:
     """Ask the endpoint for the answers of ``pending``, appending each as it arrives.
 
@@ -159,16 +161,17 @@ def answer_by_endpoint(
 
     async def ask(client: httpx.AsyncClient, record: Record) -> Record:
         reply = await endpoint.chat(client, turns(record), **params)
-        return answered(record, reply.text, plan.settings)
+        return answered(record, reply.text, plan.job.settings)
 
-    with open(output, "a", encoding="utf-8") as handle:
-        unanswered = run_requests(
-            endpoint,
-            pending,
-            ask,
-            lambda _record, line: append_durably(handle, [line]),
-            concurrency=args.upstream_concurrency,
-        )
+    unanswered = append_replies(
+        endpoint,
+        pending,
+        ask,
+        output,
+        concurrency=args.upstream_concurrency,
+        desc="answer",
+        ranks=ranks,
+    )
     if unanswered:
         first = unanswered[0][1]
         raise RunFailure(
@@ -178,33 +181,24 @@ def answer_by_endpoint(
 
 
 def by_prompt_length(records: list[Record], plan: Plan) -> list[Record]:
-    # Longest prompts first: neighbours of similar length waste little compute on padding.
     if plan.tokenizer is None:
         return records
-    lengths = [len(prompt_ids(plan.tokenizer, record)) for record in records]
-    order = sorted(range(len(records)), key=lambda i: lengths[i], reverse=True)
-    return [records[i] for i in order]
+    return longest_first(records, lambda record: len(prompt_ids(plan.tokenizer, record)))
 
 
 def run(args: argparse.Namespace, plan: Plan) -> int:
-    output = Path(args.output)
-
-    def write_share(mine: list[Record], shard: Path, ranks: Ranks) -> None:
+    def write_share(mine: list[Record], shard: Path) -> None:
         if plan.endpoint is None:
             answer_locally(args, plan, mine, shard, ranks)
         else:
-            answer_by_endpoint(args, plan, mine, shard)
+            answer_by_endpoint(args, plan, mine, shard, ranks)
 
-    result = run_over_ranks(
-        output,
-        plan.records,
-        plan.settings,
-        overwrite=args.overwrite,
-        verb="answered",
-        order=lambda pending: by_prompt_length(pending, plan),
-        write_share=write_share,
-    )
+    ranks = Ranks.from_env()
+    with ranks.group():
+        result = plan.job.run(
+            ranks, write_share, order=lambda pending: by_prompt_length(pending, plan)
+        )
     if result is not None:
         final, new = result
-        print(f"{output}: {len(final)} answered records ({new} new)")
+        print(f"{plan.job.output}: {len(final)} answered records ({new} new)")
     return 0

@@ -11,9 +11,9 @@ are spread over the ranks, one GPU each. The command itself is ``aligner.command
 from __future__ import annotations
 
 import argparse
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,23 +26,21 @@ from aligner.files import check_writable
 from aligner.inference.endpoint import endpoint_from_args
 from aligner.inference.generate import GenerationOptions, generate
 from aligner.inference.metrics import is_copy
-from aligner.inference.model_loading import checkpoint_template, load_model
-from aligner.inference.output import check_claim, check_settings, read_written
+from aligner.inference.model_loading import checkpoint_template, load_model, model_source
+from aligner.inference.output import check_claim, check_settings
 from aligner.inference.preference import write_preferences
-from aligner.inference.remote import remote_aligner
-from aligner.inference.resumable import (
+from aligner.inference.records import (
+    CORRECTION_FIELD,
+    REFERENCE_FIELD,
     Record,
-    append_in_batches,
-    run_over_ranks,
     with_ids,
 )
+from aligner.inference.remote import remote_aligner
+from aligner.inference.resumable import ResumableJob, append_in_batches, longest_first
 from aligner.prompts import Template
 from aligner.runtime import Ranks
 from aligner.tokenizer import load_tokenizer
 
-CORRECTION_FIELD = "correction"
-REFERENCE_FIELD = "reference_correction"
-"""Where an input's own ``correction`` (a reference, e.g. from a test split) is kept."""
 ROUNDS_FIELD = "correction_rounds"
 INFERENCE_MAX_LENGTH = 1 << 30
 """Prompts are not truncated at inference: the model sees the record whole."""
@@ -136,39 +134,18 @@ def local_generator(
     return generate_fn
 
 
-def by_prompt_length(records: list[Record], encoder: SampleEncoder) -> list[Record]:
-    # Longest prompts first: neighbours of similar length waste little compute on padding, and
-    # a batch too large for memory fails in the first minute rather than hours in.
-    lengths = [len(encoder.prompt_ids(Request.from_record(record))) for record in records]
-    order = sorted(range(len(records)), key=lambda i: lengths[i], reverse=True)
-    return [records[i] for i in order]
+def prompt_length(encoder: SampleEncoder, record: Record) -> int:
+    return len(encoder.prompt_ids(Request.from_record(record)))
 
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".index.json")
 CORRECTED_FIELDS = ("id", CORRECTION_FIELD)
 """What every line of this command's output holds."""
 
 
-def weights_fingerprint(model_name_or_path: str) -> str | None:
-    """A hash of the name, size and modification time of each weight file in a checkpoint
-    folder: new weights saved at the same path change it. None for a name that is no folder."""
-    folder = Path(model_name_or_path)
-    if not folder.is_dir():
-        return None
-    digest = hashlib.sha256()
-    for path in sorted(folder.iterdir()):
-        if path.is_file() and path.name.endswith(WEIGHT_SUFFIXES):
-            stat = path.stat()
-            digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
-    return digest.hexdigest()[:16]
-
-
 def run_settings(args: argparse.Namespace, template: Template) -> dict[str, Any]:
     """What decides the corrections; a resumed run must match it (batch size does not)."""
-    model = Path(args.model_name_or_path)
     return {
-        "model": str(model.resolve()) if model.exists() else args.model_name_or_path,
-        "weights": weights_fingerprint(args.model_name_or_path),
+        **model_source(args.model_name_or_path),
         "template": template.to_dict(),
         "rounds": args.rounds,
         "max_new_tokens": args.max_new_tokens,
@@ -182,16 +159,16 @@ def run_settings(args: argparse.Namespace, template: Template) -> dict[str, Any]
 
 @dataclass(frozen=True)
 class Plan:
-    """What the checks found: the work to do, how to encode it, and its settings."""
+    """What the checks found: the job to do, how to encode its prompts, and the upstream
+    model's tokenizer (or None) for preference pairs."""
 
     encoder: SampleEncoder
-    records: list[Record]
-    settings: dict[str, Any]
-    upstream: Any  # the upstream model's tokenizer, or None
+    job: ResumableJob
+    upstream: Any
 
 
-def check(args: argparse.Namespace) -> Plan:
-    """Every check that needs no model, on every rank alike; nothing is written."""
+def load_tokenizers(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The aligner's tokenizer, and the upstream model's if ``--upstream_tokenizer`` names one."""
     tokenizer = load_tokenizer(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
     upstream = None
     if args.upstream_tokenizer:
@@ -200,37 +177,43 @@ def check(args: argparse.Namespace) -> Plan:
             trust_remote_code=args.trust_remote_code,
             flag="--upstream_tokenizer",
         )
+    return tokenizer, upstream
+
+
+def check(args: argparse.Namespace) -> Plan:
+    """Every check that needs no model, on every rank alike; nothing is written."""
+    tokenizer, upstream = load_tokenizers(args)
     template = checkpoint_template(
         args.model_name_or_path, args.prompt_template, args.system_prompt
     )
     encoder = SampleEncoder(tokenizer, template, max_length=INFERENCE_MAX_LENGTH)
     rows = load_records(args.input, fields=("question", "answer")).to_list()
-    records = prepare_records(rows, args.input)
     check_writable(args.output, "--output")
-    settings = run_settings(args, encoder.template)
-    written = check_claim(args.output, settings, overwrite=args.overwrite, flag="--output")
-    if not args.overwrite:
-        for path in written:  # every line a corrected record of ours, before anything is cut
-            read_written(path, repair=False, fields=CORRECTED_FIELDS)
+    job = ResumableJob(
+        Path(args.output),
+        prepare_records(rows, args.input),
+        run_settings(args, encoder.template),
+        verb="corrected",
+        fields=CORRECTED_FIELDS,
+        overwrite=args.overwrite,
+    )
+    job.check()
     if args.preference_output:
         check_writable(args.preference_output, "--preference_output")
         flag = "--preference_output"
         check_claim(args.preference_output, {}, overwrite=args.overwrite, flag=flag)
-    return Plan(encoder, records, settings, upstream)
+    return Plan(encoder, job, upstream)
 
 
 def run(args: argparse.Namespace, plan: Plan) -> int:
-    encoder = plan.encoder
-    output = Path(args.output)
-    result = run_over_ranks(
-        output,
-        plan.records,
-        plan.settings,
-        overwrite=args.overwrite,
-        verb="corrected",
-        order=lambda pending: by_prompt_length(pending, encoder),
-        write_share=lambda mine, shard, ranks: correct_pending(args, encoder, mine, shard, ranks),
-    )
+    encoder, output = plan.encoder, plan.job.output
+    ranks = Ranks.from_env()
+    with ranks.group():
+        result = plan.job.run(
+            ranks,
+            lambda mine, shard: correct_pending(args, encoder, mine, shard, ranks),
+            order=lambda pending: longest_first(pending, partial(prompt_length, encoder)),
+        )
     if result is None:
         return 0
     final, new = result

@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from tqdm import tqdm
 
 from aligner.datasets.base import DataError
-from aligner.inference.endpoint import Endpoint, run_requests
-from aligner.inference.output import append_durably, claim_output
-from aligner.inference.pairs import Pair, pairs_digest, transcript
-from aligner.inference.resumable import id_key, merge_written
+from aligner.inference.endpoint import Endpoint
+from aligner.inference.pairs import Pair, pair_lookup, pairs_digest, transcript
+from aligner.inference.records import id_key
+from aligner.inference.resumable import ResumableJob, append_replies
+from aligner.runtime import Ranks
 
 DEFAULT_PROMPT = """\
 Please act as an impartial judge of two replies to the conversation below. Decide which reply is \
@@ -152,7 +152,6 @@ def judge_pairs(
     A refused request or Ctrl-C stops the run at once: the verdicts written so far stay, and
     the next run asks only for the rest.
     """
-    records = [pair.record for pair in pairs]
     settings = {
         "predictions": pairs_digest(pairs),
         "judge_model": judge.endpoint.model,
@@ -161,35 +160,37 @@ def judge_pairs(
         "temperature": judge.temperature,
         "max_tokens": judge.max_tokens,
     }
-    claim_output(output, settings, overwrite=overwrite, flag="--judge_output")
-    done = {id_key(line["id"]) for line in merge_written(output, records)}
-    pending = [pair for pair in pairs if id_key(pair.id) not in done]
-    if done:
-        print(f"{output}: {len(done)} records already judged, skipped")
-    with (
-        open(output, "a", encoding="utf-8") as handle,
-        tqdm(total=len(pending), unit="record", desc="judge") as bar,
-    ):
+    job = ResumableJob(
+        output,
+        [pair.record for pair in pairs],
+        settings,
+        verb="judged",
+        overwrite=overwrite,
+        flag="--judge_output",
+    )
+    pair_of, failed = pair_lookup(pairs), []
 
-        def keep(_pair: Pair, line: Line) -> None:
-            append_durably(handle, [line])  # one synced line per verdict, as it arrives
-            bar.update(1)
-
-        unanswered = run_requests(
+    def write_share(pending: list[Line], path: Path) -> None:
+        unanswered = append_replies(
             judge.endpoint,
-            pending,
+            [pair_of(record) for record in pending],
             lambda client, pair: judge.line(client, pair, seed),
-            keep,
+            path,
             concurrency=concurrency,
+            desc="judge",
+            ranks=Ranks(),
         )
-    failed = [str(error) for _, error in unanswered]
+        failed.extend(str(error) for _, error in unanswered)
+
+    # The judge runs on the main rank alone: the endpoint, not this machine, does the work.
+    lines, _ = job.run(Ranks(), write_share)
     if failed:
         print(
             f"{output}: {len(failed)} records got no verdict (first: {failed[0]}); "
             "run the same command again to ask for them",
             file=sys.stderr,
         )
-    return JudgeRun(merge_written(output, records), failed)
+    return JudgeRun(lines, failed)
 
 
 def summarise(run: JudgeRun, model: str, num_records: int) -> dict[str, Any]:

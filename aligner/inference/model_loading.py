@@ -1,8 +1,10 @@
-"""Loading a checkpoint for inference: the flags, device, dtype, model and prompt template."""
+"""Loading a checkpoint for inference: the flags, device, dtype, model and prompt template, and
+which weights a run's output came from."""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 from pathlib import Path
 
 import torch
@@ -21,6 +23,35 @@ from aligner.options import add_options
 from aligner.prompts import TEMPLATE_FILENAME, Template, TemplateError, get_template
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".index.json")
+
+
+def resolved_name(model_name_or_path: str) -> str:
+    """A local folder's absolute path; a Hub id as given."""
+    path = Path(model_name_or_path)
+    return str(path.resolve()) if path.exists() else model_name_or_path
+
+
+def weights_fingerprint(model_name_or_path: str) -> str | None:
+    """A hash of the name, size and modification time of each weight file in a checkpoint
+    folder: new weights saved at the same path change it. None for a name that is no folder."""
+    folder = Path(model_name_or_path)
+    if not folder.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.name.endswith(WEIGHT_SUFFIXES):
+            stat = path.stat()
+            digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return digest.hexdigest()[:16]
+
+
+def model_source(model_name_or_path: str) -> dict[str, str | None]:
+    """Which model a run's output came from, for its settings file: the name and its weights."""
+    return {
+        "model": resolved_name(model_name_or_path),
+        "weights": weights_fingerprint(model_name_or_path),
+    }
 
 
 def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:

@@ -1,4 +1,4 @@
-"""Crash-safe JSONL output: append a batch durably, read back what a run already wrote.
+"""Claiming an output file: its settings file, the refusals, and the lock while a run writes it.
 
 Beside each file it writes, a command keeps ``FILE.settings.json``: what produced it. That file
 marks the output as the command's own, so that a file a user made is never resumed into or
@@ -12,73 +12,11 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from aligner.errors import UserError
-from aligner.files import check_file_path, write_durably
-from aligner.files import write_atomically as write_text_atomically
-
-
-class OutputError(UserError):
-    """An existing output file that cannot be resumed from."""
-
-
-def dumps(record: dict[str, Any]) -> str:
-    # default=str keeps values JSON lacks (dates, decimals from Parquet) readable, not fatal.
-    return json.dumps(record, ensure_ascii=False, default=str)
-
-
-def read_written(
-    path: str | Path, *, repair: bool = True, fields: Sequence[str] = ("id",)
-) -> list[dict[str, Any]]:
-    """The records of a JSONL file a previous run wrote; [] when it does not exist.
-
-    A crash can leave the last line torn (no newline, or not valid JSON): with ``repair`` that
-    line is cut from the file, so the next append starts on a clean line. A bad line anywhere
-    else, or a record without one of ``fields``, means the file is not ours, and is an error.
-    """
-    path = Path(path)
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    lines = data.split(b"\n")
-    # After a clean write the data ends with a newline and the last piece is empty.
-    complete, tail = lines[:-1], lines[-1]
-    records, good_bytes = [], 0
-    for number, line in enumerate(complete, start=1):
-        try:
-            record = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            if number == len(complete) and not tail:
-                break  # The last line, torn by a crash after its bytes were only partly written.
-            raise OutputError(
-                f"{path}:{number}: not a JSON line ({error}); cannot resume"
-            ) from None
-        if not isinstance(record, dict) or any(field not in record for field in fields):
-            named = " and ".join(repr(field) for field in fields)
-            raise OutputError(f"{path}:{number}: not a record with {named}; cannot resume")
-        records.append(record)
-        good_bytes += len(line) + 1
-    if repair and good_bytes != len(data):
-        with path.open("r+b") as handle:
-            handle.truncate(good_bytes)
-    return records
-
-
-def to_jsonl(records: Iterable[dict[str, Any]]) -> str:
-    return "".join(dumps(record) + "\n" for record in records)
-
-
-def append_durably(handle: IO[str], records: Iterable[dict[str, Any]]) -> None:
-    """Append records as JSON lines, durably."""
-    write_durably(handle, to_jsonl(records))
-
-
-def write_atomically(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
-    """Replace ``path`` with these records as JSON lines, atomically."""
-    write_text_atomically(path, to_jsonl(records))
+from aligner.files import check_file_path, write_atomically
+from aligner.inference.records import OutputError, shard_paths
 
 
 def settings_path(output: str | Path) -> Path:
@@ -111,7 +49,7 @@ def check_settings(
                 "or --overwrite to start over"
             )
         return
-    write_text_atomically(path, json.dumps(settings, indent=2, ensure_ascii=False) + "\n")
+    write_atomically(path, json.dumps(settings, indent=2, ensure_ascii=False) + "\n")
 
 
 _held_locks: dict[Path, int] = {}
@@ -197,16 +135,3 @@ def claim_output(
         written = []
     check_settings(output, settings, resuming=bool(written))
     return bool(written)
-
-
-def shard_path(output: str | Path, rank: int) -> Path:
-    """Where one rank appends its corrections; the main rank merges these into ``output``."""
-    output = Path(output)
-    return output.with_name(f"{output.name}.rank{rank}")
-
-
-def shard_paths(output: str | Path) -> list[Path]:
-    """The shard files of ``output`` on disk, from this run or an interrupted one."""
-    output = Path(output)
-    found = output.parent.glob(f"{output.name}.rank*") if output.parent.is_dir() else []
-    return sorted(path for path in found if path.name[len(output.name) + 5 :].isdigit())

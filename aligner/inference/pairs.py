@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aligner.datasets.base import DataError
 from aligner.datasets.validation import check_messages
-from aligner.inference.correcting import CORRECTION_FIELD
-from aligner.inference.resumable import id_key, with_ids
+from aligner.inference.records import CORRECTION_FIELD, Record, id_key, with_ids
 from aligner.prompts import serialize_conversation
 
 Message = dict[str, str]
@@ -91,3 +91,9 @@ def pairs_digest(pairs: list[Pair]) -> str:
     for line in lines:
         digest.update(line.encode() + b"\n")
     return digest.hexdigest()[:16]
+
+
+def pair_lookup(pairs: list[Pair]) -> Callable[[Record], Pair]:
+    """The pair of one of these pairs' records (a resumable job deals out records)."""
+    by_id = {id_key(pair.id): pair for pair in pairs}
+    return lambda record: by_id[id_key(record["id"])]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from aligner.inference.metrics import is_copy
-from aligner.inference.output import write_atomically
+from aligner.inference.records import write_records
 from aligner.prompts import Turn, serialize_conversation
 
 FORMATS = ("standard", "conversational")
@@ -87,5 +87,5 @@ def write_preferences(
             conversation = upstream_conversation(record)
             pairs.append(preference_pair(conversation, answer, correction, form, upstream))
     stats.written = len(pairs)
-    write_atomically(path, pairs)
+    write_records(path, pairs)
     return stats

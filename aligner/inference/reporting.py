@@ -26,11 +26,11 @@ from aligner.datasets.loading import load_records
 from aligner.datasets.pipeline import build_dataset
 from aligner.files import write_atomically
 from aligner.inference import judge, scoring
-from aligner.inference.correcting import CORRECTION_FIELD, REFERENCE_FIELD
 from aligner.inference.endpoint import endpoint_from_args
 from aligner.inference.metrics import correction_metrics
 from aligner.inference.model_loading import checkpoint_template, load_model
 from aligner.inference.pairs import Pair, read_pairs
+from aligner.inference.records import CORRECTION_FIELD, REFERENCE_FIELD
 from aligner.inference.summary import summary_table
 from aligner.loss import CorrectionLM
 from aligner.runtime import Ranks

@@ -1,161 +1,142 @@
-"""The resumable loop of the commands that write one generated line per input record.
+"""The one resumable job of the commands that write one line per input record: ``correct``,
+``answer``, reward scoring and the judge.
 
-Every record has an id (its own, else its index in the input). The output is claimed first
-(``inference.output``): a file the command did not write, or one written with other settings,
-is refused. Re-running with the same output skips the records already written; a crash loses
-at most the batch in flight. Under a launcher the pending records are dealt over the ranks,
-each appending to its own shard file, which the main rank merges into the output, in input
-order, once all are done.
+The output is claimed first (``inference.output``): a file the command did not write, or one
+written with other settings, is refused. Re-running with the same output skips the records
+already written; a crash or Ctrl-C loses at most the lines in flight. Under a launcher the
+pending records are dealt over the ranks, each appending to its own shard file, which the main
+rank merges into the output, in input order, once all are done (``inference.records``).
 """
 
 from __future__ import annotations
 
-import itertools
-import json
-import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import httpx
 from tqdm import tqdm
 
-from aligner.errors import UserError
-from aligner.inference.output import (
+from aligner.inference.endpoint import Endpoint, EndpointUnavailable, run_requests
+from aligner.inference.output import check_claim, claim_output
+from aligner.inference.records import (
+    Record,
     append_durably,
-    claim_output,
+    id_key,
+    merge_written,
     read_written,
     shard_path,
-    shard_paths,
-    write_atomically,
 )
 from aligner.runtime import Ranks
 
-Record = dict[str, Any]
-CONTEXT_FIELDS = ("question", "messages")
+Item = TypeVar("Item")
 
 
-class RecordError(UserError):
-    """Input records the command cannot tell apart."""
+@dataclass(frozen=True)
+class ResumableJob:
+    """Writing one line per record of ``records`` to ``output``, resumably, over ranks."""
 
+    output: Path
+    records: list[Record]
+    settings: dict[str, Any]
+    """What decides the lines; a resumed run must match it."""
+    verb: str
+    """What was done to a written record ("corrected"), for messages."""
+    fields: tuple[str, ...] = ("id",)
+    """What every line of the output holds."""
+    overwrite: bool = False
+    flag: str = "--output"
 
-def id_key(record_id: object) -> str:
-    """A hashable key for an id of any JSON type, the same before and after a JSON round trip."""
-    return json.dumps(record_id, sort_keys=True, default=str)
+    def check(self) -> None:
+        """Refuse, writing nothing, an output this run cannot make its own, or one holding a
+        line that is not such a record (before a resume would cut anything)."""
+        written = check_claim(self.output, self.settings, overwrite=self.overwrite, flag=self.flag)
+        if not self.overwrite:
+            for path in written:
+                read_written(path, repair=False, fields=self.fields)
 
+    def run(
+        self,
+        ranks: Ranks,
+        write_share: Callable[[list[Record], Path], None],
+        order: Callable[[list[Record]], list[Record]] = list,
+    ) -> tuple[list[Record], int] | None:
+        """Claim the output, then have every rank write its share of the records not yet
+        written: ``write_share(records, path)`` appends their lines to ``path``.
 
-def with_ids(rows: list[Record], source: str) -> list[Record]:
-    """Each record with its id (its own, else its index); ids must be unique."""
-    records, seen = [], {}
-    for index, row in enumerate(rows):
-        # A file mixing question and messages records gives every row both columns, and one
-        # mixing records with and without ids gives every row an id, null where it had none.
-        row = {k: v for k, v in row.items() if v is not None or k not in CONTEXT_FIELDS}
-        if row.get("id") is None:
-            row = {"id": index, **{k: v for k, v in row.items() if k != "id"}}
-        key = id_key(row["id"])
-        if key in seen:
-            raise RecordError(
-                f"{source}: records {seen[key]} and {index} share the id {row['id']!r}; "
-                "ids must be unique"
-            )
-        seen[key] = index
-        records.append(row)
-    return records
-
-
-def in_input_order(written: list[Record], records: list[Record]) -> list[Record]:
-    """Written records in input order; any the input does not hold follow in file order."""
-    position = {id_key(record["id"]): index for index, record in enumerate(records)}
-    return sorted(written, key=lambda r: position.get(id_key(r["id"]), len(position)))
-
-
-def merge_written(output: Path, records: list[Record]) -> list[Record]:
-    """Gather what was written, to ``output`` and to rank shards, into ``output``.
-
-    Each id is kept once (its first record), in input order. The shards are removed only after
-    the merged file has replaced ``output``, so a crash in between loses nothing.
-    """
-    shards = shard_paths(output)
-    written = read_written(output)
-    seen: set[str] = set()
-    merged = []
-    for record in itertools.chain(written, *(read_written(shard) for shard in shards)):
-        if id_key(record["id"]) not in seen:
-            seen.add(id_key(record["id"]))
-            merged.append(record)
-    repeated = len(written) - len({id_key(record["id"]) for record in written})
-    if repeated:
-        # Only an output written outside this command's lock can hold these.
-        print(
-            f"{output}: dropped {repeated} record(s) repeating an earlier record's id; "
-            "kept the first of each",
-            file=sys.stderr,
-        )
-    ordered = in_input_order(merged, records)
-    if ordered != written:
-        write_atomically(output, ordered)
-    for shard in shards:
-        shard.unlink()
-    return ordered
-
-
-def run_over_ranks(
-    output: Path,
-    records: list[Record],
-    settings: dict[str, Any],
-    *,
-    overwrite: bool,
-    verb: str,
-    order: Callable[[list[Record]], list[Record]],
-    write_share: Callable[[list[Record], Path, Ranks], None],
-) -> tuple[list[Record], int] | None:
-    """Claim ``output``, then have every rank write its share of the records not yet written.
-
-    ``order`` sorts the pending records before they are dealt round-robin (longest first gives
-    every rank a similar load); ``write_share(records, path, ranks)`` appends their lines to
-    ``path``. Returns, on the main rank, every line written in input order and how many were
-    new; None on the others.
-    """
-    output.parent.mkdir(parents=True, exist_ok=True)
-    ranks = Ranks.from_env()
-    with ranks.group():
+        ``order`` sorts the pending records before they are dealt round-robin (longest first
+        gives every rank a similar load). Returns, on the main rank, every line written in
+        input order and how many records were pending; None on the others.
+        """
+        self.output.parent.mkdir(parents=True, exist_ok=True)
         # Only the main rank rewrites the output; the others append to their own shard files.
         if ranks.is_main:
-            claim_output(output, settings, overwrite=overwrite, flag="--output")
-            merge_written(output, records)
+            claim_output(self.output, self.settings, overwrite=self.overwrite, flag=self.flag)
+            merge_written(self.output, self.records)
         ranks.barrier()
-        done = {id_key(record["id"]) for record in read_written(output)}
-        pending = [record for record in records if id_key(record["id"]) not in done]
+        done = {id_key(record["id"]) for record in read_written(self.output)}
+        pending = [record for record in self.records if id_key(record["id"]) not in done]
         if done and ranks.is_main:
-            print(f"{output}: {len(done)} records already {verb}, skipped")
+            print(f"{self.output}: {len(done)} records already {self.verb}, skipped")
         mine = order(pending)[ranks.rank :: ranks.world_size]
         if mine:
-            shard = output if ranks.world_size == 1 else shard_path(output, ranks.rank)
-            write_share(mine, shard, ranks)
+            shard = self.output if ranks.world_size == 1 else shard_path(self.output, ranks.rank)
+            write_share(mine, shard)
         ranks.barrier()
         if not ranks.is_main:
             return None
-        return merge_written(output, records), len(pending)
+        return merge_written(self.output, self.records), len(pending)
+
+
+def longest_first(records: list[Record], length: Callable[[Record], int]) -> list[Record]:
+    """The records by ``length``, longest first: dealt round-robin, they give every rank a
+    similar load; neighbours of similar length waste little compute on padding; and a batch too
+    large for memory fails in the first minute rather than hours in."""
+    return sorted(records, key=length, reverse=True)
+
+
+def progress(total: int, desc: str, ranks: Ranks) -> tqdm:
+    """A progress bar on the main rank, which under a launcher sees its own share."""
+    if ranks.world_size > 1:
+        desc = f"{desc} (rank 0 of {ranks.world_size})"
+    return tqdm(total=total, unit="record", desc=desc, disable=not ranks.is_main)
 
 
 def append_in_batches(
     path: Path,
-    records: list[Record],
+    items: Sequence[Item],
     batch_size: int,
-    lines_of: Callable[[list[Record]], list[Record]],
+    lines_of: Callable[[list[Item]], list[Record]],
     *,
     desc: str,
     ranks: Ranks,
 ) -> None:
-    """Append ``lines_of(batch)`` to ``path`` for each batch of ``records``, durably, with a
-    progress bar on the main rank."""
-    if ranks.world_size > 1:
-        desc = f"{desc} (rank 0 of {ranks.world_size})"
-    with (
-        open(path, "a", encoding="utf-8") as handle,
-        tqdm(total=len(records), unit="record", desc=desc, disable=not ranks.is_main) as bar,
-    ):
-        for start in range(0, len(records), batch_size):
-            batch = records[start : start + batch_size]
+    """Append ``lines_of(batch)`` to ``path`` for each batch of ``items``, durably."""
+    with open(path, "a", encoding="utf-8") as handle, progress(len(items), desc, ranks) as bar:
+        for start in range(0, len(items), batch_size):
+            batch = list(items[start : start + batch_size])
             append_durably(handle, lines_of(batch))
             bar.update(len(batch))
+
+
+def append_replies(
+    endpoint: Endpoint,
+    items: Sequence[Item],
+    line_of: Callable[[httpx.AsyncClient, Item], Awaitable[Record]],
+    path: Path,
+    *,
+    concurrency: int,
+    desc: str,
+    ranks: Ranks,
+) -> list[tuple[Item, EndpointUnavailable]]:
+    """Ask ``endpoint`` for each item's line, ``concurrency`` at a time, and append each to
+    ``path``, durably, as it arrives; return the items that got no reply (see ``run_requests``:
+    a refusal or Ctrl-C stops at once, keeping every line appended)."""
+    with open(path, "a", encoding="utf-8") as handle, progress(len(items), desc, ranks) as bar:
+
+        def keep(_item: Item, line: Record) -> None:
+            append_durably(handle, [line])
+            bar.update(1)
+
+        return run_requests(endpoint, items, line_of, keep, concurrency=concurrency)

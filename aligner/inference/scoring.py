@@ -12,18 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from aligner.inference.comparison import LOSE, WIN, outcomes, paired_summary
-from aligner.inference.output import (
-    append_durably,
-    check_claim,
-    claim_output,
-    read_written,
-    shard_path,
-)
-from aligner.inference.pairs import Pair, pairs_digest, transcript
-from aligner.inference.resumable import id_key, merge_written
+from aligner.inference.model_loading import resolved_name
+from aligner.inference.pairs import Pair, pair_lookup, pairs_digest, transcript
+from aligner.inference.resumable import ResumableJob, append_in_batches, longest_first
 from aligner.inference.reward import RewardModel, ScoringError, load_reward_model
 from aligner.runtime import Ranks
 
@@ -44,10 +36,6 @@ class ScoringOptions:
     device_map: str | None = None
     trust_remote_code: bool = False
     overwrite: bool = False
-
-
-def resolved(path: str) -> str:
-    return str(Path(path).resolve()) if Path(path).exists() else path
 
 
 def score_chunk(
@@ -90,62 +78,45 @@ def load_models(options: ScoringOptions, ranks: Ranks) -> dict[str, RewardModel]
     }
 
 
-def score_share(
-    models: dict[str, RewardModel], pairs: list[Pair], shard: Path, ranks: Ranks, source: str
-) -> None:
-    """Score ``pairs`` (this rank's share) and append them to ``shard``."""
-    size = RECORDS_PER_WRITE * min(model.batch_size for model in models.values())
-    desc = "score" if ranks.world_size == 1 else f"score (rank 0 of {ranks.world_size})"
-    with (
-        open(shard, "a", encoding="utf-8") as handle,
-        tqdm(total=len(pairs), unit="record", desc=desc, disable=not ranks.is_main) as bar,
-    ):
-        for start in range(0, len(pairs), size):
-            chunk = pairs[start : start + size]
-            append_durably(handle, score_chunk(models, chunk, source))
-            bar.update(len(chunk))
-
-
 def score_pairs(
     options: ScoringOptions, pairs: list[Pair], ranks: Ranks
 ) -> list[dict[str, Any]] | None:
     """Score every pair, resuming what an earlier run wrote; the lines in input order (on the
     main rank; None on the others)."""
-    output = options.output
-    records = [pair.record for pair in pairs]
     settings = {
         "predictions": pairs_digest(pairs),
-        **{f"{kind}_model": resolved(path) for kind, path in options.models.items()},
+        **{f"{kind}_model": resolved_name(path) for kind, path in options.models.items()},
         "dtype": options.dtype,
     }
-    claim = {"overwrite": options.overwrite, "flag": "--scores_output"}
+    job = ResumableJob(
+        options.output,
+        [pair.record for pair in pairs],
+        settings,
+        verb="scored",
+        overwrite=options.overwrite,
+        flag="--scores_output",
+    )
     # Refused outputs first, then the models, then the first write: a refused file or a bad
     # checkpoint costs no model load or leaves no trace.
-    check_claim(output, settings, **claim)
+    job.check()
     models = load_models(options, ranks)
-    if ranks.is_main:
-        claim_output(output, settings, **claim)
-        merge_written(output, records)
-    ranks.barrier()
-    done = {id_key(line["id"]) for line in read_written(output)}
-    pending = [pair for pair in pairs if id_key(pair.id) not in done]
-    if done and ranks.is_main:
-        print(f"{output}: {len(done)} records already scored, skipped")
-    # Longest first, dealt round-robin: every rank gets a similar load, and a batch too large
-    # for memory shows up in the first minute.
-    by_length = sorted(
-        pending,
-        key=lambda p: len(transcript(p.context)) + len(p.answer) + len(p.correction),
-        reverse=True,
-    )
-    mine = by_length[ranks.rank :: ranks.world_size]
-    if mine:
-        shard = output if ranks.world_size == 1 else shard_path(output, ranks.rank)
-        score_share(models, mine, shard, ranks, options.source)
-    ranks.barrier()
-    if not ranks.is_main:
-        return None
-    return merge_written(output, records)
+    size = RECORDS_PER_WRITE * min(model.batch_size for model in models.values())
+    pair_of = pair_lookup(pairs)
+
+    def write_share(mine: list[dict[str, Any]], shard: Path) -> None:
+        def lines_of(chunk: list[Pair]) -> list[dict[str, Any]]:
+            return score_chunk(models, chunk, options.source)
+
+        append_in_batches(
+            shard, [pair_of(r) for r in mine], size, lines_of, desc="score", ranks=ranks
+        )
+
+    def length(record: dict[str, Any]) -> int:
+        pair = pair_of(record)
+        return len(transcript(pair.context)) + len(pair.answer) + len(pair.correction)
+
+    result = job.run(ranks, write_share, order=lambda pending: longest_first(pending, length))
+    return None if result is None else result[0]
 
 
 def summarise(

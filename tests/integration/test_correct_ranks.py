@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from aligner.commands import correct
-from aligner.inference.output import read_written
+from aligner.inference.records import read_written
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from aligner.commands import evaluate
-from aligner.inference.output import read_written
+from aligner.inference.records import read_written
 
 from .test_correct_ranks import free_port
 

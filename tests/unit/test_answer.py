@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from aligner.commands import answer as answer_command
-from aligner.inference.output import read_written
+from aligner.inference.records import read_written
 
 from .test_judge import KEY, JudgeHandler, JudgeServer, assert_key_nowhere, serve  # noqa: F401
 

@@ -15,8 +15,8 @@ from aligner.commands import correct as correct_command
 from aligner.datasets.encode import Request, SampleEncoder
 from aligner.inference import correcting as correct
 from aligner.inference.generate import GenerationOptions, generate, left_pad
-from aligner.inference.output import OutputError, read_written
 from aligner.inference.preference import write_preferences
+from aligner.inference.records import OutputError, read_written
 from aligner.prompts import PromptTemplate, get_template
 from aligner.tokenizer import load_tokenizer
 from tests.conftest import (

@@ -23,7 +23,7 @@ from aligner.inference.judge import (
     parse_verdict,
     render_prompt,
 )
-from aligner.inference.output import read_written
+from aligner.inference.records import read_written
 
 from ..conftest import REPO_ROOT
 

@@ -11,7 +11,7 @@ import torch
 
 from aligner.commands import evaluate
 from aligner.inference.comparison import outcomes, paired_summary
-from aligner.inference.output import read_written
+from aligner.inference.records import read_written
 from aligner.inference.reward import RewardModel, load_reward_model, plain_conversation
 from tests.conftest import with_fewer_embedding_rows
 

@@ -1,4 +1,4 @@
-"""The resumable loop shared by the generating commands: ids, and merging what ranks wrote."""
+"""Records and their ids: unique ids, and merging what ranks wrote."""
 
 from __future__ import annotations
 
@@ -7,22 +7,21 @@ from pathlib import Path
 
 import pytest
 
-from aligner.inference import resumable
-from aligner.inference.output import read_written
+from aligner.inference.records import RecordError, merge_written, read_written, with_ids
 
 
 def test_records_without_an_id_get_their_index_beside_records_with_one() -> None:
     # A JSONL file mixing both loads as rows that all hold an id, null where it was missing.
     rows = [{"id": "a", "question": "q0"}, {"id": None, "question": "q1"}, {"question": "q2"}]
-    records = resumable.with_ids(rows, "in.jsonl")
+    records = with_ids(rows, "in.jsonl")
     assert [record["id"] for record in records] == ["a", 1, 2]
     assert [record["question"] for record in records] == ["q0", "q1", "q2"]
 
 
 def test_shared_ids_are_one_line_naming_both_records() -> None:
     rows = [{"id": "x", "question": "q"}, {"id": "x", "question": "r"}]
-    with pytest.raises(resumable.RecordError, match="in.jsonl: records 0 and 1 share the id 'x'"):
-        resumable.with_ids(rows, "in.jsonl")
+    with pytest.raises(RecordError, match="in.jsonl: records 0 and 1 share the id 'x'"):
+        with_ids(rows, "in.jsonl")
 
 
 def test_merge_gathers_rank_shards_once_each_in_input_order(tmp_path: Path) -> None:
@@ -33,7 +32,7 @@ def test_merge_gathers_rank_shards_once_each_in_input_order(tmp_path: Path) -> N
     (tmp_path / "out.jsonl.rank0").write_text(dumps_lines([written[1], written[3]]))
     (tmp_path / "out.jsonl.rank1").write_text(dumps_lines([written[0], written[4]]))
     (tmp_path / "out.jsonl.rankings").write_text("not a shard")
-    merged = resumable.merge_written(output, records)
+    merged = merge_written(output, records)
     assert merged == [written[0], written[1], written[3], written[4]]
     assert read_written(output) == merged
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl", "out.jsonl.rankings"]
