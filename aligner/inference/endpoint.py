@@ -327,37 +327,32 @@ def run_requests(
     """
     if not items:
         return []
-    return asyncio.run(_run_all(endpoint, items, request, on_done, concurrency))
-
-
-async def _run_all(
-    endpoint: Endpoint,
-    items: Sequence[Item],
-    request: Callable[[httpx.AsyncClient, Item], Awaitable[Result]],
-    on_done: Callable[[Item, Result], None],
-    concurrency: int,
-) -> list[tuple[Item, EndpointUnavailable]]:
-    slots = asyncio.Semaphore(concurrency)
     failed: list[tuple[Item, EndpointUnavailable]] = []
 
-    async def one(index: int) -> tuple[int, Any]:
+    async def one(
+        client: httpx.AsyncClient, slots: asyncio.Semaphore, index: int
+    ) -> tuple[int, Any]:
         async with slots:
             try:
                 return index, await request(client, items[index])
             except EndpointUnavailable as error:
                 return index, error
 
-    async with endpoint.client(concurrency) as client:
-        tasks = [asyncio.ensure_future(one(index)) for index in range(len(items))]
-        try:
-            for next_done in asyncio.as_completed(tasks):
-                index, result = await next_done
-                if isinstance(result, EndpointUnavailable):
-                    failed.append((items[index], result))
-                else:
-                    on_done(items[index], result)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+    async def run_all() -> None:
+        slots = asyncio.Semaphore(concurrency)
+        async with endpoint.client(concurrency) as client:
+            tasks = [asyncio.ensure_future(one(client, slots, i)) for i in range(len(items))]
+            try:
+                for next_done in asyncio.as_completed(tasks):
+                    index, result = await next_done
+                    if isinstance(result, EndpointUnavailable):
+                        failed.append((items[index], result))
+                    else:
+                        on_done(items[index], result)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run(run_all())
     return failed
