@@ -70,17 +70,6 @@ def prepare_records(rows: list[Record], source: str) -> list[Record]:
     return records
 
 
-def sampling_settings(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "max_new_tokens": args.max_new_tokens,
-        "do_sample": args.do_sample,
-        "temperature": args.temperature,
-        "top_p": args.top_p,
-        "top_k": args.top_k,
-        "seed": args.seed if args.do_sample else None,
-    }
-
-
 def check(args: argparse.Namespace) -> Plan:
     """Every check that needs no model, on every rank alike; nothing is written."""
     endpoint = endpoint_from_args(args, "upstream")
@@ -103,7 +92,7 @@ def check(args: argparse.Namespace) -> Plan:
     job = ResumableJob(
         Path(args.output),
         prepare_records(rows, args.input),
-        {**source, **sampling_settings(args)},
+        {**source, **GenerationOptions.from_args(args).settings(args.seed)},
         verb="answered",
         fields=ANSWERED_FIELDS,
         overwrite=args.overwrite,

@@ -148,12 +148,7 @@ def run_settings(args: argparse.Namespace, template: Template) -> dict[str, Any]
         **model_source(args.model_name_or_path),
         "template": template.to_dict(),
         "rounds": args.rounds,
-        "max_new_tokens": args.max_new_tokens,
-        "do_sample": args.do_sample,
-        "temperature": args.temperature,
-        "top_p": args.top_p,
-        "top_k": args.top_k,
-        "seed": args.seed if args.do_sample else None,
+        **GenerationOptions.from_args(args).settings(args.seed),
     }
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
@@ -27,6 +28,11 @@ class GenerationOptions:
         """The options the generation flags (``--max_new_tokens``, ``--do_sample``...) name."""
         names = ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k")
         return cls(**{name: getattr(args, name) for name in names})
+
+    def settings(self, seed: int) -> dict[str, Any]:
+        """What decides the generated text, for a run's settings file: these options, and the
+        seed where it counts (when sampling)."""
+        return {**asdict(self), "seed": seed if self.do_sample else None}
 
     def generation_config(self, pad_token_id: int, eos_token_ids: list[int]) -> GenerationConfig:
         sampling = {}
