@@ -25,7 +25,8 @@ transformers uses refuses to run it)."""
 LOAD_ERRORS = (OSError, ValueError, SafetensorError, *PICKLED_WEIGHTS_ERRORS)
 """What transformers raises for a folder or file that does not load: a missing or unreadable
 file, a config it cannot parse, truncated or corrupt safetensors or pickled weights."""
-MODEL_FILES = ("config.json",)
+MODEL_CONFIG_FILES = ("config.json",)
+"""What a folder needs for transformers to build a model from it."""
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tekken.json", "vocab.json", "vocab.txt")
 """Any one of these lets transformers build a fast tokenizer."""
 

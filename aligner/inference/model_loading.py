@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 from aligner.config import ArgumentError, ModelArgs
 from aligner.model_files import (
     LOAD_ERRORS,
-    MODEL_FILES,
+    MODEL_CONFIG_FILES,
     CheckpointError,
     check_embedding_rows,
     check_source,
@@ -123,7 +123,7 @@ def load_model(
         )
     except LOAD_ERRORS as error:
         raise CheckpointError(
-            load_failure(args.model_name_or_path, flag, error, MODEL_FILES)
+            load_failure(args.model_name_or_path, flag, error, MODEL_CONFIG_FILES)
         ) from None
     rows = model.get_input_embeddings().num_embeddings
     check_embedding_rows(f"{flag} {args.model_name_or_path}", tokenizer_size, rows)

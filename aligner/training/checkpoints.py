@@ -37,7 +37,7 @@ RUN_FILE = "aligner_run.json"
 LAUNCHER_ENTRIES = re.compile(r"(stdout|stderr)(\.node\d+)?\.log|model")
 """What scripts/sft-correction.sh writes before training starts: its logs (one pair per node)
 and the demo's model."""
-MODEL_FILES = ("config.json", "adapter_config.json")
+COMPLETE_MODEL_MARKERS = ("config.json", "adapter_config.json")
 """What a saved model (or LoRA adapter) folder holds once it is complete."""
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"step-(\d+)")
@@ -241,7 +241,7 @@ def _saved_models(output_dir: Path) -> list[str]:
     return [
         str(folder)
         for folder in folders
-        if folder.is_dir() and any((folder / name).is_file() for name in MODEL_FILES)
+        if folder.is_dir() and any((folder / name).is_file() for name in COMPLETE_MODEL_MARKERS)
     ]
 
 

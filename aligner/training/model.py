@@ -12,7 +12,7 @@ from aligner.config import ArgumentError, TrainConfig
 from aligner.loss import CorrectionLM
 from aligner.model_files import (
     LOAD_ERRORS,
-    MODEL_FILES,
+    MODEL_CONFIG_FILES,
     CheckpointError,
     check_embedding_rows,
     check_source,
@@ -92,7 +92,9 @@ def plan_model(config: TrainConfig, tokenizer_size: int) -> ModelPlan:
         family = AutoConfig.from_pretrained(model.model_name_or_path, **remote)
     except LOAD_ERRORS as error:
         raise ArgumentError(
-            load_failure(model.model_name_or_path, "--model_name_or_path", error, MODEL_FILES)
+            load_failure(
+                model.model_name_or_path, "--model_name_or_path", error, MODEL_CONFIG_FILES
+            )
         ) from None
     try:
         with torch.device("meta"):
@@ -171,7 +173,7 @@ def load_model_to_train(
         # The config loaded in plan_model; what fails here are the weights themselves.
         name = config.model.model_name_or_path
         raise CheckpointError(
-            load_failure(name, "--model_name_or_path", error, MODEL_FILES)
+            load_failure(name, "--model_name_or_path", error, MODEL_CONFIG_FILES)
         ) from None
     if config.model.resize_embeddings and tokenizer_size > lm.get_input_embeddings().num_embeddings:
         # New rows start at the mean of the old ones (transformers' default), so the
