@@ -1,40 +1,33 @@
-"""Evaluating an aligner: whether its corrections helped, and a checkpoint's loss on data.
+"""The report of ``aligner eval``: whether an aligner's corrections helped, and a checkpoint's
+loss on data; and the short table printed beside it.
 
-The metrics of generated corrections (copy rate, edit distance, exact match and ROUGE-L against
-references), reward- and cost-model scores, an LLM judge's verdicts, and the mean loss per
-target token with perplexity; all in one JSON report. The command is ``aligner.commands.evaluate``.
+The metrics of generated corrections (``inference.metrics``: copy rate, edit distance, exact
+match and ROUGE-L against references), reward- and cost-model scores (``inference.scoring``),
+an LLM judge's verdicts (``inference.judge``), and the mean loss per target token with perplexity
+(``inference.checkpoint_loss``); all in one JSON report. The command is
+``aligner.commands.evaluate``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
 
 import datasets
-import numpy as np
-import torch
-from tqdm import tqdm
-from transformers import PreTrainedModel
 
 from aligner.datasets.base import DataError
-from aligner.datasets.collate import PaddingCollator
 from aligner.datasets.loading import load_records
-from aligner.datasets.pipeline import build_dataset
 from aligner.files import write_atomically
 from aligner.inference import judge, scoring
+from aligner.inference.checkpoint_loss import checkpoint_loss
 from aligner.inference.endpoint import endpoint_from_args
 from aligner.inference.metrics import correction_metrics
-from aligner.inference.model_loading import checkpoint_template, load_model
 from aligner.inference.pairs import Pair, read_pairs
 from aligner.inference.records import CORRECTION_FIELD, REFERENCE_FIELD
-from aligner.inference.summary import summary_table
-from aligner.loss import CorrectionLM
 from aligner.runtime import Ranks
-from aligner.tokenizer import load_tokenizer
 
 
 def beside(predictions: str, kind: str) -> Path:
@@ -71,58 +64,6 @@ def prediction_metrics(
         raise DataError(f"{path}: no record has the field {field!r} named by --reference_field")
     report = correction_metrics(list(records["answer"]), corrections, references)
     return {"file": path, "reference_field": field, **report}
-
-
-@torch.inference_mode()
-def target_loss(
-    model: PreTrainedModel, dataset: datasets.Dataset, pad_token_id: int, batch_size: int
-) -> dict[str, float | int]:
-    """Mean cross-entropy over every target token of ``dataset`` (not a mean of batch means),
-    computed as training computes it."""
-    collate = PaddingCollator(pad_token_id)
-    correction_loss = CorrectionLM(model)
-    # Longest first, so that each batch pads little and memory trouble shows up at once.
-    order = np.argsort(-np.asarray(dataset["length"]), kind="stable")
-    columns = dataset.select_columns(["input_ids", "labels"])
-    total, count = 0.0, 0
-    for start in tqdm(range(0, len(order), batch_size), desc="eval loss", unit="batch"):
-        chunk = columns[order[start : start + batch_size].tolist()]
-        pairs = zip(chunk["input_ids"], chunk["labels"], strict=True)
-        batch = collate([{"input_ids": ids, "labels": labels} for ids, labels in pairs])
-        out = correction_loss(**{key: value.to(model.device) for key, value in batch.items()})
-        total += out.loss_sum.item()
-        count += int(out.tokens)
-    loss = total / count
-    return {
-        "num_samples": len(dataset),
-        "num_target_tokens": count,
-        "loss": loss,
-        "perplexity": math.exp(loss),
-    }
-
-
-def checkpoint_loss(args: argparse.Namespace) -> dict[str, Any]:
-    template = checkpoint_template(
-        args.model_name_or_path, args.prompt_template, args.system_prompt
-    )
-    tokenizer = load_tokenizer(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
-    dataset, stats = build_dataset(
-        args.eval_datasets,
-        tokenizer,
-        template,
-        max_length=args.max_length,
-        lenient=args.lenient_data,
-        cache_dir=args.data_cache_dir,
-        dataset_modules=args.dataset_module,
-    )
-    model = load_model(args, len(tokenizer))
-    report = target_loss(model, dataset, tokenizer.pad_token_id, args.batch_size)
-    return {
-        "checkpoint": args.model_name_or_path,
-        "template": template.name,
-        **report,
-        "data": stats.to_dict(),
-    }
 
 
 def score_predictions(
@@ -214,3 +155,57 @@ def run(args: argparse.Namespace) -> int:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         write_atomically(args.output, text + "\n")
     return 1 if failed else 0
+
+
+HEADER = f"{'':<22}{'answer':>9}{'correction':>12}  {'difference [95% CI]':<28}"
+HEADER += f"{'win':>7}{'tie':>7}{'lose':>7}"
+
+
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def rates(section: dict[str, Any]) -> str:
+    return "".join(
+        f"{percent(section.get(name)):>7}" for name in ("win_rate", "tie_rate", "lose_rate")
+    )
+
+
+def score_row(label: str, section: dict[str, Any]) -> str:
+    if "answer_mean" not in section:
+        return f"{label:<22}(no records)"
+    low, high = section["difference_ci95"]
+    interval = f"{section['difference_mean']:+.4f} [{low:+.4f}, {high:+.4f}]"
+    means = f"{section['answer_mean']:>9.4f}{section['correction_mean']:>12.4f}"
+    return f"{label:<22}{means}  {interval:<28}{rates(section)}"
+
+
+def summary_table(report: dict[str, Any]) -> str:
+    """The short table ``aligner eval`` prints: the report's headline figures, one row per
+    measure."""
+    lines = []
+    if "reward" in report or "cost" in report or "judge" in report:
+        lines.append(HEADER)
+    if "reward" in report:
+        lines.append(score_row("reward (higher better)", report["reward"]))
+    if "cost" in report:
+        lines.append(score_row("cost (lower better)", report["cost"]))
+        if "better_and_not_more_harmful" in report["cost"]:
+            share = percent(report["cost"]["better_and_not_more_harmful"])
+            lines.append(f"  better and not more harmful: {share}")
+    if "judge" in report:
+        judged = report["judge"]
+        label = f"judge ({judged['judged']} valid, {judged['invalid']} invalid)"
+        lines.append(f"{label:<73}{rates(judged)}")
+        if judged["failed"]:
+            lines.append(f"  {judged['failed']} records got no verdict: run again to ask for them")
+    if "predictions" in report and "copy_rate" in report["predictions"]:
+        metrics = report["predictions"]
+        lines.append(
+            f"copy rate {percent(metrics['copy_rate'])}, mean edit distance "
+            f"{metrics['mean_edit_distance']:.2f} words ({metrics['num_records']} records)"
+        )
+    if "eval_loss" in report:
+        loss = report["eval_loss"]
+        lines.append(f"eval loss {loss['loss']:.4f} (perplexity {loss['perplexity']:.2f})")
+    return "\n".join(lines)

@@ -12,7 +12,7 @@ import torch
 
 from aligner.commands import evaluate as eval_command
 from aligner.constants import IGNORE_INDEX
-from aligner.inference import reporting as evaluate
+from aligner.inference.checkpoint_loss import target_loss
 from aligner.prompts import get_template
 from aligner.tokenizer import load_tokenizer
 
@@ -52,7 +52,7 @@ def test_target_loss_is_the_mean_over_every_target_token(model) -> None:
         targets = sum(label != IGNORE_INDEX for label in labels[1:])
         total, count = total + loss.item() * targets, count + targets
     for batch_size in (1, 2):
-        report = evaluate.target_loss(model, dataset, pad_token_id=0, batch_size=batch_size)
+        report = target_loss(model, dataset, pad_token_id=0, batch_size=batch_size)
         assert report["num_target_tokens"] == count == 3 + 3
         assert report["loss"] == pytest.approx(total / count, rel=1e-5)
         assert report["perplexity"] == pytest.approx(math.exp(total / count), rel=1e-5)
