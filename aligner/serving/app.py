@@ -222,6 +222,110 @@ def event(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
+def check_key(service: Service, request: Request) -> None:
+    """Refuse with 401 a request without the server's API key (when it has one)."""
+    if service.api_key is None:
+        return
+    given = request.headers.get("authorization", "")
+    expected = f"Bearer {service.api_key}"
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise ApiError(
+            401,
+            "missing or wrong API key: send it as 'Authorization: Bearer KEY'",
+            "authentication_error",
+            "invalid_api_key",
+        )
+
+
+def prompt_ids(service: Service, messages: list[dict[str, str]], answer: str) -> list[int]:
+    return service.encoder.prompt_ids(Correction(tuple(messages), answer))
+
+
+async def upstream_reply(
+    service: Service, request: Request, messages: list[dict[str, str]], params: dict[str, Any]
+) -> str:
+    """The upstream's reply to the conversation, refused first if the conversation alone is
+    too long for the aligner's prompt."""
+    limit = service.limits.max_prompt_tokens
+    if len(prompt_ids(service, messages, "")) > limit:
+        raise bad_request(f"the conversation is over {limit} tokens", "context_length_exceeded")
+    try:
+        reply = await until_disconnected(
+            request, service.upstream.chat(request.app.state.client, messages, **params)
+        )
+    except (EndpointError, EndpointUnavailable) as error:
+        raise failed_call("upstream", error) from None
+    return reply.text
+
+
+def aligner_prompt(service: Service, messages: list[dict[str, str]], upstream: str) -> list[int]:
+    """The aligner's prompt, or a 502 when the upstream's reply makes it too long."""
+    prompt = prompt_ids(service, messages, upstream)
+    limit = service.limits.max_prompt_tokens
+    if len(prompt) > limit:
+        raise ApiError(
+            502,
+            f"upstream: its reply makes the aligner's prompt {len(prompt)} tokens, above "
+            f"{limit}; ask for fewer max_tokens",
+            "upstream_error",
+            "context_length_exceeded",
+        )
+    return prompt
+
+
+async def whole_reply(
+    service: Service, request: Request, prompt: list[int], upstream: str
+) -> dict[str, Any]:
+    """The completion holding the whole correction."""
+
+    async def whole() -> str:
+        async with contextlib.aclosing(service.aligner.stream(prompt)) as pieces:
+            return "".join([piece async for piece in pieces])
+
+    try:
+        text = await until_disconnected(request, whole())
+    except (EndpointError, EndpointUnavailable) as error:
+        raise failed_call("aligner", error) from None
+    message = {"role": "assistant", "content": text, "upstream_content": upstream}
+    return completion(service.name, {"message": message, "finish_reason": "stop"})
+
+
+async def streamed(name: str, pieces: AsyncIterator[str], upstream: str) -> AsyncIterator[str]:
+    """The correction's pieces as server-sent chunks; the first carries ``upstream``."""
+    chunk_of = completion_id()
+
+    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> str:
+        choice = {"delta": delta, "finish_reason": finish_reason}
+        return event(completion(name, choice, chunk_of=chunk_of))
+
+    yield chunk({"role": "assistant", "content": "", "upstream_content": upstream})
+    async with contextlib.aclosing(pieces):  # a client gone mid-stream stops its row
+        try:
+            async for piece in pieces:
+                yield chunk({"content": piece})
+        except (EndpointError, EndpointUnavailable) as error:
+            yield event(failed_call("aligner", error).body())
+            return
+    yield chunk({}, "stop")
+    yield "data: [DONE]\n\n"
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Every refusal, ours or the framework's, as a JSON body in OpenAI's error shape."""
+
+    @app.exception_handler(ApiError)
+    async def refused(_request: Request, error: ApiError) -> JSONResponse:
+        return error.response()
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, error: HTTPException) -> JSONResponse:
+        return ApiError(error.status_code, str(error.detail), "invalid_request_error").response()
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, error: RequestValidationError) -> JSONResponse:
+        return bad_request(str(error)).response()
+
+
 def create_app(service: Service) -> FastAPI:
     """The server's routes over ``service``; the aligner starts and stops with the app."""
 
@@ -236,34 +340,7 @@ def create_app(service: Service) -> FastAPI:
                 await service.aligner.stop()
 
     app = FastAPI(title="aligner serve", lifespan=lifespan, docs_url=None, redoc_url=None)
-
-    @app.exception_handler(ApiError)
-    async def refused(_request: Request, error: ApiError) -> JSONResponse:
-        return error.response()
-
-    @app.exception_handler(HTTPException)
-    async def http_error(_request: Request, error: HTTPException) -> JSONResponse:
-        return ApiError(error.status_code, str(error.detail), "invalid_request_error").response()
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_request: Request, error: RequestValidationError) -> JSONResponse:
-        return bad_request(str(error)).response()
-
-    def check_key(request: Request) -> None:
-        if service.api_key is None:
-            return
-        given = request.headers.get("authorization", "")
-        expected = f"Bearer {service.api_key}"
-        if not hmac.compare_digest(given.encode(), expected.encode()):
-            raise ApiError(
-                401,
-                "missing or wrong API key: send it as 'Authorization: Bearer KEY'",
-                "authentication_error",
-                "invalid_api_key",
-            )
-
-    def prompt_ids(messages: list[dict[str, str]], answer: str) -> list[int]:
-        return service.encoder.prompt_ids(Correction(tuple(messages), answer))
+    add_error_handlers(app)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -271,70 +348,22 @@ def create_app(service: Service) -> FastAPI:
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
-        check_key(request)
+        check_key(service, request)
         model = {"id": service.name, "object": "model", "created": 0, "owned_by": "aligner"}
         return {"object": "list", "data": [model]}
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Any:
-        check_key(request)
-        limits = service.limits
-        messages, params, stream = parse_chat(
-            await read_body(request, limits.max_body_bytes), limits
-        )
-        if len(prompt_ids(messages, "")) > limits.max_prompt_tokens:
-            raise bad_request(
-                f"the conversation is over {limits.max_prompt_tokens} tokens",
-                "context_length_exceeded",
-            )
-        try:
-            reply = await until_disconnected(
-                request, service.upstream.chat(request.app.state.client, messages, **params)
-            )
-        except (EndpointError, EndpointUnavailable) as error:
-            raise failed_call("upstream", error) from None
-        prompt = prompt_ids(messages, reply.text)
-        if len(prompt) > limits.max_prompt_tokens:
-            raise ApiError(
-                502,
-                f"upstream: its reply makes the aligner's prompt {len(prompt)} tokens, above "
-                f"{limits.max_prompt_tokens}; ask for fewer max_tokens",
-                "upstream_error",
-                "context_length_exceeded",
-            )
-        correct = service.aligner.stream
+        check_key(service, request)
+        body = await read_body(request, service.limits.max_body_bytes)
+        messages, params, stream = parse_chat(body, service.limits)
+        upstream = await upstream_reply(service, request, messages, params)
+        prompt = aligner_prompt(service, messages, upstream)
         if stream:
+            pieces = service.aligner.stream(prompt)
             return StreamingResponse(
-                streamed(correct(prompt), reply.text), media_type="text/event-stream"
+                streamed(service.name, pieces, upstream), media_type="text/event-stream"
             )
-
-        async def whole() -> str:
-            async with contextlib.aclosing(correct(prompt)) as pieces:
-                return "".join([piece async for piece in pieces])
-
-        try:
-            text = await until_disconnected(request, whole())
-        except (EndpointError, EndpointUnavailable) as error:
-            raise failed_call("aligner", error) from None
-        message = {"role": "assistant", "content": text, "upstream_content": reply.text}
-        return completion(service.name, {"message": message, "finish_reason": "stop"})
-
-    async def streamed(pieces: AsyncIterator[str], upstream: str) -> AsyncIterator[str]:
-        chunk_of = completion_id()
-
-        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> str:
-            choice = {"delta": delta, "finish_reason": finish_reason}
-            return event(completion(service.name, choice, chunk_of=chunk_of))
-
-        yield chunk({"role": "assistant", "content": "", "upstream_content": upstream})
-        async with contextlib.aclosing(pieces):  # a client gone mid-stream stops its row
-            try:
-                async for piece in pieces:
-                    yield chunk({"content": piece})
-            except (EndpointError, EndpointUnavailable) as error:
-                yield event(failed_call("aligner", error).body())
-                return
-        yield chunk({}, "stop")
-        yield "data: [DONE]\n\n"
+        return await whole_reply(service, request, prompt, upstream)
 
     return app
