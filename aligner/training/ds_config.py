@@ -40,6 +40,30 @@ def get_deepspeed_train_config(
         overrides=overrides,
     )
 
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": micro_batch_size_per_gpu,
+        "gradient_accumulation_steps": gradient_accumulation_steps,
+        "train_batch_size": micro_batch_size_per_gpu * gradient_accumulation_steps * world_size,
+        "gradient_clipping": max_grad_norm,
+        "zero_optimization": zero_section(stage, offload),
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {
+            "enabled": precision == "fp16",
+            "loss_scale_window": 100,
+            "initial_scale_power": 16,
+        },
+        # The trainer logs its own metrics; DeepSpeed's periodic prints would only duplicate them.
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+        "prescale_gradients": False,
+    }
+    if on_cpu:
+        config["zero_force_ds_cpu_optimizer"] = False
+    return _merge(config, overrides or {})
+
+
+def zero_section(stage: int, offload: Offload) -> dict[str, Any]:
+    """The ``zero_optimization`` section: the stage, what it offloads, and its buffer sizes."""
     zero: dict[str, Any] = {"stage": stage}
     if offload in ("optimizer", "all"):
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
@@ -57,27 +81,7 @@ def get_deepspeed_train_config(
             # Gathering the weights at save time is what lets rank 0 write a loadable model.
             stage3_gather_16bit_weights_on_model_save=True,
         )
-
-    config: dict[str, Any] = {
-        "train_micro_batch_size_per_gpu": micro_batch_size_per_gpu,
-        "gradient_accumulation_steps": gradient_accumulation_steps,
-        "train_batch_size": micro_batch_size_per_gpu * gradient_accumulation_steps * world_size,
-        "gradient_clipping": max_grad_norm,
-        "zero_optimization": zero,
-        "bf16": {"enabled": precision == "bf16"},
-        "fp16": {
-            "enabled": precision == "fp16",
-            "loss_scale_window": 100,
-            "initial_scale_power": 16,
-        },
-        # The trainer logs its own metrics; DeepSpeed's periodic prints would only duplicate them.
-        "steps_per_print": 2**31 - 1,
-        "wall_clock_breakdown": False,
-        "prescale_gradients": False,
-    }
-    if on_cpu:
-        config["zero_force_ds_cpu_optimizer"] = False
-    return _merge(config, overrides or {})
+    return zero
 
 
 OWNED_SECTIONS = {
