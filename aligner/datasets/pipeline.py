@@ -121,6 +121,18 @@ def _instantiate(spec: DatasetSpec, column_map: dict[str, str] | None) -> RawDat
         raise DataError(f"dataset {spec}: {type(error).__name__}: {error}") from None
 
 
+def _read_source(
+    source: RawDataset, spec: DatasetSpec, *, lenient: bool, cache_dir: Path, identity: bool
+) -> tuple[datasets.Dataset, list[str], str]:
+    """One source's valid records (as identity records with ``identity``), a line for each
+    record skipped, and the key its tokenized form is cached under."""
+    raw, skipped = source.to_hf_dataset(lenient=lenient, cache_dir=str(cache_dir / "raw"))
+    source_key = source.cache_key() or _content_key(raw)
+    if identity:
+        raw, source_key = identity_records(raw, str(spec)), f"identity:{source_key}"
+    return raw, skipped, source_key
+
+
 def tokenize_source(
     raw: datasets.Dataset,
     dataset_name: str,
@@ -193,6 +205,52 @@ def _unrendered(
     ]
 
 
+def _usable_samples(
+    tokenized: datasets.Dataset, spec: DatasetSpec, skipped: list[str], *, max_length: int
+) -> datasets.Dataset:
+    """The samples that fit and rendered; a source left with none is refused."""
+    status = np.asarray(tokenized.data.column("status"))
+    kept = tokenized.select(np.flatnonzero((status != DROPPED) & (status != UNRENDERABLE)))
+    if len(kept) == 0 and (status == UNRENDERABLE).any():
+        raise DataError(
+            f"dataset {spec}: no valid record ({len(skipped)} skipped; first: {skipped[0]})"
+        )
+    if len(kept) == 0:
+        raise DataError(
+            f"dataset {spec}: no sample fits --max_length {max_length} "
+            f"({int((status == DROPPED).sum())} corrections longer than that on their own)"
+        )
+    return kept
+
+
+def _source_stats(
+    tokenized: datasets.Dataset,
+    spec: DatasetSpec,
+    read: int,
+    skipped: list[str],
+    *,
+    selected: int,
+    from_cache: bool,
+) -> SourceStats:
+    """What happened to one source's records: skipped, shortened, dropped, selected."""
+    status = np.asarray(tokenized.data.column("status"))
+    shortened = np.asarray(tokenized.data.column("shortened"))
+    return SourceStats(
+        spec=str(spec),
+        read=read,
+        invalid=len(skipped),
+        truncated=int((status == TRUNCATED).sum()),
+        turns_dropped=int((shortened & TURNS_DROPPED > 0).sum()),
+        answer_shortened=int((shortened & ANSWER_SHORTENED > 0).sum()),
+        question_shortened=int((shortened & QUESTION_SHORTENED > 0).sum()),
+        dropped_too_long=int((status == DROPPED).sum()),
+        split_boundary=int(np.asarray(tokenized.data.column("split_boundary")).sum()),
+        selected=selected,
+        from_cache=from_cache,
+        first_invalid=skipped[0] if skipped else None,
+    )
+
+
 def build_dataset(
     specs: Sequence[str],
     tokenizer: PreTrainedTokenizerBase,
@@ -229,45 +287,22 @@ def build_dataset(
     for index, text in enumerate(specs):
         spec = parse_dataset_spec(text)
         source = _instantiate(spec, column_map)
-        raw, skipped = source.to_hf_dataset(lenient=lenient, cache_dir=str(cache_dir / "raw"))
-        source_key = source.cache_key() or _content_key(raw)
-        if identity:
-            raw, source_key = identity_records(raw, str(spec)), f"identity:{source_key}"
+        raw, skipped, source_key = _read_source(
+            source, spec, lenient=lenient, cache_dir=cache_dir, identity=identity
+        )
         tokenized, from_cache = tokenize_source(
             raw, spec.name, source_key, encoder, tokenizer_id, cache_dir, num_proc
         )
-        status = np.asarray(tokenized.data.column("status"))
-        shortened = np.asarray(tokenized.data.column("shortened"))
         read = len(raw) + len(skipped)
         unrendered = _unrendered(tokenized, raw, source, exact=not (skipped or identity))
         if unrendered and not lenient:
             raise DataError(unrendered[0])
         skipped = [*skipped, *unrendered]
-        kept = tokenized.select(np.flatnonzero((status != DROPPED) & (status != UNRENDERABLE)))
-        if len(kept) == 0 and unrendered:
-            raise DataError(
-                f"dataset {spec}: no valid record ({len(skipped)} skipped; first: {skipped[0]})"
-            )
-        if len(kept) == 0:
-            raise DataError(
-                f"dataset {spec}: no sample fits --max_length {max_length} "
-                f"({int((status == DROPPED).sum())} corrections longer than that on their own)"
-            )
+        kept = _usable_samples(tokenized, spec, skipped, max_length=max_length)
         chosen = kept.select(sample_indices(len(kept), spec, seed + index))
         stats.sources.append(
-            SourceStats(
-                spec=str(spec),
-                read=read,
-                invalid=len(skipped),
-                truncated=int((status == TRUNCATED).sum()),
-                turns_dropped=int((shortened & TURNS_DROPPED > 0).sum()),
-                answer_shortened=int((shortened & ANSWER_SHORTENED > 0).sum()),
-                question_shortened=int((shortened & QUESTION_SHORTENED > 0).sum()),
-                dropped_too_long=int((status == DROPPED).sum()),
-                split_boundary=int(np.asarray(tokenized.data.column("split_boundary")).sum()),
-                selected=len(chosen),
-                from_cache=from_cache,
-                first_invalid=skipped[0] if skipped else None,
+            _source_stats(
+                tokenized, spec, read, skipped, selected=len(chosen), from_cache=from_cache
             )
         )
         parts.append(chosen.remove_columns(["status", "shortened", "split_boundary", "problem"]))
