@@ -113,12 +113,7 @@ class Trainer:
             pad_token_id=tokenizer.pad_token_id,
         )
         self.global_batch_size = self.layout.global_batch_size
-        self.total_steps = sum(
-            phase.epochs * math.ceil(len(phase.dataset) / self.global_batch_size)
-            for phase in self.phases
-        )
-        if config.optim.max_steps > 0:
-            self.total_steps = min(self.total_steps, config.optim.max_steps)
+        self.total_steps = self._count_steps()
         self.ds_config = get_deepspeed_train_config(
             micro_batch_size_per_gpu=config.layout.per_device_train_batch_size,
             gradient_accumulation_steps=config.layout.gradient_accumulation_steps,
@@ -140,21 +135,36 @@ class Trainer:
         )
         folder = self.checkpoints.find(config.output.resume_from_checkpoint)
         self.resumed = folder is not None
-        if self.resumed:
-            self.state = self.checkpoints.load(self.engine, folder)
-            self._say(f"resuming from {folder} after step {self.state.step}")
-        else:
-            run_name = config.output.log_run_name or time.strftime("sft-%Y%m%d-%H%M%S")
-            self.state = TrainState(step=0, run_name=run_name)
-            # An earlier run's checkpoints in this folder must never be resumed into this one.
-            self.checkpoints.clear()
-            if runtime.rank == 0:
-                write_run_file(config.output.output_dir, run_name)
+        self.state = self._resume(folder) if self.resumed else self._start()
         self.tracker = self._build_tracker() if runtime.rank == 0 else None
         if self.tracker is not None:
             self.state = replace(self.state, tracker_run_id=self.tracker.run_id)
 
     # ---- setup -------------------------------------------------------------------------------
+
+    def _count_steps(self) -> int:
+        """The optimizer steps of every phase's epochs, at most ``--max_steps``."""
+        total = sum(
+            phase.epochs * math.ceil(len(phase.dataset) / self.global_batch_size)
+            for phase in self.phases
+        )
+        max_steps = self.config.optim.max_steps
+        return min(total, max_steps) if max_steps > 0 else total
+
+    def _resume(self, folder: Path) -> TrainState:
+        state = self.checkpoints.load(self.engine, folder)
+        self._say(f"resuming from {folder} after step {state.step}")
+        return state
+
+    def _start(self) -> TrainState:
+        """A fresh run's state, in a folder cleared of an earlier run's checkpoints."""
+        output = self.config.output
+        run_name = output.log_run_name or time.strftime("sft-%Y%m%d-%H%M%S")
+        # An earlier run's checkpoints in this folder must never be resumed into this one.
+        self.checkpoints.clear()
+        if self.rt.rank == 0:
+            write_run_file(output.output_dir, run_name)
+        return TrainState(step=0, run_name=run_name)
 
     def _build_engine(self) -> deepspeed.DeepSpeedEngine:
         config = self.config
@@ -258,12 +268,7 @@ class Trainer:
 
     def train(self) -> None:
         config, rt = self.config, self.rt
-        samples = " + ".join(f"{len(p.dataset)} {p.name}" for p in self.phases)
-        self._say(
-            f"training on {samples} samples, {rt.world_size} rank(s), "
-            f"global batch {self.global_batch_size}, {self.total_steps} optimizer steps, "
-            f"ZeRO-{config.dist.zero_stage}, {rt.precision}"
-        )
+        self._announce()
         evaluating = self.eval_dataset is not None
         every = (
             config.eval.eval_interval if evaluating and config.eval.eval_strategy == "steps" else 0
@@ -289,13 +294,7 @@ class Trainer:
                 self.hooks.after_update(step, self.engine.module)
                 self._count_skips(row, step)
                 self._log(row, step)
-                if self.state.consecutive_skips >= config.optim.max_consecutive_skips:
-                    raise TooManySkippedSteps(
-                        f"{self.state.consecutive_skips} optimizer steps in a row had a non-finite "
-                        "loss or gradient (--max_consecutive_skips "
-                        f"{config.optim.max_consecutive_skips}); "
-                        f"stopped, {what_is_kept(config.output.output_dir)}"
-                    )
+                self._stop_after_too_many_skips()
                 progress.update()
                 progress.set_postfix(
                     loss=f"{row['train_loss']:.4f}",
@@ -312,11 +311,7 @@ class Trainer:
                     config.output.checkpoint_interval
                     and step % config.output.checkpoint_interval == 0
                 ):
-                    self._refuse_non_finite_weights(self.checkpoints.folder(step))
-                    self.state = replace(self.state, phase=planned.phase.name, epoch=row["epoch"])
-                    self.checkpoints.save(
-                        self.engine, self.state, after_write=self.hooks.during_save
-                    )
+                    self._checkpoint(planned, row["epoch"])
         finally:
             # Also on the way out, so that an error is printed on a line of its own.
             progress.close()
@@ -328,6 +323,23 @@ class Trainer:
         self.hooks.after_final_save(self._probe_logits)
         if self.tracker is not None:
             self.tracker.close()
+
+    def _announce(self) -> None:
+        samples = " + ".join(f"{len(p.dataset)} {p.name}" for p in self.phases)
+        self._say(
+            f"training on {samples} samples, {self.rt.world_size} rank(s), "
+            f"global batch {self.global_batch_size}, {self.total_steps} optimizer steps, "
+            f"ZeRO-{self.config.dist.zero_stage}, {self.rt.precision}"
+        )
+
+    def _stop_after_too_many_skips(self) -> None:
+        limit = self.config.optim.max_consecutive_skips
+        if self.state.consecutive_skips >= limit:
+            raise TooManySkippedSteps(
+                f"{self.state.consecutive_skips} optimizer steps in a row had a non-finite "
+                f"loss or gradient (--max_consecutive_skips {limit}); "
+                f"stopped, {what_is_kept(self.config.output.output_dir)}"
+            )
 
     def _count_skips(self, row: dict[str, float | str], step: int) -> None:
         state = self.state
@@ -444,6 +456,12 @@ class Trainer:
             f"the weights hold NaN or inf after step {self.state.step}: not saved to "
             f"{destination}; {what_is_kept(self.config.output.output_dir)}"
         )
+
+    def _checkpoint(self, planned: PlannedStep, epoch: float) -> None:
+        """Save the resumable checkpoint of the step just taken (``self.state.step``)."""
+        self._refuse_non_finite_weights(self.checkpoints.folder(self.state.step))
+        self.state = replace(self.state, phase=planned.phase.name, epoch=epoch)
+        self.checkpoints.save(self.engine, self.state, after_write=self.hooks.during_save)
 
     def _save(self, directory: Path) -> None:
         self._refuse_non_finite_weights(directory)
