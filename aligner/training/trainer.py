@@ -465,6 +465,9 @@ class Trainer:
 
     def _save(self, directory: Path) -> None:
         self._refuse_non_finite_weights(directory)
+        # An evaluation's forward pass can leave ZeRO-3 prefetches of parameters in flight, and
+        # gathering one of those for the save fails; this waits for them and releases them all.
+        self.engine.empty_partition_cache()
         failure = None
         try:
             save_model(

@@ -45,12 +45,13 @@ def records_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def lora_run(real_model_dir: Path, records_file: Path, tmp_path_factory: pytest.TempPathFactory):
-    """A few LoRA steps on the real model, evaluated before the first step and after the last."""
+    """A few LoRA steps on the real model under ZeRO-3, evaluated before the first step and
+    after the last (an evaluation just before the save, whose gather must still work)."""
     work = tmp_path_factory.mktemp("real-run")
     output_dir = work / "aligner"
     command = ["bash", str(SCRIPT), "--num_gpus", "2", "--model_name_or_path", str(real_model_dir)]
     command += ["--train_datasets", str(records_file), "--eval_datasets", str(records_file)]
-    command += ["--output_dir", str(output_dir), "--defaults", "aligner", "--zero_stage", "0"]
+    command += ["--output_dir", str(output_dir), "--defaults", "aligner", "--zero_stage", "3"]
     command += ["--prompt_template", "chat", "--lora_r", "8", "--lora_alpha", "16"]
     command += ["--max_steps", str(STEPS), "--epochs", "100", "--lr", "2e-3"]
     command += ["--lr_scheduler_type", "constant", "--lr_warmup_ratio", "0"]
