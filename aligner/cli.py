@@ -21,7 +21,7 @@ COMMANDS = {
     "train": ("aligner.commands.train", "supervised correction training on DeepSpeed"),
     "answer": ("aligner.commands.answer", "the upstream model answers the questions"),
     "correct": ("aligner.commands.correct", "correct upstream answers with a trained aligner"),
-    "eval": ("aligner.commands.evaluate", "did corrections help (reward, cost, judge); eval loss"),
+    "eval": ("aligner.commands.eval", "did corrections help (reward, cost, judge); eval loss"),
     "serve": ("aligner.commands.serve", "an OpenAI-compatible endpoint that corrects a model"),
 }
 

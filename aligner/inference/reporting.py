@@ -5,7 +5,7 @@ The metrics of generated corrections (``inference.metrics``: copy rate, edit dis
 match and ROUGE-L against references), reward- and cost-model scores (``inference.scoring``),
 an LLM judge's verdicts (``inference.judge``), and the mean loss per target token with perplexity
 (``inference.checkpoint_loss``); all in one JSON report. The command is
-``aligner.commands.evaluate``.
+``aligner.commands.eval``.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from aligner.commands import evaluate
+from aligner.commands import eval as evaluate
 from aligner.inference.records import read_written
 
 from .test_correct_ranks import free_port

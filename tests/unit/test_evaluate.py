@@ -10,7 +10,7 @@ import datasets
 import pytest
 import torch
 
-from aligner.commands import evaluate as eval_command
+from aligner.commands import eval as eval_command
 from aligner.constants import IGNORE_INDEX
 from aligner.inference.checkpoint_loss import target_loss
 from aligner.prompts import get_template

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from aligner.commands import evaluate
+from aligner.commands import eval as evaluate
 from aligner.inference.judge import (
     DEFAULT_PROMPT,
     order_for,

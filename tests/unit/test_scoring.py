@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from aligner.commands import evaluate
+from aligner.commands import eval as evaluate
 from aligner.inference.comparison import outcomes, paired_summary
 from aligner.inference.records import read_written
 from aligner.inference.reward import RewardModel, load_reward_model, plain_conversation
