@@ -136,7 +136,8 @@ def test_correct_on_the_base_model_stops_at_the_end_of_turn(
 
 
 def test_answer_correct_eval_round_trip(lora_run, real_model_dir: Path, tmp_path: Path) -> None:
-    from aligner.commands import answer, correct, evaluate
+    from aligner.commands import answer, correct
+    from aligner.commands import eval as evaluate
 
     questions = real_demo.write_jsonl(
         tmp_path / "questions.jsonl",
