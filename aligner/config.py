@@ -20,7 +20,7 @@ from typing import Any
 from transformers import SchedulerType
 
 from aligner.errors import UserError
-from aligner.options import add_options, bool_or_auto, option, take
+from aligner.options import add_options, bool_or_auto, defaults_from_file, option, take
 from aligner.runtime import Ranks
 from aligner.secrets import redact
 from aligner.training.ds_config import check_settings as check_deepspeed_settings
@@ -44,7 +44,7 @@ def column_pair(text: str) -> tuple[str, str]:
     return field_name, column
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelArgs:
     model_name_or_path: str = option(required=True, help="HF model folder or hub name")
     trust_remote_code: bool = option(
@@ -68,7 +68,7 @@ class ModelArgs:
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataArgs:
     train_datasets: list[str] = option(
         None,
@@ -164,7 +164,7 @@ class DataArgs:
                 seen[name] = given
 
 
-@dataclass
+@dataclass(frozen=True)
 class LayoutArgs:
     per_device_train_batch_size: int = option(4, "samples per micro-batch on each rank")
     per_device_eval_batch_size: int = option(4, "samples per evaluation batch on each rank")
@@ -186,7 +186,7 @@ class LayoutArgs:
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoraArgs:
     lora_r: int = option(0, "LoRA rank; 0 trains every weight instead")
     lora_alpha: float = option(16.0, "LoRA scaling numerator")
@@ -207,7 +207,7 @@ class LoraArgs:
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class OptimArgs:
     epochs: int = option(3, "passes over the training data", aliases=("--num_train_epochs",))
     max_steps: int = option(-1, "stop after this many optimizer steps (-1: off)")
@@ -235,7 +235,7 @@ class OptimArgs:
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class PrecisionArgs:
     bf16: bool | None = option(
         None,
@@ -252,7 +252,7 @@ class PrecisionArgs:
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvalArgs:
     need_eval: bool = option(
         False,
@@ -264,7 +264,7 @@ class EvalArgs:
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class OutputArgs:
     output_dir: str = option(required=True, help="where the model, logs and checkpoints go")
     defaults: str = option(
@@ -312,7 +312,7 @@ class OutputArgs:
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class DistArgs:
     zero_stage: int = option(3, "DeepSpeed ZeRO stage", choices=(0, 1, 2, 3))
     offload: str = option("none", "ZeRO offload to the CPU", choices=OFFLOAD_CHOICES)
@@ -330,6 +330,16 @@ class DistArgs:
         metavar="JSON",
     )
     dist_timeout: int = option(600, "seconds a collective may wait for a rank before the run fails")
+
+
+@dataclass(frozen=True)
+class RerunArgs:
+    config: str | None = option(
+        None,
+        "rerun with the flags saved in a run's training_args.json; a flag given here "
+        "overrides the file's value",
+        metavar="JSON",
+    )
 
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -389,7 +399,7 @@ def spellings(parser: argparse.ArgumentParser, argv: list[str] | None) -> dict[s
     return given
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything ``aligner train`` was asked to do, by group."""
 
@@ -403,7 +413,7 @@ class TrainConfig:
     output: OutputArgs
     dist: DistArgs
     deepspeed_overrides: dict[str, Any] | None = field(default=None)
-    """The keys of ``--deepspeed_config``, read by ``validate``."""
+    """The keys of ``--deepspeed_config``, read by ``validated``."""
 
     @staticmethod
     def parser() -> argparse.ArgumentParser:
@@ -416,6 +426,7 @@ class TrainConfig:
             formatter_class=argparse.ArgumentDefaultsHelpFormatter,
             allow_abbrev=False,
         )
+        add_options(parser, RerunArgs)
         for group, title in TRAIN_GROUPS.values():
             add_options(parser, group, title=title)
         return parser
@@ -423,16 +434,18 @@ class TrainConfig:
     @classmethod
     def parse(cls, argv: list[str] | None) -> TrainConfig:
         """Parse and validate; ``--defaults original`` swaps in the original script's defaults,
-        which any flag given still overrides."""
+        and ``--config`` a saved run's flags, which any flag given still overrides."""
         profile = argparse.ArgumentParser(add_help=False)
         profile.add_argument("--defaults", choices=PROFILES, default="aligner")
+        profile.add_argument("--config", default=None)
         known, _ = profile.parse_known_args(argv)
         parser = cls.parser()
         parser.set_defaults(**PROFILES[known.defaults])
+        if known.config is not None:
+            defaults_from_file(parser, known.config)
         namespace = parser.parse_args(argv)
         config = cls(**{name: take(namespace, group) for name, (group, _) in TRAIN_GROUPS.items()})
-        config.validate(spellings(parser, argv))
-        return config
+        return config.validated(spellings(parser, argv))
 
     def flat(self) -> dict[str, Any]:
         """Every flag's value by its name."""
@@ -446,9 +459,11 @@ class TrainConfig:
         secret-named flag, and no secret from the environment inside any value."""
         return saved_values(self.flat())
 
-    def validate(self, spelled: dict[str, str] | None = None) -> None:
-        """Check flag values and combinations; raise ArgumentError with one clear line, naming
-        a flag as ``spelled`` (flag name -> the alias given) where the user gave an alias."""
+    def validated(self, spelled: dict[str, str] | None = None) -> TrainConfig:
+        """This config checked, with its derived values filled in (the save precision, the
+        packing budget, the ``--deepspeed_config`` keys), as a new frozen config; raise
+        ArgumentError with one clear line, naming a flag as ``spelled`` (flag name -> the alias
+        given) where the user gave an alias."""
         self.data.check()  # first: the layout's defaults are derived from --max_length
         flat = self.flat()
         for name, (allowed, inside) in FLOAT_RANGES.items():
@@ -475,12 +490,11 @@ class TrainConfig:
             raise ArgumentError("--checkpoint_interval must be >= 0 and --save_total_limit >= 1")
         if output.save_16bit and output.save_fp32:
             raise ArgumentError("--save_16bit True and --save_fp32 are exclusive")
-        output.save_fp32 = output.save_fp32 or output.save_16bit is False
         self._validate_layout_and_lora()
         data = self.data
         if self.eval.need_eval and not (data.eval_datasets or data.eval_split_ratio > 0):
             raise ArgumentError("--need_eval needs --eval_datasets or --eval_split_ratio")
-        self.deepspeed_overrides = read_deepspeed_overrides(self.dist.deepspeed_config)
+        overrides = read_deepspeed_overrides(self.dist.deepspeed_config)
         try:
             check_deepspeed_settings(
                 stage=self.dist.zero_stage,
@@ -488,19 +502,31 @@ class TrainConfig:
                 micro_batch_size_per_gpu=self.layout.per_device_train_batch_size,
                 gradient_accumulation_steps=self.layout.gradient_accumulation_steps,
                 world_size=Ranks.from_env().world_size,
-                overrides=self.deepspeed_overrides,
+                overrides=overrides,
             )
         except ValueError as error:
             raise ArgumentError(str(error)) from None
+        return dataclasses.replace(
+            self,
+            layout=dataclasses.replace(self.layout, packing_max_tokens=self._packing_budget()),
+            output=dataclasses.replace(
+                output, save_fp32=output.save_fp32 or output.save_16bit is False
+            ),
+            deepspeed_overrides=overrides,
+        )
+
+    def _packing_budget(self) -> int:
+        """``--packing_max_tokens``, by default one padded micro-batch's tokens."""
+        layout = self.layout
+        if layout.packing_max_tokens is None:
+            return layout.per_device_train_batch_size * self.data.max_length
+        return layout.packing_max_tokens
 
     def _validate_layout_and_lora(self) -> None:
-        layout, lora = self.layout, self.lora
-        max_length = self.data.max_length
-        if layout.packing_max_tokens is None:
-            layout.packing_max_tokens = layout.per_device_train_batch_size * max_length
-        if layout.packing_max_tokens < max_length:
+        lora, max_length, budget = self.lora, self.data.max_length, self._packing_budget()
+        if budget < max_length:
             raise ArgumentError(
-                f"--packing_max_tokens {layout.packing_max_tokens} must be at least "
+                f"--packing_max_tokens {budget} must be at least "
                 f"--max_length {max_length}, so that every sample fits"
             )
         if lora.lora_r < 0:
@@ -535,9 +561,8 @@ def saved_values(values: dict[str, Any]) -> dict[str, Any]:
             continue
         if value is None or isinstance(value, (bool, int, float, str)):
             saved[name] = value
-        elif isinstance(value, (list, tuple)):
-            saved[name] = [str(item) for item in value]
-        elif isinstance(value, dict):
+        elif isinstance(value, (list, tuple, dict)):
+            # A --column_map pair becomes a two-item list, which --config reads back.
             saved[name] = json.loads(json.dumps(value, default=str))
         else:
             saved[name] = str(value)

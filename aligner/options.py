@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import types
 import typing
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any, TypeVar
 
 Group = TypeVar("Group")
@@ -147,3 +149,56 @@ def take(namespace: argparse.Namespace, group: type[Group]) -> Group:
     values = vars(namespace)
     given = {f.name: values[f.name] for f in dataclasses.fields(group) if f.name in values}
     return group(**given)
+
+
+def defaults_from_file(parser: argparse.ArgumentParser, path: str) -> None:
+    """Make the flag values saved in the JSON file ``path`` (a run's ``training_args.json``)
+    ``parser``'s defaults, so that a flag given on the command line still overrides them.
+
+    A saved value is checked as the flag's own parsing would check it: an unknown name, a
+    value of the wrong kind or out of its choices is refused with one line naming the file.
+    """
+    from aligner.errors import UserError
+
+    try:
+        saved = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"--config {path}: {error}") from None
+    if not isinstance(saved, dict):
+        raise UserError(f"--config {path}: must hold a JSON object of flag values")
+    actions = {action.dest: action for action in parser._actions if action.option_strings}
+    values = {}
+    for name, value in saved.items():
+        if name not in actions or name in {"help", "config"}:
+            raise UserError(f"--config {path}: unknown flag {name!r}")
+        problem, values[name] = _saved_value(actions[name], value)
+        if problem:
+            raise UserError(f"--config {path}: {name}: {problem}, got {value!r}")
+    for name in values:
+        actions[name].required = False  # the file gives it
+    parser.set_defaults(**values)
+
+
+KINDS = {bool: "a boolean", int: "an integer", float: "a number"}
+
+
+def _saved_value(action: argparse.Action, value: Any) -> tuple[str | None, Any]:
+    """A saved flag value as the parsed flag holds it, and what is wrong with it (or None)."""
+    if value is None:
+        return None, None
+    takes_many = action.nargs in ("+", "*") or isinstance(action, argparse._AppendAction)
+    if takes_many != isinstance(value, list):
+        return ("expected a list" if takes_many else "expected a single value"), value
+    items = value if takes_many else [value]
+    # A pair (--column_map FIELD=COLUMN) is saved as a two-item list.
+    items = [tuple(item) if isinstance(item, list) else item for item in items]
+    kind = bool if action.type is str2bool else action.type
+    for item in items:
+        accepted = (int, float) if kind is float else kind
+        if kind in KINDS and not (
+            isinstance(item, accepted) and (kind is bool or not isinstance(item, bool))
+        ):
+            return f"expected {KINDS[kind]}", value
+        if action.choices is not None and item not in action.choices:
+            return f"expected one of {', '.join(map(str, action.choices))}", value
+    return None, (items if takes_many else items[0])

@@ -13,7 +13,7 @@ Test hooks read from the environment are listed in ``aligner.training.hooks``.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from aligner.config import ArgumentError, TrainConfig
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from aligner.prompts import Template
     from aligner.runtime import Runtime
+    from aligner.training.model import ModelPlan
 
 
 @dataclass
@@ -57,6 +58,16 @@ def check_output_and_tracker(config: TrainConfig) -> None:
     check_tracker_reachable(output.log_type)
 
 
+def as_planned(config: TrainConfig, plan: ModelPlan) -> TrainConfig:
+    """``config`` with the attention kernel and LoRA modules the model plan chose, so that every
+    rank loads the model as checked, and the saved flags say what was used."""
+    lora = config.lora
+    if plan.lora_target_modules is not None:
+        lora = replace(lora, lora_target_modules=list(plan.lora_target_modules))
+    model = replace(config.model, attn_implementation=plan.attn_implementation)
+    return replace(config, model=model, lora=lora)
+
+
 def prepare(argv: list[str]) -> PreparedRun:
     """Parse and check everything, before any process-group work."""
     from transformers import set_seed
@@ -75,10 +86,7 @@ def prepare(argv: list[str]) -> PreparedRun:
     model = config.model
     tokenizer = load_tokenizer(model.model_name_or_path, trust_remote_code=model.trust_remote_code)
     plan = plan_model(config, len(tokenizer))
-    # Every rank loads the model as checked, and the saved flags say what was used.
-    model.attn_implementation = plan.attn_implementation
-    if plan.lora_target_modules is not None:
-        config.lora.lora_target_modules = list(plan.lora_target_modules)
+    config = as_planned(config, plan)
     template = template_for(config.data, tokenizer, model.model_name_or_path)
     train, evaluation, report = training_sets(config.data, tokenizer, template)
     warmup = warmup_set(config.data, tokenizer, template)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -356,3 +357,44 @@ def test_the_original_scripts_defaults_are_a_profile_that_flags_override() -> No
     assert (overridden.output.log_type, overridden.precision.tf32) == ("none", False)
     assert parse("--defaults", "original", "--save_16bit", "False").output.save_fp32 is True
     assert parse("--tf32", "auto").precision.tf32 is None
+
+
+def test_a_validated_config_cannot_be_changed() -> None:
+    """Derived values are filled in by validation into a new object; nothing writes after."""
+    config = parse("--save_16bit", "False", "--packing")
+    assert config.output.save_fp32 is True and config.layout.packing_max_tokens == 4 * 2048
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.output.save_fp32 = False
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.deepspeed_overrides = {}
+
+
+def test_a_saved_training_args_file_reruns_with_a_flag_overriding_it(tmp_path: Path) -> None:
+    flags = ("--lr", "1e-4", "--column_map", "question=prompt", "--eval_datasets", "e.jsonl")
+    path = tmp_path / "training_args.json"
+    path.write_text(json.dumps(parse(*flags, "--defaults", "original").for_saving()))
+    rerun = TrainConfig.parse(["--config", str(path), "--lr", "3e-5"])
+    assert rerun == parse(*flags, "--defaults", "original", "--lr", "3e-5")
+    assert rerun.data.column_map == [("question", "prompt")] and rerun.optim.lr == 3e-5
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"lr": 1e-4, "learning_rat": 1}', "unknown flag 'learning_rat'"),
+        ('{"zero_stage": 7}', "zero_stage: expected one of 0, 1, 2, 3, got 7"),
+        ('{"epochs": "3"}', "epochs: expected an integer, got '3'"),
+        ('{"train_datasets": "d.jsonl"}', "train_datasets: expected a list, got 'd.jsonl'"),
+        ("[1, 2]", "must hold a JSON object of flag values"),
+        ("{not json", "Expecting property name enclosed in double quotes"),
+    ],
+)
+def test_a_bad_saved_training_args_file_is_one_line_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, message: str
+) -> None:
+    path = tmp_path / "training_args.json"
+    path.write_text(content)
+    assert train_command.main([*REQUIRED, "--config", str(path)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"aligner train: error: --config {path}: ") and "\n" not in error
+    assert message in error
