@@ -1,10 +1,13 @@
 """How every command ends: its exit codes, its one-line error, and usage errors in two lines.
 
-Every command runs as ``run_command(name, prepare, execute)``, the one place where errors
-become exit codes: a ``UserError`` (a bad flag, record, template, path, or a refused resume) or
-an unreadable file met while preparing refuses the command with ``EXIT_REFUSED`` before any work;
-a ``RunFailure`` or an ``OSError`` (a full disk) while executing fails it with ``EXIT_FAILED``,
-keeping what was written; Ctrl-C is ``EXIT_SIGINT``. Each is one line, never a traceback.
+Every command runs as ``run_command(name, argv, parse, prepare, execute)``: ``parse`` turns the
+command line into the command's config, ``prepare(config)`` checks everything and returns a
+``Plan`` without writing anything, and ``execute(plan)`` does the work. It is the only caller
+of the three, and the one place where errors become exit codes: a ``UserError`` (a bad flag,
+record, template, path, or a refused resume) or an unreadable file met while parsing or
+preparing refuses the command with ``EXIT_REFUSED`` before any work; a ``RunFailure`` or an
+``OSError`` (a full disk) while executing fails it with ``EXIT_FAILED``, keeping what was
+written; Ctrl-C is ``EXIT_SIGINT``. Each is one line, never a traceback.
 """
 
 from __future__ import annotations
@@ -12,9 +15,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
-Plan = TypeVar("Plan")
+Config = TypeVar("Config")
+Found = TypeVar("Found")
+Prepared = TypeVar("Prepared")
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -55,6 +61,15 @@ def report(command: str, error: BaseException | str, code: int) -> int:
     return code
 
 
+@dataclass(frozen=True)
+class Plan(Generic[Config, Found]):
+    """What a command's ``prepare`` returns: its validated config, and what the checks found
+    (the records to process, a loaded tokenizer...) that ``execute`` needs."""
+
+    config: Config
+    found: Found
+
+
 class CommandParser(argparse.ArgumentParser):
     """An argument parser whose usage, printed above a usage error, is one line: the required
     flags and a pointer to ``--help``, not every option (``--help`` still lists them all)."""
@@ -70,12 +85,15 @@ class CommandParser(argparse.ArgumentParser):
 
 def run_command(
     command: str,
-    prepare: Callable[[], Plan],
-    execute: Callable[[Plan], int],
+    argv: list[str],
+    parse: Callable[[list[str]], Any],
+    prepare: Callable[[Any], Prepared],
+    execute: Callable[[Prepared], int],
     *,
-    interrupted: str | Callable[[Plan], str] = "interrupted",
+    interrupted: str | Callable[[Prepared], str] = "interrupted",
 ) -> int:
-    """Run ``prepare`` (every check, before any work) then ``execute``; return the exit code.
+    """Parse ``argv``, run ``prepare`` (every check, before any work) on the config, then
+    ``execute`` the plan; return the exit code.
 
     Under a launcher every rank usually meets the same user error: rank 0 prints it as the one
     line, the others with their rank.
@@ -83,7 +101,7 @@ def run_command(
     or makes it from the plan.
     """
     try:
-        plan = prepare()
+        plan = prepare(parse(argv))
     except (UserError, OSError, ValueError) as error:
         # ValueError too: libraries (json, datasets, tokenizers) report a bad user file so.
         return _say_once(command, error, EXIT_REFUSED)

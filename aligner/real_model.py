@@ -125,13 +125,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "dir", nargs="?", default=None, help=f"the folder (default: {cache_root() / NAME})"
     )
-    args = parser.parse_args(argv)
 
-    def build(_: None) -> int:
+    def build(args: argparse.Namespace) -> int:
         print(ensure_model(args.dir))
         return 0
 
-    return run_command("get-real-model", lambda: None, build)
+    # Nothing to check before building: the folder is made or found while building.
+    return run_command("get-real-model", argv, parser.parse_args, lambda args: args, build)
 
 
 if __name__ == "__main__":

@@ -477,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
             result = run_trl(work, model, args.max_length, packing=args.child == "trl packed")
         print(RESULT_PREFIX + json.dumps(asdict(result)), flush=True)
         return 0
-    return run_command("bench-train", lambda: check_options(args), run_benchmark)
+    return run_command("bench-train", argv, parser.parse_args, check_options, run_benchmark)
 
 
 if __name__ == "__main__":

@@ -24,8 +24,9 @@ import sys
 from pathlib import Path
 
 from aligner.commands.correct import add_generation_arguments, check_generation_args
-from aligner.errors import CommandParser, run_command
-from aligner.inference.answering import REFERENCE_FIELD, AnswerError, Plan, check, run
+from aligner.errors import CommandParser, Plan, run_command
+from aligner.inference import answering
+from aligner.inference.answering import REFERENCE_FIELD, AnswerError, check, run
 from aligner.inference.endpoint import add_endpoint_arguments
 from aligner.options import add_bool
 
@@ -72,20 +73,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def prepare(args: argparse.Namespace) -> Plan:
+def prepare(args: argparse.Namespace) -> Plan[argparse.Namespace, answering.Plan]:
     """The flags, then every check that needs no model; nothing is written."""
     check_generation_args(args)
     if Path(args.input).resolve() == Path(args.output).resolve():
         raise AnswerError("--input, --output must be different files")
-    return check(args)
+    return Plan(args, check(args))
+
+
+def execute(plan: Plan[argparse.Namespace, answering.Plan]) -> int:
+    return run(plan.config, plan.found)
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
     return run_command(
         "aligner answer",
-        lambda: prepare(args),
-        lambda plan: run(args, plan),
+        argv,
+        build_parser().parse_args,
+        prepare,
+        execute,
         interrupted="interrupted; run the same command again to resume",
     )
 

@@ -28,8 +28,9 @@ import sys
 from pathlib import Path
 
 from aligner.config import DataArgs
-from aligner.errors import CommandParser, UserError, run_command
-from aligner.inference.correcting import REFERENCE_FIELD, CorrectionError, Plan, check, run
+from aligner.errors import CommandParser, Plan, UserError, run_command
+from aligner.inference import correcting
+from aligner.inference.correcting import REFERENCE_FIELD, CorrectionError, check, run
 from aligner.inference.endpoint import add_endpoint_arguments, endpoint_from_args
 from aligner.inference.model_loading import add_model_arguments
 from aligner.inference.preference import FORMATS
@@ -169,18 +170,23 @@ def check_args(args: argparse.Namespace) -> None:
         raise CorrectionError(f"{', '.join(paths)} must be different files")
 
 
-def prepare(args: argparse.Namespace) -> Plan:
+def prepare(args: argparse.Namespace) -> Plan[argparse.Namespace, correcting.Plan]:
     """The flags, then every check that needs no model; nothing is written."""
     check_args(args)
-    return check(args)
+    return Plan(args, check(args))
+
+
+def execute(plan: Plan[argparse.Namespace, correcting.Plan]) -> int:
+    return run(plan.config, plan.found)
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
     return run_command(
         "aligner correct",
-        lambda: prepare(args),
-        lambda plan: run(args, plan),
+        argv,
+        build_parser().parse_args,
+        prepare,
+        execute,
         interrupted="interrupted; run the same command again to resume",
     )
 

@@ -14,14 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from datasets import Dataset
 
 from aligner.config import DataArgs, LayoutArgs, ModelArgs
 from aligner.datasets.base import DataError
 from aligner.datasets.pipeline import DataReport, template_for, training_sets
 from aligner.datasets.spec import parse_dataset_spec
-from aligner.errors import CommandParser, run_command
+from aligner.errors import CommandParser, Plan, run_command
 from aligner.files import atomic_writer, check_writable
 from aligner.options import add_options, option, take
+from aligner.prompts import Template
 from aligner.tokenizer import load_tokenizer
 
 NAME_WIDTH = 40
@@ -147,7 +149,16 @@ def dump_samples(train, path: Path) -> None:
                 handle.write(json.dumps({"input_ids": ids, "labels": labels}) + "\n")
 
 
-def prepare(args: argparse.Namespace) -> tuple:
+@dataclass(frozen=True)
+class Samples:
+    """What the data command's checks found: the template and the tokenized training set."""
+
+    template: Template
+    train: Dataset
+    report: DataReport
+
+
+def prepare(args: argparse.Namespace) -> Plan[argparse.Namespace, Samples]:
     """Check the flags and the dump path, then read, check and tokenize every record."""
     data = take(args, DataArgs)
     data.check()
@@ -156,12 +167,13 @@ def prepare(args: argparse.Namespace) -> tuple:
     tokenizer = load_tokenizer(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
     template = template_for(data, tokenizer, args.model_name_or_path)
     train, _, data_report = training_sets(data, tokenizer, template)
-    return template, train, data_report
+    return Plan(args, Samples(template, train, data_report))
 
 
-def execute(args: argparse.Namespace, template, train, data_report: DataReport) -> int:
+def execute(plan: Plan[argparse.Namespace, Samples]) -> int:
+    args, template, train = plan.config, plan.found.template, plan.found.train
     print(f"prompt template: {template.name} ({template.kind})")
-    print(format_report(data_report, train, args.per_device_train_batch_size, args.seed))
+    print(format_report(plan.found.report, train, args.per_device_train_batch_size, args.seed))
     if args.dump:
         dump_samples(train, Path(args.dump))
         print(f"\nwrote {len(train)} samples to {args.dump}")
@@ -169,8 +181,8 @@ def execute(args: argparse.Namespace, template, train, data_report: DataReport) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    return run_command("aligner data", lambda: prepare(args), lambda plan: execute(args, *plan))
+    arguments = sys.argv[1:] if argv is None else argv
+    return run_command("aligner data", arguments, parse_args, prepare, execute)
 
 
 if __name__ == "__main__":

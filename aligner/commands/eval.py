@@ -25,7 +25,7 @@ from pathlib import Path
 
 from aligner.config import DataArgs
 from aligner.datasets.base import DataError
-from aligner.errors import CommandParser, run_command
+from aligner.errors import CommandParser, Plan, run_command
 from aligner.files import check_writable
 from aligner.inference import judge
 from aligner.inference.correcting import REFERENCE_FIELD
@@ -193,17 +193,23 @@ def check_args(args: argparse.Namespace) -> None:
         )
 
 
-def prepare(args: argparse.Namespace) -> argparse.Namespace:
+def prepare(args: argparse.Namespace) -> Plan[argparse.Namespace, None]:
+    """Every check of the flags and paths; the inputs are read as the work begins."""
     check_args(args)
-    return args
+    return Plan(args, None)
+
+
+def execute(plan: Plan[argparse.Namespace, None]) -> int:
+    return run(plan.config)
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
     return run_command(
         "aligner eval",
-        lambda: prepare(args),
-        run,
+        argv,
+        build_parser().parse_args,
+        prepare,
+        execute,
         interrupted="interrupted; run the same command again to resume",
     )
 

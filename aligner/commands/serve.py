@@ -21,7 +21,7 @@ import sys
 from aligner.commands.correct import add_generation_arguments, check_generation_args
 from aligner.config import ArgumentError
 from aligner.datasets.encode import SampleEncoder
-from aligner.errors import CommandParser, run_command
+from aligner.errors import CommandParser, Plan, run_command
 from aligner.inference.correcting import INFERENCE_MAX_LENGTH
 from aligner.inference.endpoint import (
     add_endpoint_arguments,
@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def prepare(args: argparse.Namespace) -> Service:
+def prepare(args: argparse.Namespace) -> Plan[argparse.Namespace, Service]:
     """Every check, then the service with its aligner loaded; nothing listens yet."""
     check_generation_args(args)
     upstream = endpoint_from_args(args, "upstream")
@@ -127,7 +127,7 @@ def prepare(args: argparse.Namespace) -> Service:
     else:
         model = load_model(args, len(tokenizer))
         aligner = LocalAligner(model, tokenizer, encoder.stop_token_ids(), options, args.batch_size)
-    return Service(
+    service = Service(
         name=args.served_model_name or upstream.model,
         upstream=upstream,
         upstream_concurrency=args.upstream_concurrency,
@@ -138,11 +138,13 @@ def prepare(args: argparse.Namespace) -> Service:
             args.max_body_bytes, args.max_messages, args.max_prompt_tokens, args.max_tokens
         ),
     )
+    return Plan(args, service)
 
 
-def serve(args: argparse.Namespace, service: Service) -> int:
+def execute(plan: Plan[argparse.Namespace, Service]) -> int:
     import uvicorn
 
+    args, service = plan.config, plan.found
     aligner = args.aligner_url or args.model_name_or_path
     print(
         f"aligner serve: http://{args.host}:{args.port}/v1: replies of {service.upstream.model} "
@@ -156,8 +158,7 @@ def serve(args: argparse.Namespace, service: Service) -> int:
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    return run_command("aligner serve", lambda: prepare(args), lambda service: serve(args, service))
+    return run_command("aligner serve", argv, build_parser().parse_args, prepare, execute)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from aligner.config import ArgumentError, TrainConfig
-from aligner.errors import run_command
+from aligner.errors import Plan, run_command
 from aligner.runtime import training_ranks
 
 if TYPE_CHECKING:
@@ -31,9 +31,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class PreparedRun:
-    """A run whose every input was checked: where it runs, its tokenizer, template and data."""
+    """What a run's checks found: where it runs, its tokenizer, template and data."""
 
-    config: TrainConfig
     runtime: Runtime
     tokenizer: PreTrainedTokenizerBase
     template: Template
@@ -68,8 +67,8 @@ def as_planned(config: TrainConfig, plan: ModelPlan) -> TrainConfig:
     return replace(config, model=model, lora=lora)
 
 
-def prepare(argv: list[str]) -> PreparedRun:
-    """Parse and check everything, before any process-group work."""
+def prepare(config: TrainConfig) -> Plan[TrainConfig, PreparedRun]:
+    """Check everything, before any process-group work."""
     from transformers import set_seed
 
     from aligner.datasets.pipeline import template_for, training_sets, warmup_set
@@ -77,7 +76,6 @@ def prepare(argv: list[str]) -> PreparedRun:
     from aligner.tokenizer import load_tokenizer
     from aligner.training.model import check_model_flags, plan_model
 
-    config = TrainConfig.parse(argv)
     ranks = training_ranks(config.dist.local_rank)
     check_output_and_tracker(config)
     runtime = Runtime.on_this_machine(ranks, config.precision)
@@ -97,23 +95,23 @@ def prepare(argv: list[str]) -> PreparedRun:
         print(
             report.describe(train, evaluation, None if warmup is None else len(warmup)), flush=True
         )
-    return PreparedRun(config, runtime, tokenizer, template, train, evaluation, warmup)
+    return Plan(config, PreparedRun(runtime, tokenizer, template, train, evaluation, warmup))
 
 
-def execute(run: PreparedRun) -> int:
+def execute(plan: Plan[TrainConfig, PreparedRun]) -> int:
     """Join the process group, train, and leave it on every rank."""
     import torch.distributed as dist
 
     from aligner.runtime import join_training_group
     from aligner.training.trainer import Trainer
 
-    rt = run.runtime
+    run, rt = plan.found, plan.found.runtime
     join_training_group(
-        on_cpu=rt.on_cpu, local_rank=rt.local_rank, timeout_s=run.config.dist.dist_timeout
+        on_cpu=rt.on_cpu, local_rank=rt.local_rank, timeout_s=plan.config.dist.dist_timeout
     )
     try:
         trainer = Trainer(
-            run.config, rt, run.tokenizer, run.template, run.train, run.evaluation, run.warmup
+            plan.config, rt, run.tokenizer, run.template, run.train, run.evaluation, run.warmup
         )
         trainer.train()
         dist.barrier()
@@ -123,18 +121,20 @@ def execute(run: PreparedRun) -> int:
     return 0
 
 
-def interrupted(run: PreparedRun) -> str:
+def interrupted(plan: Plan[TrainConfig, PreparedRun]) -> str:
     """What Ctrl-C during training prints: what is left to resume from."""
     from aligner.training.checkpoints import what_is_kept
 
-    return f"interrupted; {what_is_kept(run.config.output.output_dir)}"
+    return f"interrupted; {what_is_kept(plan.config.output.output_dir)}"
 
 
 def main(argv: list[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else argv
     return run_command(
         "aligner train",
-        lambda: prepare(arguments),
+        arguments,
+        TrainConfig.parse,
+        prepare,
         execute,
         interrupted=interrupted,
     )
