@@ -1,8 +1,11 @@
 """The run configuration: every flag of every command, in typed groups, validated in one place.
 
-``ModelArgs`` and ``DataArgs`` are shared by ``aligner data``, ``train``, ``correct`` and
-``eval``; the other groups make up ``aligner train``'s ``TrainConfig``. Each field is one flag
-(``aligner.options``): its name, aliases, default and help live here and nowhere else.
+Each field of a group is one flag (``aligner.options``): its name, aliases, default and help live
+here and nowhere else. A command takes the groups it needs, or part of one (``Part``), into its
+own frozen config: ``TrainConfig`` for ``aligner train``, and a ``CommandConfig`` for ``answer``,
+``correct``, ``eval``, ``serve`` and ``data``, whose flags also read as attributes of the whole
+(``config.seed``). The groups of one server's flags (``EndpointArgs``) are added for a prefix:
+``--aligner_url``, ``--upstream_url``, ``--judge_url``.
 """
 
 from __future__ import annotations
@@ -12,14 +15,16 @@ import dataclasses
 import json
 import math
 import sys
+from argparse import SUPPRESS
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 from transformers import SchedulerType
 
 from aligner.errors import UserError
+from aligner.inference.preference import FORMATS as PREFERENCE_FORMATS
 from aligner.options import add_options, bool_or_auto, defaults_from_file, option, take
 from aligner.runtime import Ranks
 from aligner.secrets import redact
@@ -332,6 +337,192 @@ class DistArgs:
     dist_timeout: int = option(600, "seconds a collective may wait for a rank before the run fails")
 
 
+SAMPLED = "with --do_sample; default: the checkpoint's generation_config"
+
+
+@dataclass(frozen=True)
+class GenerationArgs:
+    """Decoding: greedy by default, sampled with --do_sample."""
+
+    batch_size: int = option(
+        8, "records per generate call, or per round of requests to --aligner_url (%(default)s)"
+    )
+    max_new_tokens: int = option(512, "most tokens per correction (%(default)s)")
+    do_sample: bool = option(False, "sample instead of greedy decoding")
+    temperature: float | None = option(None, SAMPLED)
+    top_p: float | None = option(None, SAMPLED)
+    top_k: int | None = option(None, f"{SAMPLED}; 0 disables it")
+
+    def check(self) -> None:
+        for flag in ("batch_size", "max_new_tokens"):
+            if getattr(self, flag) < 1:
+                raise ArgumentError(f"--{flag} must be at least 1")
+        sampling = [
+            f"--{f}" for f in ("temperature", "top_p", "top_k") if getattr(self, f) is not None
+        ]
+        if sampling and not self.do_sample:
+            raise ArgumentError(f"{', '.join(sampling)} take effect only with --do_sample")
+        if self.temperature is not None and not 0 < self.temperature < math.inf:
+            raise ArgumentError(
+                "--temperature must be a finite number above 0 (greedy decoding is the default)"
+            )
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ArgumentError("--top_p must be in (0, 1]")
+        if self.top_k is not None and self.top_k < 0:
+            raise ArgumentError("--top_k must be at least 0 (0 disables it)")
+
+
+@dataclass(frozen=True)
+class LoadingArgs:
+    """Where and how a checkpoint is loaded for inference (with ``--trust_remote_code``)."""
+
+    device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    dtype: str = option("auto", "auto, float32, bfloat16 or float16")
+
+
+@dataclass(frozen=True)
+class EndpointArgs:
+    """One OpenAI-compatible server's flags, added for a prefix: ``--aligner_url``,
+    ``--upstream_model``, ``--judge_timeout``... (``add_options(..., prefix=...)``)."""
+
+    url: str | None = option(
+        None, "base URL of an OpenAI-compatible server, e.g. http://localhost:8000/v1"
+    )
+    model: str | None = option(None, "the model name the server serves")
+    api_key_env: str | None = option(
+        None,
+        "environment variable holding the API key, sent as a bearer token; without it "
+        "requests carry no key (%(default)s)",
+        metavar="VAR",
+    )
+    concurrency: int = option(8, "requests at once (%(default)s)")
+    timeout: float = option(
+        120.0,
+        "seconds a request may take in all: connecting, sending, and reading the whole "
+        "reply (%(default)s)",
+    )
+    retries: int = option(5, "retries after a 429, 5xx, timeout or malformed reply (%(default)s)")
+    backoff: float = option(
+        1.0, "seconds before the first retry, doubled for each further one (%(default)s)"
+    )
+    max_reply_bytes: int = option(8 << 20, "a longer reply is cut off and retried (%(default)s)")
+
+
+@dataclass(frozen=True)
+class FilesArgs:
+    """The files a record-processing command reads and writes."""
+
+    input: str = option(
+        required=True,
+        help="records with question and answer: JSON, JSONL, Parquet, CSV or a save_to_disk "
+        "folder, read and checked as for training",
+    )
+    output: str | None = option(required=True, help="JSONL written (and resumed) here")
+
+
+@dataclass(frozen=True)
+class CorrectionArgs:
+    """What ``aligner correct`` writes beside the corrections."""
+
+    rounds: int = option(
+        1,
+        "correct each correction again, N rounds in all; a record stops early once a "
+        "round returns it unchanged",
+    )
+    preference_output: str | None = option(
+        None, "also write DPO pairs (prompt=question, chosen=correction, rejected=answer)"
+    )
+    upstream_tokenizer: str | None = option(
+        None,
+        "the upstream model's tokenizer: its chat template writes standard-format "
+        "preference prompts exactly as that model is prompted (default: the question and a "
+        "blank line)",
+        metavar="PATH",
+    )
+    preference_format: str = option(
+        "standard",
+        "TRL's standard (strings) or conversational (message lists) preference records",
+        choices=PREFERENCE_FORMATS,
+    )
+
+
+@dataclass(frozen=True)
+class PredictionsArgs:
+    """``aligner eval``'s corrected file, and its reward, cost and judge scoring."""
+
+    predictions: str | None = option(None, "records with answer and correction (aligner correct)")
+    reference_field: str | None = option(
+        None,
+        "field holding the reference correction (default: reference_correction, where a "
+        "record has one); a field that no record has is an error",
+    )
+
+
+@dataclass(frozen=True)
+class ScoringArgs:
+    reward_model: str | None = option(
+        None, "sequence-classification checkpoint with one output: higher is more helpful"
+    )
+    cost_model: str | None = option(None, "the same, where higher is more harmful")
+    scores_output: str | None = option(
+        None, "per-record scores (JSONL, resumed); default: PREDICTIONS.scores.jsonl beside it"
+    )
+    device_map: str | None = option(
+        None,
+        "auto: spread each scorer over every GPU of the node (accelerate), for models too "
+        "large for one",
+        choices=["auto"],
+    )
+    tie_margin: float = option(0.0, "score differences up to this are ties (%(default)s)")
+    bootstrap_samples: int = option(
+        10_000, "resamples of the 95%% interval of the mean difference (%(default)s)"
+    )
+
+
+@dataclass(frozen=True)
+class JudgeArgs:
+    judge_prompt: str | None = option(
+        None, "file with the judging prompt: {conversation}, {reply_a} and {reply_b}"
+    )
+    judge_output: str | None = option(
+        None,
+        "per-record verdicts (JSONL, resumed); default: PREDICTIONS.judge.jsonl beside it",
+    )
+    judge_max_tokens: int = option(1024, "most tokens per verdict (%(default)s)")
+    judge_temperature: float = option(0.0, "judge sampling (%(default)s)")
+
+
+@dataclass(frozen=True)
+class ServerArgs:
+    host: str = option("127.0.0.1", "address to listen on (%(default)s)")
+    port: int = option(8080, "port to listen on (%(default)s)")
+    served_model_name: str | None = option(
+        None, "the model name /v1/models lists and replies carry (default: --upstream_model)"
+    )
+    api_key_env: str | None = option(
+        None,
+        "environment variable holding the key clients must send as a bearer token; "
+        "without it no key is asked for",
+        metavar="VAR",
+    )
+
+
+@dataclass(frozen=True)
+class LimitArgs:
+    """What one request to ``aligner serve`` may hold; more is refused with a 4xx."""
+
+    max_body_bytes: int = option(
+        1 << 20, "most bytes of a request's body; more is a 413 (%(default)s)"
+    )
+    max_messages: int = option(64, "most turns of a conversation (%(default)s)")
+    max_prompt_tokens: int = option(
+        4096,
+        "most tokens of the aligner's prompt: the conversation and the upstream's reply "
+        "(%(default)s)",
+    )
+    max_tokens: int = option(4096, "most max_tokens a client may ask of the upstream (%(default)s)")
+
+
 @dataclass(frozen=True)
 class RerunArgs:
     config: str | None = option(
@@ -436,8 +627,8 @@ class TrainConfig:
         """Parse and validate; ``--defaults original`` swaps in the original script's defaults,
         and ``--config`` a saved run's flags, which any flag given still overrides."""
         profile = argparse.ArgumentParser(add_help=False)
-        profile.add_argument("--defaults", choices=PROFILES, default="aligner")
-        profile.add_argument("--config", default=None)
+        add_options(profile, OutputArgs, only=("defaults",))
+        add_options(profile, RerunArgs)
         known, _ = profile.parse_known_args(argv)
         parser = cls.parser()
         parser.set_defaults(**PROFILES[known.defaults])
@@ -567,3 +758,369 @@ def saved_values(values: dict[str, Any]) -> dict[str, Any]:
         else:
             saved[name] = str(value)
     return redact(saved)
+
+
+@dataclass(frozen=True)
+class Part:
+    """A group of flags as one command takes it: ``add_options``' settings for the group."""
+
+    group: type
+    title: str | None = None
+    only: tuple[str, ...] | None = None
+    defaults: dict[str, Any] = field(default_factory=dict)
+    helps: dict[str, str] = field(default_factory=dict)
+    optional: tuple[str, ...] = ()
+    prefix: str | None = None
+
+
+@dataclass(frozen=True)
+class CommandConfig:
+    """A command's flags, by group (frozen). Every flag also reads as an attribute of the
+    whole, by its command-line name (``config.seed``, ``config.aligner_url``), so that code
+    reads a flag the same way whichever group declares it."""
+
+    PROG: ClassVar[str] = ""
+    DESCRIPTION: ClassVar[str] = ""
+    PARTS: ClassVar[dict[str, Part]] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        for part_name, part in self.PARTS.items():
+            group = object.__getattribute__(self, part_name)
+            flag = name
+            if part.prefix is not None:
+                if not name.startswith(f"{part.prefix}_"):
+                    continue
+                flag = name.removeprefix(f"{part.prefix}_")
+            if flag in group.__dataclass_fields__:
+                return getattr(group, flag)
+        raise AttributeError(f"{type(self).__name__} has no flag {name!r}")
+
+    @classmethod
+    def parser(cls) -> argparse.ArgumentParser:
+        from aligner.errors import CommandParser
+
+        parser = CommandParser(prog=cls.PROG, description=cls.DESCRIPTION)
+        sections: dict[str | None, Any] = {None: parser}
+        for part in cls.PARTS.values():
+            if part.title not in sections:
+                sections[part.title] = parser.add_argument_group(part.title)
+            add_options(
+                sections[part.title],
+                part.group,
+                only=part.only,
+                defaults=part.defaults,
+                helps=part.helps,
+                optional=part.optional,
+                prefix=part.prefix,
+            )
+        return parser
+
+    @classmethod
+    def parse(cls, argv: list[str]) -> Self:
+        namespace = cls.parser().parse_args(argv)
+        return cls(
+            **{
+                name: take(namespace, part.group, prefix=part.prefix)
+                for name, part in cls.PARTS.items()
+            }
+        )
+
+
+def generation_parts(title: str, seed_help: str = "seed of sampling (%(default)s)") -> dict:
+    """The decoding flags of a command that generates, with where its model loads."""
+    return {
+        "generation": Part(GenerationArgs, title),
+        "seeding": Part(DataArgs, title, only=("seed",), helps={"seed": seed_help}),
+        "loading": Part(LoadingArgs, title),
+        "remote_code": Part(ModelArgs, title, only=("trust_remote_code",)),
+    }
+
+
+LAUNCHER = Part(
+    DistArgs, only=("local_rank",), defaults={"local_rank": None}, helps={"local_rank": SUPPRESS}
+)
+"""``--local_rank``, which the deepspeed launcher passes; the rank is read from the environment."""
+
+
+def endpoint_part(prefix: str, what: str, **defaults: Any) -> Part:
+    """The ``--{prefix}_*`` flags of one server, with their defaults for this command."""
+    return Part(EndpointArgs, f"{what}: the endpoint", defaults=defaults, prefix=prefix)
+
+
+@dataclass(frozen=True)
+class AnswerConfig(CommandConfig):
+    """``aligner answer``: the upstream model answers the questions."""
+
+    PROG = "aligner answer"
+    DESCRIPTION = "Answer questions with the upstream model, locally or through an endpoint."
+    PARTS: ClassVar[dict[str, Part]] = {
+        "model": Part(
+            ModelArgs,
+            "input and output",
+            only=("model_name_or_path",),
+            optional=("model_name_or_path",),
+            helps={
+                "model_name_or_path": "the upstream chat model, run locally (or give "
+                "--upstream_url)"
+            },
+        ),
+        "files": Part(
+            FilesArgs,
+            "input and output",
+            helps={
+                "input": "records with question or messages: JSON, JSONL, Parquet, CSV or a "
+                "save_to_disk folder, read and checked as for training",
+                "output": "JSONL written (and resumed) here: each input record plus its answer; "
+                "an input's own answer field is kept as reference_answer",
+            },
+        ),
+        "saving": Part(
+            OutputArgs,
+            "input and output",
+            only=("overwrite",),
+            helps={
+                "overwrite": "replace an existing --output instead of resuming it; without it, a "
+                "file this command did not write is refused"
+            },
+        ),
+        **generation_parts("generation"),
+        "upstream": endpoint_part(
+            "upstream",
+            "upstream model (instead of --model_name_or_path)",
+            api_key_env="OPENAI_API_KEY",
+        ),
+        "launcher": LAUNCHER,
+    }
+
+    model: ModelArgs
+    files: FilesArgs
+    saving: OutputArgs
+    generation: GenerationArgs
+    seeding: DataArgs
+    loading: LoadingArgs
+    remote_code: ModelArgs
+    upstream: EndpointArgs
+    launcher: DistArgs
+
+
+@dataclass(frozen=True)
+class CorrectConfig(CommandConfig):
+    """``aligner correct``: a trained aligner corrects upstream answers."""
+
+    PROG = "aligner correct"
+    DESCRIPTION = "Correct upstream answers with a trained aligner."
+    PARTS: ClassVar[dict[str, Part]] = {
+        "model": Part(
+            ModelArgs,
+            "input and output",
+            only=("model_name_or_path",),
+            helps={"model_name_or_path": "the trained aligner checkpoint"},
+        ),
+        "files": Part(
+            FilesArgs,
+            "input and output",
+            helps={
+                "output": "JSONL written (and resumed) here: each input record plus its "
+                "correction; an input's own correction field is kept as reference_correction"
+            },
+        ),
+        "saving": Part(
+            OutputArgs,
+            "input and output",
+            only=("overwrite",),
+            helps={
+                "overwrite": "replace an existing --output (and --preference_output) instead of "
+                "resuming it; without it, a file this command did not write is refused"
+            },
+        ),
+        "data": Part(
+            DataArgs,
+            "input and output",
+            only=("prompt_template", "system_prompt"),
+            defaults={"prompt_template": None},
+            helps={
+                "prompt_template": "prompt template name (correction, aligner-v1, chat) or "
+                "file; default: the checkpoint's prompt_template.json",
+                "system_prompt": "the aligner's system message with a chat template; default: "
+                "the checkpoint's",
+            },
+        ),
+        "correction": Part(CorrectionArgs, "input and output"),
+        **generation_parts("generation"),
+        "aligner": endpoint_part(
+            "aligner", "the aligner on a vLLM or SGLang server, instead of loaded here"
+        ),
+        "launcher": LAUNCHER,
+    }
+
+    model: ModelArgs
+    files: FilesArgs
+    saving: OutputArgs
+    data: DataArgs
+    correction: CorrectionArgs
+    generation: GenerationArgs
+    seeding: DataArgs
+    loading: LoadingArgs
+    remote_code: ModelArgs
+    aligner: EndpointArgs
+    launcher: DistArgs
+
+
+@dataclass(frozen=True)
+class ServeConfig(CommandConfig):
+    """``aligner serve``: an OpenAI-compatible endpoint whose replies an aligner corrects."""
+
+    PROG = "aligner serve"
+    DESCRIPTION = "Serve an OpenAI-compatible endpoint whose replies an aligner corrects."
+    PARTS: ClassVar[dict[str, Part]] = {
+        "model": Part(
+            ModelArgs,
+            "server",
+            only=("model_name_or_path",),
+            helps={"model_name_or_path": "the trained aligner folder"},
+        ),
+        "server": Part(ServerArgs, "server"),
+        "limits": Part(LimitArgs, "limits: a request over one is refused with a 4xx"),
+        "upstream": endpoint_part(
+            "upstream", "the upstream model", concurrency=64, api_key_env="OPENAI_API_KEY"
+        ),
+        **generation_parts("the aligner's decoding (--batch_size: most requests batched)"),
+        "aligner": endpoint_part(
+            "aligner", "the aligner on a vLLM or SGLang server, instead of loaded here"
+        ),
+    }
+
+    model: ModelArgs
+    server: ServerArgs
+    limits: LimitArgs
+    upstream: EndpointArgs
+    generation: GenerationArgs
+    seeding: DataArgs
+    loading: LoadingArgs
+    remote_code: ModelArgs
+    aligner: EndpointArgs
+
+
+LOSS = "loss of a checkpoint on correction data"
+
+
+@dataclass(frozen=True)
+class EvalConfig(CommandConfig):
+    """``aligner eval``: whether corrections helped, and a checkpoint's loss."""
+
+    PROG = "aligner eval"
+    DESCRIPTION = "Evaluate an aligner: whether its corrections helped, its loss on data."
+    PARTS: ClassVar[dict[str, Part]] = {
+        "files": Part(
+            FilesArgs,
+            only=("output",),
+            optional=("output",),
+            helps={"output": "also write the JSON report here"},
+        ),
+        "seeding": Part(
+            DataArgs,
+            only=("seed",),
+            helps={"seed": "seed of the bootstrap and the judge's A/B order"},
+        ),
+        "saving": Part(
+            OutputArgs,
+            only=("overwrite",),
+            helps={
+                "overwrite": "replace a --scores_output or --judge_output this command did not "
+                "write, or start over one written with other settings"
+            },
+        ),
+        "predicted": Part(PredictionsArgs, "metrics of generated corrections"),
+        "scoring": Part(ScoringArgs, "reward and cost models (on --predictions)"),
+        "judge": endpoint_part(
+            "judge", "LLM judge (on --predictions)", api_key_env="OPENAI_API_KEY"
+        ),
+        "judging": Part(JudgeArgs, "LLM judge: prompt and output"),
+        "model": Part(
+            ModelArgs,
+            LOSS,
+            only=("model_name_or_path",),
+            optional=("model_name_or_path",),
+            helps={"model_name_or_path": "the trained aligner checkpoint"},
+        ),
+        "data": Part(
+            DataArgs,
+            LOSS,
+            only=(
+                "eval_datasets",
+                "prompt_template",
+                "system_prompt",
+                "max_length",
+                "dataset_module",
+                "lenient_data",
+                "data_cache_dir",
+            ),
+            defaults={"prompt_template": None},
+            helps={
+                "eval_datasets": "correction datasets (question, answer, correction), as for "
+                "training",
+                "prompt_template": "prompt template; default: the checkpoint's own",
+                "system_prompt": "the aligner's system message with a chat template; default: "
+                "the checkpoint's",
+            },
+        ),
+        "generation": Part(
+            GenerationArgs,
+            LOSS,
+            only=("batch_size",),
+            helps={
+                "batch_size": "samples per forward pass, for the loss and the scorers (%(default)s)"
+            },
+        ),
+        "loading": Part(LoadingArgs, LOSS),
+        "remote_code": Part(ModelArgs, LOSS, only=("trust_remote_code",)),
+        "launcher": LAUNCHER,
+    }
+
+    files: FilesArgs
+    seeding: DataArgs
+    saving: OutputArgs
+    predicted: PredictionsArgs
+    scoring: ScoringArgs
+    judge: EndpointArgs
+    judging: JudgeArgs
+    model: ModelArgs
+    data: DataArgs
+    generation: GenerationArgs
+    loading: LoadingArgs
+    remote_code: ModelArgs
+    launcher: DistArgs
+
+
+@dataclass(frozen=True)
+class DumpArgs:
+    dump: str | None = option(None, 'write each sample as {"input_ids", "labels"}')
+
+
+@dataclass(frozen=True)
+class DataConfig(CommandConfig):
+    """``aligner data``: the training data checked, described, and optionally dumped."""
+
+    PROG = "aligner data"
+    DESCRIPTION = "Validate correction data and show exactly what the model will train on."
+    PARTS: ClassVar[dict[str, Part]] = {
+        "model": Part(ModelArgs, only=("model_name_or_path", "trust_remote_code")),
+        "layout": Part(
+            LayoutArgs,
+            only=("per_device_train_batch_size",),
+            helps={"per_device_train_batch_size": "batch size used to estimate the padding share"},
+        ),
+        "dumping": Part(DumpArgs),
+        "saving": Part(
+            OutputArgs,
+            only=("overwrite",),
+            helps={"overwrite": "let --dump replace an existing file"},
+        ),
+        "data": Part(DataArgs, "data", helps={"seed": "seed of proportion sampling"}),
+    }
+
+    model: ModelArgs
+    layout: LayoutArgs
+    dumping: DumpArgs
+    saving: OutputArgs
+    data: DataArgs

@@ -38,17 +38,6 @@ BOOLEAN: dict[str, Any] = {"type": str2bool, "nargs": "?", "const": True, "metav
 """How a boolean flag parses: a bare ``--flag`` is True, else the value given."""
 
 
-def add_bool(
-    group: argparse.ArgumentParser | argparse._ArgumentGroup,
-    *names: str,
-    default: bool | None,
-    help: str,
-) -> None:
-    """A boolean flag: ``--flag``, ``--flag True`` and ``--flag False`` all work, as in the
-    original toolkit (whose scripts write ``--bf16 True``)."""
-    group.add_argument(*names, **BOOLEAN, default=default, help=help)
-
-
 def bool_or_auto(text: str) -> bool | None:
     """A boolean, or ``auto`` (None): on wherever the hardware supports it."""
     return None if text.strip().lower() == "auto" else str2bool(text)
@@ -93,10 +82,12 @@ def _value_type(annotation: Any) -> Any:
     return annotation
 
 
-def _argument(field: dataclasses.Field, annotation: Any, default: Any) -> dict[str, Any]:
+def _argument(
+    field: dataclasses.Field, annotation: Any, default: Any, dest: str, required: bool
+) -> dict[str, Any]:
     meta = field.metadata
-    settings: dict[str, Any] = {"dest": field.name, "default": default, "help": meta["help"]}
-    if meta["required"]:
+    settings: dict[str, Any] = {"dest": dest, "default": default, "help": meta["help"]}
+    if required:
         settings["required"] = True
     value_type = _value_type(annotation)
     if value_type is bool and meta["parse"] is None and "action" not in meta["argparse"]:
@@ -119,11 +110,15 @@ def add_options(
     only: Iterable[str] | None = None,
     defaults: dict[str, Any] | None = None,
     helps: dict[str, str] | None = None,
+    optional: Iterable[str] = (),
+    prefix: str | None = None,
 ) -> None:
     """Add ``group``'s fields (``only`` those named, if given) to ``parser`` as flags.
 
     ``defaults`` and ``helps`` change a field's default or help for this command alone, where
-    a command means something narrower by it (``aligner data``'s ``--seed`` seeds sampling only).
+    a command means something narrower by it (``aligner data``'s ``--seed`` seeds sampling only);
+    fields named in ``optional`` are not required by this command. With a ``prefix``, field
+    ``url`` is the flag ``--PREFIX_url``: a group declared once for several servers.
     """
     target = parser.add_argument_group(title) if title else parser
     hints = typing.get_type_hints(group)
@@ -132,10 +127,16 @@ def add_options(
         if chosen is not None and field.name not in chosen:
             continue
         default = (defaults or {}).get(field.name, _default_of(field))
-        settings = _argument(field, hints[field.name], default)
+        required = field.metadata["required"] and field.name not in optional
+        dest = _flag_name(field.name, prefix)
+        settings = _argument(field, hints[field.name], default, dest, required)
         if helps and field.name in helps:
             settings["help"] = helps[field.name]
-        target.add_argument(f"--{field.name}", *field.metadata["aliases"], **settings)
+        target.add_argument(f"--{dest}", *field.metadata["aliases"], **settings)
+
+
+def _flag_name(name: str, prefix: str | None) -> str:
+    return name if prefix is None else f"{prefix}_{name}"
 
 
 def _default_of(field: dataclasses.Field) -> Any:
@@ -144,11 +145,12 @@ def _default_of(field: dataclasses.Field) -> Any:
     return field.default
 
 
-def take(namespace: argparse.Namespace, group: type[Group]) -> Group:
-    """The ``group`` dataclass filled from a parsed namespace (fields it lacks keep defaults)."""
+def take(namespace: argparse.Namespace, group: type[Group], prefix: str | None = None) -> Group:
+    """The ``group`` dataclass filled from a parsed namespace (fields it lacks keep defaults);
+    with a ``prefix``, from the flags ``add_options`` named with it."""
     values = vars(namespace)
-    given = {f.name: values[f.name] for f in dataclasses.fields(group) if f.name in values}
-    return group(**given)
+    names = {f.name: _flag_name(f.name, prefix) for f in dataclasses.fields(group)}
+    return group(**{name: values[flag] for name, flag in names.items() if flag in values})
 
 
 def defaults_from_file(parser: argparse.ArgumentParser, path: str) -> None:

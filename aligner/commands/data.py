@@ -7,7 +7,6 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import dataclass
@@ -16,41 +15,17 @@ from pathlib import Path
 import numpy as np
 from datasets import Dataset
 
-from aligner.config import DataArgs, LayoutArgs, ModelArgs
+from aligner.config import DataConfig
 from aligner.datasets.base import DataError
 from aligner.datasets.pipeline import DataReport, template_for, training_sets
 from aligner.datasets.spec import parse_dataset_spec
-from aligner.errors import CommandParser, Plan, run_command
+from aligner.errors import Plan, run_command
 from aligner.files import atomic_writer, check_writable
-from aligner.options import add_options, option, take
 from aligner.prompts import Template
 from aligner.tokenizer import load_tokenizer
 
 NAME_WIDTH = 40
 """Characters of a dataset's name in the table; longer names lose their middle."""
-
-
-@dataclass
-class DumpArgs:
-    dump: str | None = option(None, 'write each sample as {"input_ids", "labels"}')
-    overwrite: bool = option(False, "let --dump replace an existing file")
-
-
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = CommandParser(
-        prog="aligner data",
-        description="Validate correction data and show exactly what the model will train on.",
-    )
-    add_options(parser, ModelArgs, only=("model_name_or_path", "trust_remote_code"))
-    add_options(
-        parser,
-        LayoutArgs,
-        only=("per_device_train_batch_size",),
-        helps={"per_device_train_batch_size": "batch size used to estimate the padding share"},
-    )
-    add_options(parser, DumpArgs)
-    add_options(parser, DataArgs, title="data", helps={"seed": "seed of proportion sampling"})
-    return parser.parse_args(argv)
 
 
 def padding_share(lengths: np.ndarray, batch_size: int, order: np.ndarray) -> float:
@@ -120,14 +95,14 @@ def shorten(text: str, width: int) -> str:
     return f"{text[:head]}…{text[len(text) - (width - 1 - head) :]}"
 
 
-def input_paths(args: argparse.Namespace) -> list[Path]:
+def input_paths(args: DataConfig) -> list[Path]:
     """The files and folders the data flags read."""
     specs = [*args.train_datasets, *(args.eval_datasets or [])]
     paths = [parse_dataset_spec(spec).path for spec in specs]
     return [Path(path).resolve() for path in paths if path]
 
 
-def check_dump(args: argparse.Namespace) -> None:
+def check_dump(args: DataConfig) -> None:
     """Refuse a --dump path that is an input, inside an input folder, or (unless --overwrite)
     any existing file; and one that cannot be written."""
     dump = Path(args.dump).resolve()
@@ -158,9 +133,9 @@ class Samples:
     report: DataReport
 
 
-def prepare(args: argparse.Namespace) -> Plan[argparse.Namespace, Samples]:
+def prepare(args: DataConfig) -> Plan[DataConfig, Samples]:
     """Check the flags and the dump path, then read, check and tokenize every record."""
-    data = take(args, DataArgs)
+    data = args.data
     data.check()
     if args.dump:
         check_dump(args)
@@ -170,7 +145,7 @@ def prepare(args: argparse.Namespace) -> Plan[argparse.Namespace, Samples]:
     return Plan(args, Samples(template, train, data_report))
 
 
-def execute(plan: Plan[argparse.Namespace, Samples]) -> int:
+def execute(plan: Plan[DataConfig, Samples]) -> int:
     args, template, train = plan.config, plan.found.template, plan.found.train
     print(f"prompt template: {template.name} ({template.kind})")
     print(format_report(plan.found.report, train, args.per_device_train_batch_size, args.seed))
@@ -182,7 +157,7 @@ def execute(plan: Plan[argparse.Namespace, Samples]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else argv
-    return run_command("aligner data", arguments, parse_args, prepare, execute)
+    return run_command("aligner data", arguments, DataConfig.parse, prepare, execute)
 
 
 if __name__ == "__main__":

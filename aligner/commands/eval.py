@@ -19,143 +19,21 @@ The report is printed as JSON (stdout) and as a short table (stderr).
 
 from __future__ import annotations
 
-import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
-from aligner.config import DataArgs
+from aligner.config import EvalConfig
 from aligner.datasets.base import DataError
-from aligner.errors import CommandParser, Plan, run_command
+from aligner.errors import Plan, run_command
 from aligner.files import check_writable
 from aligner.inference import judge
-from aligner.inference.correcting import REFERENCE_FIELD
-from aligner.inference.endpoint import add_endpoint_arguments, endpoint_from_args
-from aligner.inference.model_loading import add_model_arguments
+from aligner.inference.endpoint import endpoint_from_args
 from aligner.inference.reporting import beside, run, scoring_requested
-from aligner.options import add_bool, add_options
 from aligner.runtime import Ranks
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = CommandParser(
-        prog="aligner eval",
-        description="Evaluate an aligner: whether its corrections helped, its loss on data.",
-    )
-    parser.add_argument("--output", default=None, help="also write the JSON report here")
-    parser.add_argument(
-        "--seed", type=int, default=42, help="seed of the bootstrap and the judge's A/B order"
-    )
-    add_bool(
-        parser,
-        "--overwrite",
-        default=False,
-        help="replace a --scores_output or --judge_output this command did not write, or start "
-        "over one written with other settings",
-    )
-    generated = parser.add_argument_group("metrics of generated corrections")
-    generated.add_argument(
-        "--predictions", default=None, help="records with answer and correction (aligner correct)"
-    )
-    generated.add_argument(
-        "--reference_field",
-        default=None,
-        help=f"field holding the reference correction (default: {REFERENCE_FIELD}, where a "
-        "record has one); a field that no record has is an error",
-    )
-    add_scoring_arguments(parser)
-    add_judge_arguments(parser)
-    loss = parser.add_argument_group("loss of a checkpoint on correction data")
-    loss.add_argument("--model_name_or_path", default=None, help="the trained aligner checkpoint")
-    add_options(
-        loss,
-        DataArgs,
-        only=(
-            "eval_datasets",
-            "prompt_template",
-            "system_prompt",
-            "max_length",
-            "dataset_module",
-            "lenient_data",
-            "data_cache_dir",
-        ),
-        defaults={"prompt_template": None},
-        helps={
-            "eval_datasets": "correction datasets (question, answer, correction), as for training",
-            "prompt_template": "prompt template; default: the checkpoint's own",
-            "system_prompt": "the aligner's system message with a chat template; default: the "
-            "checkpoint's",
-        },
-    )
-    loss.add_argument(
-        "--batch_size",
-        type=int,
-        default=8,
-        help="samples per forward pass, for the loss and the scorers (%(default)s)",
-    )
-    add_model_arguments(loss)
-    # The deepspeed launcher passes --local_rank; the rank is read from the environment.
-    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
-    return parser
-
-
-def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("reward and cost models (on --predictions)")
-    group.add_argument(
-        "--reward_model",
-        default=None,
-        help="sequence-classification checkpoint with one output: higher is more helpful",
-    )
-    group.add_argument("--cost_model", default=None, help="the same, where higher is more harmful")
-    group.add_argument(
-        "--scores_output",
-        default=None,
-        help="per-record scores (JSONL, resumed); default: PREDICTIONS.scores.jsonl beside it",
-    )
-    group.add_argument(
-        "--device_map",
-        choices=["auto"],
-        default=None,
-        help="auto: spread each scorer over every GPU of the node (accelerate), for models too "
-        "large for one",
-    )
-    group.add_argument(
-        "--tie_margin",
-        type=float,
-        default=0.0,
-        help="score differences up to this are ties (%(default)s)",
-    )
-    group.add_argument(
-        "--bootstrap_samples",
-        type=int,
-        default=10_000,
-        help="resamples of the 95%% interval of the mean difference (%(default)s)",
-    )
-
-
-def add_judge_arguments(parser: argparse.ArgumentParser) -> None:
-    add_endpoint_arguments(
-        parser, "judge", "LLM judge (on --predictions)", api_key_env="OPENAI_API_KEY"
-    )
-    group = parser.add_argument_group("LLM judge: prompt and output")
-    group.add_argument(
-        "--judge_prompt",
-        default=None,
-        help="file with the judging prompt: {conversation}, {reply_a} and {reply_b}",
-    )
-    group.add_argument(
-        "--judge_output",
-        default=None,
-        help="per-record verdicts (JSONL, resumed); default: PREDICTIONS.judge.jsonl beside it",
-    )
-    group.add_argument(
-        "--judge_max_tokens", type=int, default=1024, help="most tokens per verdict (%(default)s)"
-    )
-    group.add_argument(
-        "--judge_temperature", type=float, default=0.0, help="judge sampling (%(default)s)"
-    )
-
-
-def check_args(args: argparse.Namespace) -> None:
+def check_args(args: EvalConfig) -> None:
     wants_loss = bool(args.model_name_or_path or args.eval_datasets)
     judging = bool(args.judge_url or args.judge_model)
     if (scoring_requested(args) or judging) and not args.predictions:
@@ -173,9 +51,6 @@ def check_args(args: argparse.Namespace) -> None:
     for flag in ("tie_margin", "judge_temperature"):
         if getattr(args, flag) < 0:
             raise DataError(f"--{flag} must not be negative")
-    if args.predictions:
-        args.scores_output = args.scores_output or str(beside(args.predictions, "scores"))
-        args.judge_output = args.judge_output or str(beside(args.predictions, "judge"))
     paths = {"--predictions": args.predictions, "--output": args.output}
     if scoring_requested(args):
         paths["--scores_output"] = args.scores_output
@@ -193,13 +68,29 @@ def check_args(args: argparse.Namespace) -> None:
         )
 
 
-def prepare(args: argparse.Namespace) -> Plan[argparse.Namespace, None]:
+def with_default_outputs(args: EvalConfig) -> EvalConfig:
+    """``args`` with the per-record score and verdict files beside ``--predictions`` where the
+    flags name none."""
+    if not args.predictions:
+        return args
+    scores = args.scores_output or str(beside(args.predictions, "scores"))
+    verdicts = args.judge_output or str(beside(args.predictions, "judge"))
+    return replace(
+        args,
+        scoring=replace(args.scoring, scores_output=scores),
+        judging=replace(args.judging, judge_output=verdicts),
+    )
+
+
+def prepare(args: EvalConfig) -> Plan[EvalConfig, None]:
     """Every check of the flags and paths; the inputs are read as the work begins."""
+    args.data.check()
+    args = with_default_outputs(args)
     check_args(args)
     return Plan(args, None)
 
 
-def execute(plan: Plan[argparse.Namespace, None]) -> int:
+def execute(plan: Plan[EvalConfig, None]) -> int:
     return run(plan.config)
 
 
@@ -207,7 +98,7 @@ def main(argv: list[str]) -> int:
     return run_command(
         "aligner eval",
         argv,
-        build_parser().parse_args,
+        EvalConfig.parse,
         prepare,
         execute,
         interrupted="interrupted; run the same command again to resume",

@@ -15,19 +15,13 @@ SIGTERM or Ctrl-C stops taking requests, lets those in flight finish, and exits.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from aligner.commands.correct import add_generation_arguments, check_generation_args
-from aligner.config import ArgumentError
+from aligner.config import ArgumentError, ServeConfig
 from aligner.datasets.encode import SampleEncoder
-from aligner.errors import CommandParser, Plan, run_command
+from aligner.errors import Plan, run_command
 from aligner.inference.correcting import INFERENCE_MAX_LENGTH
-from aligner.inference.endpoint import (
-    add_endpoint_arguments,
-    api_key_from_env,
-    endpoint_from_args,
-)
+from aligner.inference.endpoint import api_key_from_env, endpoint_from_args
 from aligner.inference.generate import GenerationOptions
 from aligner.inference.model_loading import checkpoint_template, load_model
 from aligner.inference.remote import remote_aligner
@@ -36,68 +30,9 @@ from aligner.serving.batcher import LocalAligner
 from aligner.tokenizer import load_tokenizer
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = CommandParser(
-        prog="aligner serve",
-        description="Serve an OpenAI-compatible endpoint whose replies an aligner corrects.",
-    )
-    server = parser.add_argument_group("server")
-    server.add_argument("--model_name_or_path", required=True, help="the trained aligner folder")
-    server.add_argument("--host", default="127.0.0.1", help="address to listen on (%(default)s)")
-    server.add_argument("--port", type=int, default=8080, help="port to listen on (%(default)s)")
-    server.add_argument(
-        "--served_model_name",
-        default=None,
-        help="the model name /v1/models lists and replies carry (default: --upstream_model)",
-    )
-    server.add_argument(
-        "--api_key_env",
-        default=None,
-        metavar="VAR",
-        help="environment variable holding the key clients must send as a bearer token; "
-        "without it no key is asked for",
-    )
-    limits = parser.add_argument_group("limits: a request over one is refused with a 4xx")
-    defaults = Limits()
-    limits.add_argument(
-        "--max_body_bytes",
-        type=int,
-        default=defaults.max_body_bytes,
-        help="most bytes of a request's body; more is a 413 (%(default)s)",
-    )
-    limits.add_argument(
-        "--max_messages",
-        type=int,
-        default=defaults.max_messages,
-        help="most turns of a conversation (%(default)s)",
-    )
-    limits.add_argument(
-        "--max_prompt_tokens",
-        type=int,
-        default=defaults.max_prompt_tokens,
-        help="most tokens of the aligner's prompt: the conversation and the upstream's reply "
-        "(%(default)s)",
-    )
-    limits.add_argument(
-        "--max_tokens",
-        type=int,
-        default=defaults.max_tokens,
-        help="most max_tokens a client may ask of the upstream (%(default)s)",
-    )
-    add_endpoint_arguments(
-        parser, "upstream", "the upstream model", concurrency=64, api_key_env="OPENAI_API_KEY"
-    )
-    gen = parser.add_argument_group("the aligner's decoding (--batch_size: most requests batched)")
-    add_generation_arguments(gen)
-    add_endpoint_arguments(
-        parser, "aligner", "the aligner on a vLLM or SGLang server, instead of loaded here"
-    )
-    return parser
-
-
-def prepare(args: argparse.Namespace) -> Plan[argparse.Namespace, Service]:
+def prepare(args: ServeConfig) -> Plan[ServeConfig, Service]:
     """Every check, then the service with its aligner loaded; nothing listens yet."""
-    check_generation_args(args)
+    args.generation.check()
     upstream = endpoint_from_args(args, "upstream")
     if upstream is None:
         raise ArgumentError("give --upstream_url and --upstream_model")
@@ -141,7 +76,7 @@ def prepare(args: argparse.Namespace) -> Plan[argparse.Namespace, Service]:
     return Plan(args, service)
 
 
-def execute(plan: Plan[argparse.Namespace, Service]) -> int:
+def execute(plan: Plan[ServeConfig, Service]) -> int:
     import uvicorn
 
     args, service = plan.config, plan.found
@@ -158,7 +93,7 @@ def execute(plan: Plan[argparse.Namespace, Service]) -> int:
 
 
 def main(argv: list[str]) -> int:
-    return run_command("aligner serve", argv, build_parser().parse_args, prepare, execute)
+    return run_command("aligner serve", argv, ServeConfig.parse, prepare, execute)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ The command itself is ``aligner.commands.answer``.
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import httpx
 from transformers import PreTrainedTokenizerBase, set_seed
 
+from aligner.config import AnswerConfig
 from aligner.datasets.encode import Request
 from aligner.datasets.loading import load_records
 from aligner.errors import RunFailure, UserError
@@ -70,7 +70,7 @@ def prepare_records(rows: list[Record], source: str) -> list[Record]:
     return records
 
 
-def check(args: argparse.Namespace) -> Plan:
+def check(args: AnswerConfig) -> Plan:
     """Every check that needs no model, on every rank alike; nothing is written."""
     endpoint = endpoint_from_args(args, "upstream")
     if (endpoint is None) == (args.model_name_or_path is None):
@@ -112,7 +112,7 @@ def prompt_ids(tokenizer: PreTrainedTokenizerBase, record: Record) -> list[int]:
 
 
 def answer_locally(
-    args: argparse.Namespace, plan: Plan, pending: list[Record], output: Path, ranks: Ranks
+    args: AnswerConfig, plan: Plan, pending: list[Record], output: Path, ranks: Ranks
 ) -> None:
     """Generate the answers of ``pending`` in batches and append them to ``output``."""
     tokenizer = plan.tokenizer
@@ -129,7 +129,7 @@ def answer_locally(
     append_in_batches(output, pending, args.batch_size, lines_of, desc="answer", ranks=ranks)
 
 
-def chat_params(args: argparse.Namespace) -> dict[str, Any]:
+def chat_params(args: AnswerConfig) -> dict[str, Any]:
     """The request's sampling fields: greedy (temperature 0) unless ``--do_sample``."""
     params: dict[str, Any] = {"max_tokens": args.max_new_tokens}
     if not args.do_sample:
@@ -139,7 +139,7 @@ def chat_params(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def answer_by_endpoint(
-    args: argparse.Namespace, plan: Plan, pending: list[Record], output: Path, ranks: Ranks
+    args: AnswerConfig, plan: Plan, pending: list[Record], output: Path, ranks: Ranks
 ) -> None:
     """Ask the endpoint for the answers of ``pending``, appending each as it arrives.
 
@@ -175,7 +175,7 @@ def by_prompt_length(records: list[Record], plan: Plan) -> list[Record]:
     return longest_first(records, lambda record: len(prompt_ids(plan.tokenizer, record)))
 
 
-def run(args: argparse.Namespace, plan: Plan) -> int:
+def run(args: AnswerConfig, plan: Plan) -> int:
     def write_share(mine: list[Record], shard: Path) -> None:
         if plan.endpoint is None:
             answer_locally(args, plan, mine, shard, ranks)

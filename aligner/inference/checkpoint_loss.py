@@ -3,7 +3,6 @@ computed as training computes it."""
 
 from __future__ import annotations
 
-import argparse
 import math
 from typing import Any
 
@@ -13,6 +12,7 @@ import torch
 from tqdm import tqdm
 from transformers import PreTrainedModel
 
+from aligner.config import EvalConfig
 from aligner.datasets.collate import PaddingCollator
 from aligner.datasets.pipeline import build_dataset
 from aligner.inference.model_loading import checkpoint_template, load_model
@@ -48,7 +48,7 @@ def target_loss(
     }
 
 
-def checkpoint_loss(args: argparse.Namespace) -> dict[str, Any]:
+def checkpoint_loss(args: EvalConfig) -> dict[str, Any]:
     template = checkpoint_template(
         args.model_name_or_path, args.prompt_template, args.system_prompt
     )

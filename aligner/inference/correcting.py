@@ -10,7 +10,6 @@ are spread over the ranks, one GPU each. The command itself is ``aligner.command
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
@@ -19,6 +18,7 @@ from typing import Any
 
 from transformers import set_seed
 
+from aligner.config import CorrectConfig
 from aligner.datasets.encode import Request, SampleEncoder
 from aligner.datasets.loading import load_records
 from aligner.errors import UserError
@@ -91,7 +91,7 @@ def corrected(record: Record, history: list[str], rounds: int) -> Record:
 
 
 def correct_pending(
-    args: argparse.Namespace,
+    args: CorrectConfig,
     encoder: SampleEncoder,
     pending: list[Record],
     output: Path,
@@ -120,7 +120,7 @@ def correct_pending(
 
 
 def local_generator(
-    args: argparse.Namespace, encoder: SampleEncoder, options: GenerationOptions, ranks: Ranks
+    args: CorrectConfig, encoder: SampleEncoder, options: GenerationOptions, ranks: Ranks
 ) -> Callable[[list[Request]], list[str]]:
     """Corrections from the checkpoint loaded here, on this rank's device."""
     model = load_model(args, len(encoder.tokenizer), ranks.local_rank)
@@ -142,7 +142,7 @@ CORRECTED_FIELDS = ("id", CORRECTION_FIELD)
 """What every line of this command's output holds."""
 
 
-def run_settings(args: argparse.Namespace, template: Template) -> dict[str, Any]:
+def run_settings(args: CorrectConfig, template: Template) -> dict[str, Any]:
     """What decides the corrections; a resumed run must match it (batch size does not)."""
     return {
         **model_source(args.model_name_or_path),
@@ -162,7 +162,7 @@ class Plan:
     upstream: Any
 
 
-def load_tokenizers(args: argparse.Namespace) -> tuple[Any, Any]:
+def load_tokenizers(args: CorrectConfig) -> tuple[Any, Any]:
     """The aligner's tokenizer, and the upstream model's if ``--upstream_tokenizer`` names one."""
     tokenizer = load_tokenizer(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
     upstream = None
@@ -175,7 +175,7 @@ def load_tokenizers(args: argparse.Namespace) -> tuple[Any, Any]:
     return tokenizer, upstream
 
 
-def check(args: argparse.Namespace) -> Plan:
+def check(args: CorrectConfig) -> Plan:
     """Every check that needs no model, on every rank alike; nothing is written."""
     tokenizer, upstream = load_tokenizers(args)
     template = checkpoint_template(
@@ -200,7 +200,7 @@ def check(args: argparse.Namespace) -> Plan:
     return Plan(encoder, job, upstream)
 
 
-def run(args: argparse.Namespace, plan: Plan) -> int:
+def run(args: CorrectConfig, plan: Plan) -> int:
     encoder, output = plan.encoder, plan.job.output
     ranks = Ranks.from_env()
     with ranks.group():

@@ -21,7 +21,6 @@ key, if any, is sent as a bearer token and appears in no message, repr or file.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -29,11 +28,14 @@ import random
 import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
 from aligner.errors import UserError
+
+if TYPE_CHECKING:
+    from aligner.config import CommandConfig
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -207,69 +209,7 @@ class Endpoint:
         return b"".join(chunks)
 
 
-def add_endpoint_arguments(
-    parser: argparse.ArgumentParser,
-    prefix: str,
-    what: str,
-    *,
-    concurrency: int = 8,
-    api_key_env: str | None = None,
-) -> None:
-    """The flags of one endpoint, named ``--{prefix}_url``, ``--{prefix}_model`` and so on:
-    every command that calls a server declares them here, so they read alike everywhere.
-
-    ``api_key_env`` is the variable read for the key when the user names none. It defaults to
-    none, so a key meant for one service (``OPENAI_API_KEY``) is never sent to a server the
-    user runs for another purpose; a command whose endpoint is usually a hosted API opts in.
-    """
-    group = parser.add_argument_group(f"{what}: the endpoint")
-    group.add_argument(
-        f"--{prefix}_url",
-        default=None,
-        help="base URL of an OpenAI-compatible server, e.g. http://localhost:8000/v1",
-    )
-    group.add_argument(f"--{prefix}_model", default=None, help="the model name the server serves")
-    group.add_argument(
-        f"--{prefix}_api_key_env",
-        default=api_key_env,
-        metavar="VAR",
-        help="environment variable holding the API key, sent as a bearer token; without it "
-        "requests carry no key (%(default)s)",
-    )
-    group.add_argument(
-        f"--{prefix}_concurrency",
-        type=int,
-        default=concurrency,
-        help="requests at once (%(default)s)",
-    )
-    group.add_argument(
-        f"--{prefix}_timeout",
-        type=float,
-        default=120.0,
-        help="seconds a request may take in all: connecting, sending, and reading the whole "
-        "reply (%(default)s)",
-    )
-    group.add_argument(
-        f"--{prefix}_retries",
-        type=int,
-        default=5,
-        help="retries after a 429, 5xx, timeout or malformed reply (%(default)s)",
-    )
-    group.add_argument(
-        f"--{prefix}_backoff",
-        type=float,
-        default=1.0,
-        help="seconds before the first retry, doubled for each further one (%(default)s)",
-    )
-    group.add_argument(
-        f"--{prefix}_max_reply_bytes",
-        type=int,
-        default=8 << 20,
-        help="a longer reply is cut off and retried (%(default)s)",
-    )
-
-
-def endpoint_from_args(args: argparse.Namespace, prefix: str) -> Endpoint | None:
+def endpoint_from_args(args: CommandConfig, prefix: str) -> Endpoint | None:
     """The endpoint the ``--{prefix}_*`` flags name, checked; None without ``--{prefix}_url``.
 
     The key is read from its environment variable here and kept in memory only.

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+if TYPE_CHECKING:
+    from aligner.config import CommandConfig
 
 
 @dataclass(frozen=True)
@@ -24,7 +26,7 @@ class GenerationOptions:
     """0 disables top-k filtering."""
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> GenerationOptions:
+    def from_args(cls, args: CommandConfig) -> GenerationOptions:
         """The options the generation flags (``--max_new_tokens``, ``--do_sample``...) name."""
         names = ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k")
         return cls(**{name: getattr(args, name) for name in names})

@@ -3,14 +3,13 @@ which weights a run's output came from."""
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from aligner.config import ArgumentError, ModelArgs
+from aligner.config import ArgumentError, CommandConfig
 from aligner.model_files import (
     LOAD_ERRORS,
     MODEL_CONFIG_FILES,
@@ -19,7 +18,6 @@ from aligner.model_files import (
     check_source,
     load_failure,
 )
-from aligner.options import add_options
 from aligner.prompts import TEMPLATE_FILENAME, Template, TemplateError, get_template
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -100,16 +98,7 @@ def checkpoint_template(
     return get_template(str(path), system_prompt)
 
 
-def add_model_arguments(group: argparse._ArgumentGroup) -> None:
-    """The flags that say where and how a checkpoint is loaded."""
-    group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    group.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
-    add_options(group, ModelArgs, only=("trust_remote_code",))
-
-
-def load_model(
-    args: argparse.Namespace, tokenizer_size: int, local_rank: int = 0
-) -> PreTrainedModel:
+def load_model(args: CommandConfig, tokenizer_size: int, local_rank: int = 0) -> PreTrainedModel:
     """The model that ``args`` name, in evaluation mode on its device (this rank's GPU); its
     embeddings must hold every token of its tokenizer's ``tokenizer_size``."""
     flag = "--model_name_or_path"

@@ -10,7 +10,6 @@ an LLM judge's verdicts (``inference.judge``), and the mean loss per target toke
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 import datasets
 
+from aligner.config import EvalConfig
 from aligner.datasets.base import DataError
 from aligner.datasets.loading import load_records
 from aligner.files import write_atomically
@@ -37,7 +37,7 @@ def beside(predictions: str, kind: str) -> Path:
     return path.with_name(f"{stem}.{kind}.jsonl")
 
 
-def scoring_requested(args: argparse.Namespace) -> bool:
+def scoring_requested(args: EvalConfig) -> bool:
     return bool(args.reward_model or args.cost_model)
 
 
@@ -66,9 +66,7 @@ def prediction_metrics(
     return {"file": path, "reference_field": field, **report}
 
 
-def score_predictions(
-    args: argparse.Namespace, pairs: list[Pair], ranks: Ranks
-) -> dict[str, Any] | None:
+def score_predictions(args: EvalConfig, pairs: list[Pair], ranks: Ranks) -> dict[str, Any] | None:
     """The ``reward`` and ``cost`` sections (on the main rank; None on the others)."""
     models = {"reward": args.reward_model, "cost": args.cost_model}
     options = scoring.ScoringOptions(
@@ -95,7 +93,7 @@ def score_predictions(
     return {**report, "scores_output": args.scores_output}
 
 
-def judge_predictions(args: argparse.Namespace, pairs: list[Pair]) -> tuple[dict[str, Any], int]:
+def judge_predictions(args: EvalConfig, pairs: list[Pair]) -> tuple[dict[str, Any], int]:
     """The ``judge`` section, and how many records got no verdict."""
     judge_ = judge.Judge(
         endpoint_from_args(args, "judge"),
@@ -115,7 +113,7 @@ def judge_predictions(args: argparse.Namespace, pairs: list[Pair]) -> tuple[dict
     return {**section, "judge_output": args.judge_output}, len(result.failed)
 
 
-def evaluate(args: argparse.Namespace, ranks: Ranks) -> tuple[dict[str, Any], int] | None:
+def evaluate(args: EvalConfig, ranks: Ranks) -> tuple[dict[str, Any], int] | None:
     """The report and the count of records the judge could not rate; None off the main rank."""
     report: dict[str, Any] = {}
     pairs = None
@@ -140,7 +138,7 @@ def evaluate(args: argparse.Namespace, ranks: Ranks) -> tuple[dict[str, Any], in
     return report, failed
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: EvalConfig) -> int:
     """Evaluate what the checked flags ask for; print (and with --output, write) the report."""
     ranks = Ranks.from_env()
     with ranks.group():

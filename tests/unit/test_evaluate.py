@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from aligner.commands import eval as eval_command
+from aligner.config import EvalConfig
 from aligner.constants import IGNORE_INDEX
 from aligner.inference.checkpoint_loss import target_loss
 from aligner.prompts import get_template
@@ -128,6 +130,10 @@ def test_eval_reports_the_loss_of_a_checkpoint(tiny_checkpoint_dir: Path, tmp_pa
         ),
         (["--predictions", "p.jsonl", "--tie_margin", "-1"], "--tie_margin must not be negative"),
         (["--predictions", "p.jsonl", "--output", "/dev/null"], "is not a regular file"),
+        (
+            ["--model_name_or_path", "m", "--eval_datasets", "e.jsonl", "--max_length", "1"],
+            "--max_length must be at least 2, got 1",
+        ),
     ],
 )
 def test_eval_user_errors_are_one_line(
@@ -152,3 +158,15 @@ def test_a_reference_field_no_record_has_is_refused(
         assert str(predictions) in error and repr(field) in error and "--reference_field" in error
     # Without the flag, records without references are fine: the default field is optional.
     assert eval_command.main(["--predictions", str(predictions)]) == 0
+
+
+def test_eval_fills_in_its_default_outputs_without_changing_the_parsed_config(
+    tmp_path: Path,
+) -> None:
+    predictions = tmp_path / "p.jsonl"
+    config = EvalConfig.parse(["--predictions", str(predictions), "--reward_model", "rm"])
+    plan = eval_command.prepare(config)
+    assert plan.config.scores_output == str(tmp_path / "p.scores.jsonl")
+    assert config.scores_output is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.scoring.scores_output = "elsewhere.jsonl"

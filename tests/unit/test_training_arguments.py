@@ -253,9 +253,13 @@ def test_bad_lora_and_kernel_flags_are_refused(flags: list[str], message: str | 
 
 @pytest.mark.parametrize("value", ["True", "False", None])
 def test_trust_remote_code_takes_the_original_form_in_every_command(value, tmp_path) -> None:
-    from aligner.commands.correct import build_parser as correct_parser
-    from aligner.commands.data import parse_args as data_args
-    from aligner.commands.eval import build_parser as eval_parser
+    from aligner.config import CorrectConfig, DataConfig, EvalConfig
+
+    correct_parser, data_args, eval_parser = (
+        CorrectConfig.parser,
+        DataConfig.parse,
+        EvalConfig.parser,
+    )
 
     flag = ["--trust_remote_code"] + ([value] if value else [])
     expected = value != "False"
