@@ -24,15 +24,16 @@ from typing import Any, ClassVar, Self
 from transformers import SchedulerType
 
 from aligner.errors import UserError
-from aligner.inference.preference import FORMATS as PREFERENCE_FORMATS
 from aligner.options import add_options, bool_or_auto, defaults_from_file, option, take
 from aligner.runtime import Ranks
 from aligner.secrets import redact
+from aligner.training.ds_config import OFFLOAD_CHOICES
 from aligner.training.ds_config import check_settings as check_deepspeed_settings
 
 RECORD_FIELDS = ("question", "messages", "answer", "correction")
 ATTN_IMPLEMENTATIONS = ("sdpa", "flash_attention_2", "eager")
-OFFLOAD_CHOICES = ("none", "parameter", "optimizer", "all")
+PREFERENCE_FORMATS = ("standard", "conversational")
+"""TRL's two forms of preference records: strings, or lists of messages."""
 SCHEDULERS = tuple(s.value for s in SchedulerType)
 
 

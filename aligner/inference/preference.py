@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aligner.config import PREFERENCE_FORMATS
 from aligner.inference.metrics import is_copy
 from aligner.inference.records import write_records
 from aligner.prompts import Turn, serialize_conversation
 
-FORMATS = ("standard", "conversational")
 PROMPT_SEPARATOR = "\n\n"
 """Ends a standard-format prompt written without the upstream chat template: TRL tokenizes the
 prompt alone and joined to each reply, and a prompt that ends mid-word merges tokens with the
@@ -74,8 +74,9 @@ def write_preferences(
     """Write the pairs of corrected records (``question`` or ``messages``, ``answer``,
     ``correction``); ``upstream`` is the upstream model's tokenizer, whose chat template writes
     standard-format prompts."""
-    if form not in FORMATS:
-        raise ValueError(f"unknown preference format {form!r}: use one of {', '.join(FORMATS)}")
+    if form not in PREFERENCE_FORMATS:
+        choices = ", ".join(PREFERENCE_FORMATS)
+        raise ValueError(f"unknown preference format {form!r}: use one of {choices}")
     stats, pairs = PreferenceStats(), []
     for record in records:
         answer, correction = record["answer"], record["correction"]
