@@ -408,6 +408,20 @@ class EndpointArgs:
     )
     max_reply_bytes: int = option(8 << 20, "a longer reply is cut off and retried (%(default)s)")
 
+    def check(self, prefix: str) -> None:
+        """The flags of the server named ``--{prefix}_url``, each named so in an error."""
+        named = self.url is not None or self.model is not None
+        if named and not (self.url and self.model):
+            raise ArgumentError(f"give both --{prefix}_url and --{prefix}_model, or neither")
+        for name in ("concurrency", "max_reply_bytes"):
+            if getattr(self, name) < 1:
+                raise ArgumentError(f"--{prefix}_{name} must be at least 1")
+        for name in ("retries", "backoff"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ArgumentError(f"--{prefix}_{name} must be a finite number, at least 0")
+        if not 0 < self.timeout < math.inf:
+            raise ArgumentError(f"--{prefix}_timeout must be a finite number above 0")
+
 
 @dataclass(frozen=True)
 class FilesArgs:
@@ -446,6 +460,10 @@ class CorrectionArgs:
         choices=PREFERENCE_FORMATS,
     )
 
+    def check(self) -> None:
+        if self.rounds < 1:
+            raise ArgumentError("--rounds must be at least 1")
+
 
 @dataclass(frozen=True)
 class PredictionsArgs:
@@ -479,6 +497,12 @@ class ScoringArgs:
         10_000, "resamples of the 95%% interval of the mean difference (%(default)s)"
     )
 
+    def check(self) -> None:
+        if self.bootstrap_samples < 1:
+            raise ArgumentError("--bootstrap_samples must be at least 1")
+        if not self.tie_margin >= 0:  # nan too
+            raise ArgumentError(f"--tie_margin must not be negative, got {self.tie_margin}")
+
 
 @dataclass(frozen=True)
 class JudgeArgs:
@@ -491,6 +515,14 @@ class JudgeArgs:
     )
     judge_max_tokens: int = option(1024, "most tokens per verdict (%(default)s)")
     judge_temperature: float = option(0.0, "judge sampling (%(default)s)")
+
+    def check(self) -> None:
+        if self.judge_max_tokens < 1:
+            raise ArgumentError("--judge_max_tokens must be at least 1")
+        if not self.judge_temperature >= 0:  # nan too
+            raise ArgumentError(
+                f"--judge_temperature must not be negative, got {self.judge_temperature}"
+            )
 
 
 @dataclass(frozen=True)
@@ -522,6 +554,11 @@ class LimitArgs:
         "(%(default)s)",
     )
     max_tokens: int = option(4096, "most max_tokens a client may ask of the upstream (%(default)s)")
+
+    def check(self) -> None:
+        for flag, value in dataclasses.asdict(self).items():
+            if value < 1:
+                raise ArgumentError(f"--{flag} must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -818,13 +855,15 @@ class CommandConfig:
 
     @classmethod
     def parse(cls, argv: list[str]) -> Self:
+        """The command line as this config, each group checked (once, here) by its own
+        ``check``; what a check refuses is an ArgumentError naming the flag."""
         namespace = cls.parser().parse_args(argv)
-        return cls(
-            **{
-                name: take(namespace, part.group, prefix=part.prefix)
-                for name, part in cls.PARTS.items()
-            }
-        )
+        groups = {}
+        for name, part in cls.PARTS.items():
+            groups[name] = group = take(namespace, part.group, prefix=part.prefix)
+            if hasattr(group, "check"):
+                group.check() if part.prefix is None else group.check(part.prefix)
+        return cls(**groups)
 
 
 def generation_parts(title: str, seed_help: str = "seed of sampling (%(default)s)") -> dict:

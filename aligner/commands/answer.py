@@ -30,7 +30,6 @@ from aligner.inference.answering import AnswerError, check, run
 
 def prepare(config: AnswerConfig) -> Plan[AnswerConfig, answering.Plan]:
     """The flags, then every check that needs no model; nothing is written."""
-    config.generation.check()
     if Path(config.input).resolve() == Path(config.output).resolve():
         raise AnswerError("--input, --output must be different files")
     return Plan(config, check(config))

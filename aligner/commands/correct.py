@@ -33,10 +33,7 @@ from aligner.inference.endpoint import endpoint_from_args
 
 
 def check_args(args: CorrectConfig) -> None:
-    endpoint_from_args(args, "aligner")  # its flags checked before any work
-    if args.rounds < 1:
-        raise CorrectionError("--rounds must be at least 1")
-    args.generation.check()
+    endpoint_from_args(args, "aligner")  # its URL checked before any work
     if args.upstream_tokenizer and (
         not args.preference_output or args.preference_format != "standard"
     ):

@@ -136,7 +136,6 @@ class Samples:
 def prepare(args: DataConfig) -> Plan[DataConfig, Samples]:
     """Check the flags and the dump path, then read, check and tokenize every record."""
     data = args.data
-    data.check()
     if args.dump:
         check_dump(args)
     tokenizer = load_tokenizer(args.model_name_or_path, trust_remote_code=args.trust_remote_code)

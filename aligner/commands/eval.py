@@ -45,12 +45,6 @@ def check_args(args: EvalConfig) -> None:
     if judging:
         endpoint_from_args(args, "judge")
         judge.load_prompt(args.judge_prompt)  # a bad prompt file fails now, not after scoring
-    for flag in ("batch_size", "bootstrap_samples", "judge_max_tokens"):
-        if getattr(args, flag) < 1:
-            raise DataError(f"--{flag} must be at least 1")
-    for flag in ("tie_margin", "judge_temperature"):
-        if getattr(args, flag) < 0:
-            raise DataError(f"--{flag} must not be negative")
     paths = {"--predictions": args.predictions, "--output": args.output}
     if scoring_requested(args):
         paths["--scores_output"] = args.scores_output
@@ -84,7 +78,6 @@ def with_default_outputs(args: EvalConfig) -> EvalConfig:
 
 def prepare(args: EvalConfig) -> Plan[EvalConfig, None]:
     """Every check of the flags and paths; the inputs are read as the work begins."""
-    args.data.check()
     args = with_default_outputs(args)
     check_args(args)
     return Plan(args, None)

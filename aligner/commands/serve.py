@@ -32,14 +32,10 @@ from aligner.tokenizer import load_tokenizer
 
 def prepare(args: ServeConfig) -> Plan[ServeConfig, Service]:
     """Every check, then the service with its aligner loaded; nothing listens yet."""
-    args.generation.check()
     upstream = endpoint_from_args(args, "upstream")
     if upstream is None:
         raise ArgumentError("give --upstream_url and --upstream_model")
     remote = endpoint_from_args(args, "aligner")
-    for flag in ("max_body_bytes", "max_messages", "max_prompt_tokens", "max_tokens"):
-        if getattr(args, flag) < 1:
-            raise ArgumentError(f"--{flag} must be at least 1")
     api_key = None
     if args.api_key_env:
         api_key = api_key_from_env(args.api_key_env)

@@ -360,7 +360,6 @@ def training_sets(
     args: DataArgs, tokenizer: PreTrainedTokenizerBase, template: Template
 ) -> tuple[datasets.Dataset, datasets.Dataset | None, DataReport]:
     """The training set, the evaluation set (or None), and what happened to the records."""
-    args.check()
     common = _pipeline_options(args)
     train, train_stats = build_dataset(args.train_datasets, tokenizer, template, **common)
     if args.eval_datasets:
@@ -385,7 +384,6 @@ def warmup_set(
 ) -> datasets.Dataset | None:
     """The identity warm-up set: a seeded ``--identity_warmup_ratio`` share of the training
     records, each with its answer as the target; None when the ratio is 0."""
-    args.check()
     ratio = args.identity_warmup_ratio
     if ratio == 0:
         return None

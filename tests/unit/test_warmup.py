@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-import pytest
-
-from aligner.config import ArgumentError, DataArgs
+from aligner.config import DataArgs
 from aligner.constants import IGNORE_INDEX
 from aligner.datasets.pipeline import warmup_set
 from aligner.options import add_options, take
@@ -50,8 +48,5 @@ def test_warmup_targets_are_the_answers_in_the_stated_share(bpe_tokenizer, tmp_p
     assert all(IGNORE_INDEX in row["labels"] for row in warmup)
 
 
-def test_no_warmup_by_default_and_bad_ratio(bpe_tokenizer, tmp_path) -> None:
+def test_no_warmup_by_default(bpe_tokenizer, tmp_path) -> None:
     assert warmup_set(parse(str(TEMPLATE_DATASET)), bpe_tokenizer, get_template()) is None
-    args = parse(str(TEMPLATE_DATASET), "--identity_warmup_ratio", "1.5")
-    with pytest.raises(ArgumentError, match="--identity_warmup_ratio must be in"):
-        warmup_set(args, bpe_tokenizer, get_template())
