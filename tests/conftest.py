@@ -4,6 +4,7 @@ and a tiny model of each family."""
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -307,3 +308,23 @@ def chat_checkpoint(chatml_tokenizer_dir: Path, tmp_path_factory: pytest.TempPat
     model = AutoModelForCausalLM.from_config(config)
     directory = tmp_path_factory.mktemp("chat-memorised") / "checkpoint"
     return memorise(model, tokenizer, get_template("chat"), CHAT_MEMORISED, directory, steps=60)
+
+
+@pytest.fixture
+def scripted_server():
+    """Start ``JudgeServer(script, **options)`` stand-ins; each is shut down after the test."""
+    from tests.standins import JudgeServer
+
+    servers = []
+
+    def start(script: dict[int, list[str]], **options: float) -> JudgeServer:
+        server = JudgeServer(script, **options)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.gate.set()
+        server.shutdown()
+        server.server_close()

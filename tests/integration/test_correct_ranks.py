@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,18 +12,13 @@ import pytest
 
 from aligner.commands import correct
 from aligner.inference.records import read_written
+from tests.standins import free_port
 
 pytestmark = pytest.mark.integration
 
 QUESTIONS = [
     {"question": f"Question {i}?" + " more" * i, "answer": f"Answer {i}."} for i in range(9)
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.timeout(420)  # the launch below may take 300 s; a hang fails here

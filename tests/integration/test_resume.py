@@ -5,7 +5,6 @@ never written or printed, and a two-node rehearsal on one machine."""
 from __future__ import annotations
 
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from safetensors.torch import load_file
 from aligner.training.checkpoints import MARKER_FILE, complete_checkpoints, find_checkpoint
 from aligner.training.tracking import read_metrics
 from tests.integration.conftest import SCRIPT, Run, clean_env, kill_session, run_command
+from tests.standins import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -266,7 +266,7 @@ def test_two_node_rehearsal_survives_a_node_kill_and_resumes_to_a_clean_finish(
     started: list[subprocess.Popen] = []
 
     def both(*flags: str) -> list[subprocess.Popen]:
-        port = _free_port()
+        port = free_port()
         for node_rank in (0, 1):
             command = [
                 "bash", str(SCRIPT), "--hostfile", str(hostfile), "--no_ssh",
@@ -317,12 +317,6 @@ def test_two_node_rehearsal_survives_a_node_kill_and_resumes_to_a_clean_finish(
         for process in started:
             kill_session(process.pid)
             process.wait()
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _steps_logged(metrics: Path) -> int:

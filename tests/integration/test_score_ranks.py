@@ -12,8 +12,7 @@ import pytest
 
 from aligner.commands import eval as evaluate
 from aligner.inference.records import read_written
-
-from .test_correct_ranks import free_port
+from tests.standins import free_port
 
 pytestmark = pytest.mark.integration
 

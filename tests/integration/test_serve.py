@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from fastapi.responses import JSONResponse
 
 from tests.conftest import CHAT_MEMORISED, REPO_ROOT
 from tests.integration.conftest import clean_env
-from tests.standins import chat_app, serving
+from tests.standins import chat_app, free_port, serving
 
 CLIENT_KEY = "client-secret-4d1c"
 UPSTREAM_KEY = "upstream-secret-9e7a"
@@ -62,12 +61,6 @@ class Served:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout=60)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def start(checkpoint: Path, upstream_url: str, work: Path, name: str) -> Served:

@@ -11,8 +11,7 @@ import pytest
 
 from aligner.commands import answer as answer_command
 from aligner.inference.records import read_written
-
-from .test_judge import KEY, JudgeHandler, JudgeServer, assert_key_nowhere, serve  # noqa: F401
+from tests.standins import KEY, JudgeHandler, JudgeServer, assert_key_nowhere
 
 
 class AnswerHandler(JudgeHandler):
@@ -27,9 +26,9 @@ class AnswerHandler(JudgeHandler):
 
 
 @pytest.fixture
-def serve_answers(serve):  # noqa: F811
+def serve_answers(scripted_server):
     def start(script: dict[int, list[str]]) -> JudgeServer:
-        server = serve(script, slow_seconds=1.5)
+        server = scripted_server(script, slow_seconds=1.5)
         server.RequestHandlerClass = AnswerHandler
         return server
 

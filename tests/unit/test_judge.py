@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -24,11 +21,9 @@ from aligner.inference.judge import (
     render_prompt,
 )
 from aligner.inference.records import read_written
+from tests.standins import KEY, JudgeServer, assert_key_nowhere
 
 from ..conftest import REPO_ROOT
-
-KEY = "sk-test-SENTINEL-7f3a9c1e5b"
-NUMBER = re.compile(r"Question (\d+):")
 
 
 def records(count: int) -> list[dict]:
@@ -41,147 +36,6 @@ def records(count: int) -> list[dict]:
         }
         for i in range(count)
     ]
-
-
-class JudgeServer(ThreadingHTTPServer):
-    """An OpenAI-style chat-completions server. ``script[i]`` lists what the requests about
-    record i get, one entry per attempt (the last entry repeats): ``win``, ``lose`` or ``tie``
-    (a verdict for or against the correction, wherever it is shown), ``garbage`` (a reply
-    without a verdict), ``429``, ``500``, ``slow`` (a verdict after the client's timeout),
-    ``drop`` (connection closed, no reply) or ``malformed`` (a body that is not JSON)."""
-
-    daemon_threads = True
-
-    def __init__(self, script: dict[int, list[str]], slow_seconds: float = 1.5) -> None:
-        super().__init__(("127.0.0.1", 0), JudgeHandler)
-        self.script = script
-        self.slow_seconds = slow_seconds
-        self.lock = threading.Lock()
-        self.asked: Counter[int] = Counter()
-        self.in_flight = self.most_in_flight = 0
-        self.gate_after: int | None = None  # hold every verdict after this many
-        self.gate = threading.Event()
-        self.verdicts_sent = 0
-        self.bodies: list[dict] = []
-        self.redirect_to = ""
-        self.huge_bytes_sent = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/v1"
-
-    def handle_error(self, request, client_address) -> None:
-        pass  # a client that timed out and hung up: expected here
-
-
-class JudgeHandler(BaseHTTPRequestHandler):
-    server: JudgeServer
-    protocol_version = "HTTP/1.1"  # chunked replies
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def reply(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_POST(self) -> None:
-        server = self.server
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        if self.path != "/v1/chat/completions":
-            return self.reply(404, b'{"error": "not found"}')
-        if self.headers.get("Authorization") != f"Bearer {KEY}":
-            # Echoes what it got, as some servers do: the client must not repeat it.
-            echoed = f'{{"error": "bad key {self.headers.get("Authorization")}"}}'
-            return self.reply(401, echoed.encode())
-        prompt = body["messages"][0]["content"]
-        number = int(NUMBER.search(prompt).group(1))
-        with server.lock:
-            server.bodies.append(body)
-            attempt = server.asked[number]
-            server.asked[number] += 1
-            server.in_flight += 1
-            server.most_in_flight = max(server.most_in_flight, server.in_flight)
-        try:
-            script = server.script.get(number, ["win"])
-            self.act(script[min(attempt, len(script) - 1)], prompt, number)
-        finally:
-            with server.lock:
-                server.in_flight -= 1
-
-    def stream_slowly_or_hugely(self, action: str) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        if action == "trickle":
-            self.send_header("Content-Length", "100000")
-            self.end_headers()
-            for _ in range(100000):
-                self.wfile.write(b" ")
-                self.wfile.flush()
-                time.sleep(0.1)
-            return
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
-        chunk = b" " * (1 << 20)
-        for _ in range(64):
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-            with self.server.lock:
-                self.server.huge_bytes_sent += len(chunk)
-        self.wfile.write(b"0\r\n\r\n")
-
-    def act(self, action: str, prompt: str, number: int) -> None:
-        if action == "429":
-            return self.reply(429, b'{"error": "slow down"}', {"Retry-After": "0"})
-        if action == "500":
-            return self.reply(500, b'{"error": "overloaded"}')
-        if action == "drop":
-            self.close_connection = True
-            return None
-        if action == "malformed":
-            return self.reply(200, b"<html>proxy error</html>")
-        if action == "redirect":
-            return self.reply(302, b"", {"Location": self.server.redirect_to})
-        if action in ("trickle", "huge"):
-            return self.stream_slowly_or_hugely(action)
-        if action == "slow":
-            time.sleep(self.server.slow_seconds)
-            action = "win"
-        correction_first = prompt.index(f"Correction {number}.") < prompt.index(f"Answer {number}.")
-        text = {
-            "win": f"The correction is right.\nVerdict: {'A' if correction_first else 'B'}",
-            "lose": f"The answer is better.\n**Verdict: {'B' if correction_first else 'A'}**",
-            "tie": "Both are fine.\n\nverdict: tie\n",
-            "garbage": "I cannot decide between them. Both have merits.",
-        }[action]
-        payload = {"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]}
-        with self.server.lock:
-            limit = self.server.gate_after
-            held = limit is not None and self.server.verdicts_sent >= limit
-            self.server.verdicts_sent += not held
-        if held:
-            self.server.gate.wait()
-        return self.reply(200, json.dumps(payload).encode(), {"Content-Type": "application/json"})
-
-
-@pytest.fixture
-def serve():
-    servers = []
-
-    def start(script: dict[int, list[str]], **options: float) -> JudgeServer:
-        server = JudgeServer(script, **options)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.gate.set()
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture(autouse=True)
@@ -201,14 +55,6 @@ def judge_args(predictions: Path, server: JudgeServer, *extra: object) -> list[s
     return [str(a) for a in (*args, *extra)]
 
 
-def assert_key_nowhere(folder: Path, *printed: str) -> None:
-    for text in printed:
-        assert KEY not in text
-    for path in folder.rglob("*"):
-        if path.is_file():
-            assert KEY.encode() not in path.read_bytes(), path
-
-
 FAULTS = {
     0: ["win"],
     1: ["429", "429", "win"],
@@ -224,9 +70,9 @@ FAULTS = {
 
 
 def test_judge_survives_every_fault_and_counts_every_verdict(
-    serve, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    scripted_server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    server = serve(FAULTS)
+    server = scripted_server(FAULTS)
     predictions = write_jsonl(tmp_path / "corrected.jsonl", records(10))
     output = tmp_path / "report.json"
     assert evaluate.main([*judge_args(predictions, server), "--output", str(output)]) == 0
@@ -259,9 +105,9 @@ def test_judge_survives_every_fault_and_counts_every_verdict(
 
 
 def test_the_order_is_seeded_per_record_recorded_and_shown_as_recorded(
-    serve, tmp_path: Path
+    scripted_server, tmp_path: Path
 ) -> None:
-    server = serve({})
+    server = scripted_server({})
     predictions = write_jsonl(tmp_path / "corrected.jsonl", records(40))
     runs = {}
     for name, seed in [("a", 1), ("b", 1), ("c", 2)]:
@@ -278,9 +124,9 @@ def test_the_order_is_seeded_per_record_recorded_and_shown_as_recorded(
 
 
 def test_a_record_the_server_keeps_failing_is_asked_again_by_the_next_run_only(
-    serve, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    scripted_server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    server = serve({2: ["500"], 4: ["garbage"]})
+    server = scripted_server({2: ["500"], 4: ["garbage"]})
     predictions = write_jsonl(tmp_path / "corrected.jsonl", records(6))
     argv = judge_args(predictions, server, "--judge_retries", 2)
     assert evaluate.main(argv) == 1  # not every record has a verdict: say so
@@ -299,8 +145,8 @@ def test_a_record_the_server_keeps_failing_is_asked_again_by_the_next_run_only(
     assert [line["id"] for line in read_written(output)] == [f"r{i}" for i in range(6)]
 
 
-def test_a_killed_run_resumes_without_asking_twice(serve, tmp_path: Path) -> None:
-    server = serve({})
+def test_a_killed_run_resumes_without_asking_twice(scripted_server, tmp_path: Path) -> None:
+    server = scripted_server({})
     server.gate_after = 4  # four verdicts, then every request hangs until the kill
     predictions = write_jsonl(tmp_path / "corrected.jsonl", records(12))
     output = tmp_path / "corrected.judge.jsonl"
@@ -339,9 +185,12 @@ def test_a_killed_run_resumes_without_asking_twice(serve, tmp_path: Path) -> Non
 
 
 def test_a_refused_key_stops_the_run_in_one_line_without_the_key(
-    serve, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    scripted_server,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    server = serve({})
+    server = scripted_server({})
     predictions = write_jsonl(tmp_path / "corrected.jsonl", records(3))
     monkeypatch.setenv("MY_JUDGE_KEY", KEY + "-wrong")
     argv = judge_args(predictions, server, "--judge_api_key_env", "MY_JUDGE_KEY")
@@ -354,9 +203,9 @@ def test_a_refused_key_stops_the_run_in_one_line_without_the_key(
 
 
 def test_a_prompt_file_replaces_the_default(
-    serve, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    scripted_server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    server = serve({})
+    server = scripted_server({})
     predictions = write_jsonl(tmp_path / "corrected.jsonl", records(2))
     prompt = tmp_path / "prompt.txt"
     prompt.write_text("Judge kindly.\n{conversation}\nA) {reply_a}\nB) {reply_b}\nVerdict: ?\n")
@@ -400,10 +249,10 @@ def test_placeholders_are_filled_once() -> None:
 
 
 def test_a_redirect_is_never_followed_and_the_key_goes_nowhere_else(
-    serve, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    scripted_server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    sink = serve({})  # another server: it must see no request at all
-    server = serve({0: ["redirect"]})
+    sink = scripted_server({})  # another server: it must see no request at all
+    server = scripted_server({0: ["redirect"]})
     server.redirect_to = sink.url + "/chat/completions"
     predictions = write_jsonl(tmp_path / "corrected.jsonl", records(1))
     assert evaluate.main(judge_args(predictions, server)) == 2
@@ -416,9 +265,9 @@ def test_a_redirect_is_never_followed_and_the_key_goes_nowhere_else(
 
 
 def test_a_trickling_reply_is_cut_off_at_the_overall_deadline(
-    serve, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    scripted_server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    server = serve({0: ["trickle"], 1: ["win"]})
+    server = scripted_server({0: ["trickle"], 1: ["win"]})
     predictions = write_jsonl(tmp_path / "corrected.jsonl", records(2))
     argv = judge_args(predictions, server, "--judge_timeout", 1, "--judge_retries", 1)
     started = time.monotonic()
@@ -433,9 +282,9 @@ def test_a_trickling_reply_is_cut_off_at_the_overall_deadline(
 
 
 def test_a_huge_reply_is_capped_while_it_streams_in(
-    serve, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    scripted_server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    server = serve({0: ["huge"], 1: ["win"]})
+    server = scripted_server({0: ["huge"], 1: ["win"]})
     predictions = write_jsonl(tmp_path / "corrected.jsonl", records(2))
     argv = [*judge_args(predictions, server, "--judge_retries", 0, "--judge_timeout", 30)]
     argv += ["--judge_max_reply_bytes", 1 << 20]
@@ -446,8 +295,10 @@ def test_a_huge_reply_is_capped_while_it_streams_in(
     assert [line["id"] for line in read_written(tmp_path / "corrected.judge.jsonl")] == ["r1"]
 
 
-def test_ctrl_c_ends_a_stuck_judge_at_once_keeping_every_verdict(serve, tmp_path: Path) -> None:
-    server = serve({})
+def test_ctrl_c_ends_a_stuck_judge_at_once_keeping_every_verdict(
+    scripted_server, tmp_path: Path
+) -> None:
+    server = scripted_server({})
     server.gate_after = 3  # three verdicts, then every request hangs
     predictions = write_jsonl(tmp_path / "corrected.jsonl", records(8))
     output = tmp_path / "corrected.judge.jsonl"
