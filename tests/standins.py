@@ -1,6 +1,7 @@
 """Stand-in servers on 127.0.0.1 for tests: a uvicorn runner, an OpenAI-compatible completions
 server running a model folder greedily (as ``vllm serve`` would), a chat server, and a chat
-server that scripts verdicts and faults per record (``JudgeServer``); a free port."""
+server that scripts verdicts (or answers, ``AnswerHandler``) and faults per record
+(``JudgeServer``); a free port."""
 
 from __future__ import annotations
 
@@ -231,6 +232,18 @@ class JudgeHandler(BaseHTTPRequestHandler):
             self.server.verdicts_sent += not held
         if held:
             self.server.gate.wait()
+        return self.reply(200, json.dumps(payload).encode(), {"Content-Type": "application/json"})
+
+
+class AnswerHandler(JudgeHandler):
+    """The judge's server, faults and all, answering questions instead of judging: the
+    action ``answer`` replies "The answer to N is N*N."."""
+
+    def act(self, action: str, prompt: str, number: int) -> None:
+        if action != "answer":
+            return super().act(action, prompt, number)
+        text = f"The answer to {number} is {number * number}."
+        payload = {"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]}
         return self.reply(200, json.dumps(payload).encode(), {"Content-Type": "application/json"})
 
 

@@ -11,18 +11,7 @@ import pytest
 
 from aligner.commands import answer as answer_command
 from aligner.inference.records import read_written
-from tests.standins import KEY, JudgeHandler, JudgeServer, assert_key_nowhere
-
-
-class AnswerHandler(JudgeHandler):
-    """The judge's server, faults and all, answering questions instead of judging."""
-
-    def act(self, action: str, prompt: str, number: int) -> None:
-        if action != "answer":
-            return super().act(action, prompt, number)
-        text = f"The answer to {number} is {number * number}."
-        payload = {"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]}
-        return self.reply(200, json.dumps(payload).encode(), {"Content-Type": "application/json"})
+from tests.standins import KEY, AnswerHandler, JudgeServer, assert_key_nowhere
 
 
 @pytest.fixture
