@@ -25,7 +25,7 @@ from aligner.inference.endpoint import api_key_from_env, endpoint_from_args
 from aligner.inference.generate import GenerationOptions
 from aligner.inference.model_loading import checkpoint_template, load_model
 from aligner.inference.remote import remote_aligner
-from aligner.serving.app import Limits, Service, create_app
+from aligner.serving.app import Service, create_app
 from aligner.serving.batcher import LocalAligner
 from aligner.tokenizer import load_tokenizer
 
@@ -65,9 +65,7 @@ def prepare(args: ServeConfig) -> Plan[ServeConfig, Service]:
         encoder=encoder,
         aligner=aligner,
         api_key=api_key,
-        limits=Limits(
-            args.max_body_bytes, args.max_messages, args.max_prompt_tokens, args.max_tokens
-        ),
+        limits=args.limits,
     )
     return Plan(args, service)
 

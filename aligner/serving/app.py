@@ -25,6 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
+from aligner.config import LimitArgs
 from aligner.datasets.encode import Request as Correction
 from aligner.datasets.encode import SampleEncoder
 from aligner.datasets.validation import check_messages
@@ -61,18 +62,6 @@ OWN_FIELDS = ("model", "messages", "stream", "n")
 IGNORED_FIELDS = ("stream_options", "metadata", "store", "service_tier")
 """Fields that change no reply, which clients such as LangChain send unasked: accepted and not
 acted on (a stream's chunks carry no ``usage``)."""
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one request may hold; more is refused with a 4xx before any model runs."""
-
-    max_body_bytes: int = 1 << 20
-    max_messages: int = 64
-    max_prompt_tokens: int = 4096
-    """Most tokens of the aligner's prompt: the conversation and the upstream's reply."""
-    max_tokens: int = 4096
-    """Most ``max_tokens`` a client may ask of the upstream."""
 
 
 class ApiError(Exception):
@@ -112,7 +101,7 @@ class Service:
     encoder: SampleEncoder
     aligner: Aligner
     api_key: str | None
-    limits: Limits
+    limits: LimitArgs
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -161,7 +150,7 @@ def text_of(content: Any) -> Any:
     return content
 
 
-def parse_chat(body: bytes, limits: Limits) -> tuple[list[dict[str, str]], dict[str, Any], bool]:
+def parse_chat(body: bytes, limits: LimitArgs) -> tuple[list[dict[str, str]], dict[str, Any], bool]:
     """The conversation, the upstream's parameters and ``stream``, or a 400 naming the field."""
     try:
         request = json.loads(body)
