@@ -542,7 +542,8 @@ class ServerArgs:
 
 @dataclass(frozen=True)
 class LimitArgs:
-    """What one request to ``aligner serve`` may hold; more is refused with a 4xx."""
+    """What one request to ``aligner serve`` may hold, and how many may run at once; more is
+    refused with a 4xx."""
 
     max_body_bytes: int = option(
         1 << 20, "most bytes of a request's body; more is a 413 (%(default)s)"
@@ -554,6 +555,11 @@ class LimitArgs:
         "(%(default)s)",
     )
     max_tokens: int = option(4096, "most max_tokens a client may ask of the upstream (%(default)s)")
+    max_concurrent_requests: int = option(
+        256,
+        "most chat completions in flight at once, a stream until its last chunk; one more is "
+        "refused with a 429 and Retry-After (%(default)s)",
+    )
 
     def check(self) -> None:
         for flag, value in dataclasses.asdict(self).items():

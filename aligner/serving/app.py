@@ -24,6 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aligner.config import LimitArgs
 from aligner.datasets.encode import Request as Correction
@@ -89,6 +90,38 @@ def failed_call(who: str, error: Exception) -> ApiError:
     if isinstance(error, EndpointUnavailable) and "no complete reply within" in str(error):
         return ApiError(504, message, "upstream_error", "upstream_timeout")
     return ApiError(502, message, "upstream_error", "upstream_failed")
+
+
+class RequestCap:
+    """At most ``limit`` requests to ``path`` at once; one more is refused at once with 429 and
+    ``Retry-After: 1``, so that a burst cannot queue without end in front of the aligner.
+
+    Written as ASGI middleware, not in the route, because a streamed reply outlives its route
+    function: a request counts until its last byte is sent or its client goes. uvicorn's
+    ``--limit-concurrency`` would count every connection, /health included, and refuse with a
+    plain-text 503 rather than OpenAI's error shape."""
+
+    def __init__(self, app: ASGIApp, *, limit: int, path: str) -> None:
+        self.app, self.limit, self.path = app, limit, path
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != self.path:
+            return await self.app(scope, receive, send)
+        if self.in_flight >= self.limit:
+            busy = ApiError(
+                429,
+                f"the server is busy: {self.limit} requests in flight; retry shortly",
+                "requests",
+                "rate_limit_exceeded",
+            ).response()
+            busy.headers["Retry-After"] = "1"
+            return await busy(scope, receive, send)
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
 
 
 @dataclass
@@ -330,6 +363,11 @@ def create_app(service: Service) -> FastAPI:
 
     app = FastAPI(title="aligner serve", lifespan=lifespan, docs_url=None, redoc_url=None)
     add_error_handlers(app)
+    app.add_middleware(
+        RequestCap,
+        limit=service.limits.max_concurrent_requests,
+        path="/v1/chat/completions",
+    )
 
     @app.get("/health")
     async def health() -> dict[str, str]:
