@@ -1027,8 +1027,14 @@ class ServeConfig(CommandConfig):
         ),
         "server": Part(ServerArgs, "server"),
         "limits": Part(LimitArgs, "limits: a request over one is refused with a 4xx"),
+        # One retry, not five: a client waits on each, and the openai client retries a 502
+        # itself; five with doubling back-off held an unreachable upstream's 502 for 31 s.
         "upstream": endpoint_part(
-            "upstream", "the upstream model", concurrency=64, api_key_env="OPENAI_API_KEY"
+            "upstream",
+            "the upstream model",
+            concurrency=64,
+            retries=1,
+            api_key_env="OPENAI_API_KEY",
         ),
         **generation_parts("the aligner's decoding (--batch_size: most requests batched)"),
         "aligner": endpoint_part(

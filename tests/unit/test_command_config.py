@@ -93,6 +93,11 @@ def test_a_bad_flag_is_refused_while_parsing(config, argv: list[str], message: s
         config.parse(argv)
 
 
+def test_serve_retries_its_upstream_once_and_answer_five_times() -> None:
+    assert ServeConfig.parse(SERVE).upstream.retries == 1
+    assert AnswerConfig.parse(ANSWER).upstream.retries == 5
+
+
 def test_each_command_config_is_frozen() -> None:
     config = CorrectConfig.parse(CORRECT)
     with pytest.raises(dataclasses.FrozenInstanceError):
