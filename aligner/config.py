@@ -19,7 +19,7 @@ from argparse import SUPPRESS
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from transformers import SchedulerType
 
@@ -29,6 +29,9 @@ from aligner.runtime import Ranks
 from aligner.secrets import redact
 from aligner.training.ds_config import OFFLOAD_CHOICES
 from aligner.training.ds_config import check_settings as check_deepspeed_settings
+
+if TYPE_CHECKING:
+    from typing import Self  # Python 3.11; annotations only, so 3.10 runs this module
 
 RECORD_FIELDS = ("question", "messages", "answer", "correction")
 ATTN_IMPLEMENTATIONS = ("sdpa", "flash_attention_2", "eager")
