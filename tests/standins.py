@@ -19,7 +19,7 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 
 @contextmanager
@@ -42,7 +42,9 @@ def serving(app: FastAPI) -> Iterator[str]:
 
 def completions_app(folder: Path) -> FastAPI:
     """``POST /v1/completions`` for token-id prompts, decoded greedily by transformers with the
-    request's ``stop_token_ids`` and ``max_tokens``; the reply's text skips special tokens."""
+    request's ``stop_token_ids`` and ``max_tokens``; the reply's text skips special tokens. With
+    ``"stream": true`` the text goes out as server-sent events, one per token that adds text,
+    then ``data: [DONE]``, as vLLM sends it."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -52,7 +54,7 @@ def completions_app(folder: Path) -> FastAPI:
     app.state.prompts = []
 
     @app.post("/v1/completions")
-    async def complete(request: Request) -> dict[str, Any]:
+    async def complete(request: Request) -> Any:
         body = await request.json()
         prompt, stops = body["prompt"], body["stop_token_ids"]
         assert body["temperature"] == 0.0 and all(isinstance(i, int) for i in prompt)
@@ -69,7 +71,22 @@ def completions_app(folder: Path) -> FastAPI:
         ended = next((i for i, token in enumerate(new) if token in stops), None)
         text = tokenizer.decode(new[:ended], skip_special_tokens=True)
         reason = "length" if ended is None else "stop"
-        return {"choices": [{"index": 0, "text": text, "finish_reason": reason}]}
+        if not body.get("stream"):
+            return {"choices": [{"index": 0, "text": text, "finish_reason": reason}]}
+        pieces, sent = [], ""
+        for count in range(1, len(new[:ended]) + 1):
+            so_far = tokenizer.decode(new[:count], skip_special_tokens=True)
+            if so_far != sent and so_far.startswith(sent) and not so_far.endswith("\ufffd"):
+                pieces.append(so_far[len(sent) :])
+                sent = so_far
+        assert sent == text
+
+        def event(piece: str, finish_reason: str | None = None) -> str:
+            choice = {"index": 0, "text": piece, "finish_reason": finish_reason}
+            return f"data: {json.dumps({'choices': [choice]})}\n\n"
+
+        events = [*map(event, pieces), event("", reason), "data: [DONE]\n\n"]
+        return StreamingResponse(iter(events), media_type="text/event-stream")
 
     return app
 

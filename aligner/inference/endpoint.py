@@ -13,7 +13,9 @@ here is what a batch job against a remote server needs on top:
 - retries, with exponential backoff or the server's ``Retry-After``, of a 429, a 5xx, a
   timeout, a dropped connection or a reply that is no completion; any other 4xx stops the run;
 - bounded concurrency, results handed back as they arrive, and Ctrl-C that ends the run within
-  a second or two (pending requests are cancelled, not waited for).
+  a second or two (pending requests are cancelled, not waited for);
+- streamed completions (``stream_completion``) under the same deadline, cap and retries,
+  retried only until their first piece of text has been handed on.
 
 ``base_url`` is the server's base URL as OpenAI clients take it (``http://host:8000/v1``). The
 key, if any, is sent as a bearer token and appears in no message, repr or file.
@@ -22,11 +24,13 @@ key, if any, is sent as a bearer token and appears in no message, repr or file.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
 import urllib.parse
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -157,17 +161,63 @@ class Endpoint:
             try:
                 return await asyncio.wait_for(self._attempt(client, url, data), self.timeout)
             except asyncio.TimeoutError:
-                reason = f"no complete reply within {self.timeout:g} s"
-                wait = None
+                reason, wait = f"no complete reply within {self.timeout:g} s", None
             except _Retry as problem:
                 reason, wait = self.redact(str(problem)), problem.retry_after
-            if attempt < self.retries:
-                delay = self.backoff * 2**attempt * random.uniform(0.5, 1.0)
-                await asyncio.sleep(max(delay, wait or 0.0))
+            await self._back_off(attempt, wait)
         raise EndpointUnavailable(f"{url}: no reply after {self.retries + 1} tries ({reason})")
 
-    async def _attempt(self, client: httpx.AsyncClient, url: str, data: bytes) -> Any:
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    async def stream_completion(
+        self, client: httpx.AsyncClient, prompt: list[int] | str, **params: Any
+    ) -> AsyncIterator[str]:
+        """The continuation of a prompt, each piece of text as the server streams it
+        (``"stream": true``: server-sent events ending with ``[DONE]``).
+
+        Retried as ``post`` is until the first piece is handed on; after that a failure raises
+        ``EndpointUnavailable``, since text already passed on cannot be taken back. A task of
+        its own reads the stream under the deadline, so that a caller holding a piece never
+        stops the clock, and leaving the loop early ends the request."""
+        url = self.base_url + "/completions"
+        body = {"model": self.model, "prompt": prompt, **params, "stream": True}
+        data = json.dumps(body).encode()
+        reason = ""
+        for attempt in range(self.retries + 1):
+            pieces: asyncio.Queue[str | Exception | None] = asyncio.Queue()
+            reader = asyncio.create_task(self._read_stream(client, url, data, pieces))
+            handed_on = False
+            try:
+                while (piece := await pieces.get()) is not None:
+                    if isinstance(piece, Exception):
+                        raise piece
+                    handed_on = True
+                    yield piece
+                return
+            except _Retry as problem:
+                reason, wait = self.redact(str(problem)), problem.retry_after
+            finally:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+            if handed_on:
+                raise EndpointUnavailable(f"{url}: the stream broke off ({reason})")
+            await self._back_off(attempt, wait)
+        raise EndpointUnavailable(f"{url}: no reply after {self.retries + 1} tries ({reason})")
+
+    async def _back_off(self, attempt: int, wait: float | None) -> None:
+        """Sleep before the next try (the doubled backoff with jitter, or the server's
+        Retry-After if longer); not after the last."""
+        if attempt < self.retries:
+            delay = self.backoff * 2**attempt * random.uniform(0.5, 1.0)
+            await asyncio.sleep(max(delay, wait or 0.0))
+
+    @asynccontextmanager
+    async def _response(
+        self, client: httpx.AsyncClient, url: str, data: bytes, accept: str = "application/json"
+    ) -> AsyncIterator[httpx.Response]:
+        """The response to a POST of ``data`` whose status says a reply follows: a redirect
+        or another 4xx stops the run; a 429, a 5xx or a transport failure, also while the
+        body is read, is retried."""
+        headers = {"Content-Type": "application/json", "Accept": accept}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         try:
@@ -180,21 +230,73 @@ class Endpoint:
                     )
                 if response.status_code == 429 or response.status_code >= 500:
                     raise _Retry(f"HTTP {response.status_code}", retry_after(response.headers))
-                body = await self._read_capped(response)
+                if response.status_code >= 400:
+                    body = await self._read_capped(response)
+                    detail = body[:ERROR_DETAIL_BYTES].decode("utf-8", "replace").strip()
+                    raise EndpointError(
+                        self.redact(
+                            f"{url}: HTTP {response.status_code} {response.reason_phrase}: "
+                            + " ".join(detail.split())
+                        )
+                    )
+                yield response
         except httpx.TransportError as error:  # refused, unreachable, dropped, read timeout
             raise _Retry(f"{type(error).__name__}: {error}") from None
-        if response.status_code >= 400:
-            detail = body[:ERROR_DETAIL_BYTES].decode("utf-8", "replace").strip()
-            raise EndpointError(
-                self.redact(
-                    f"{url}: HTTP {response.status_code} {response.reason_phrase}: "
-                    + " ".join(detail.split())
-                )
-            )
+
+    async def _attempt(self, client: httpx.AsyncClient, url: str, data: bytes) -> Any:
+        async with self._response(client, url, data) as response:
+            body = await self._read_capped(response)
         try:
             return json.loads(body)
         except ValueError:
             raise _Retry("a reply that is not JSON") from None
+
+    async def _read_stream(
+        self,
+        client: httpx.AsyncClient,
+        url: str,
+        data: bytes,
+        pieces: asyncio.Queue[str | Exception | None],
+    ) -> None:
+        """One try at a stream: its pieces into ``pieces``, then None, or the failure."""
+        try:
+            await asyncio.wait_for(self._stream_events(client, url, data, pieces), self.timeout)
+        except asyncio.TimeoutError:
+            pieces.put_nowait(_Retry(f"no complete reply within {self.timeout:g} s"))
+        except Exception as error:  # raised where the pieces are read; none may end unheard
+            pieces.put_nowait(error)
+        else:
+            pieces.put_nowait(None)
+
+    async def _stream_events(
+        self,
+        client: httpx.AsyncClient,
+        url: str,
+        data: bytes,
+        pieces: asyncio.Queue[str | Exception | None],
+    ) -> None:
+        size, pending = 0, b""
+        async with self._response(client, url, data, "text/event-stream") as response:
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > self.max_reply_bytes:
+                    raise _Retry(f"a reply longer than {self.max_reply_bytes} bytes")
+                *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
+                    payload = line.strip()
+                    if not payload.startswith(b"data:"):
+                        continue  # a blank line between events, or a comment
+                    payload = payload.removeprefix(b"data:").strip()
+                    if payload == b"[DONE]":
+                        return
+                    try:
+                        event = json.loads(payload)
+                    except ValueError:
+                        raise _Retry("a stream event that is not JSON") from None
+                    text = _first_choice(event, lambda choice: choice["text"]).text
+                    if text:
+                        pieces.put_nowait(text)
+        raise _Retry("a stream that ended before its [DONE]")
 
     async def _read_capped(self, response: httpx.Response) -> bytes:
         declared = response.headers.get("Content-Length")

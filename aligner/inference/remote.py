@@ -8,6 +8,7 @@ of turn or EOS as local generation, and decodes the reply without special tokens
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -54,7 +55,8 @@ def checkpoint_stops(model_name_or_path: str, template_stops: list[int]) -> list
 class RemoteAligner:
     """Corrections through the completions endpoint, each request retried as the endpoint
     says: ``generate(requests)`` sends a batch ``concurrency`` at a time; between ``start``
-    and ``stop``, ``stream(prompt)`` corrects one prompt (for ``aligner serve``)."""
+    and ``stop``, ``stream(prompt)`` streams one prompt's correction as the server decodes it
+    (for ``aligner serve``)."""
 
     def __init__(
         self,
@@ -75,7 +77,10 @@ class RemoteAligner:
 
     async def stream(self, prompt: list[int]) -> AsyncIterator[str]:
         assert self.client is not None, "start() first"
-        yield await self.correct(self.client, prompt)
+        pieces = self.endpoint.stream_completion(self.client, prompt, **self.params)
+        async with contextlib.aclosing(pieces):  # a caller that stops early ends the request
+            async for piece in pieces:
+                yield piece
 
     async def stop(self) -> None:
         if self.client is not None:

@@ -4,6 +4,7 @@ and on a completions server."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from pathlib import Path
 
 from transformers import AutoModelForCausalLM
@@ -83,7 +84,7 @@ def test_a_client_that_leaves_frees_its_row(tiny_checkpoint_dir: Path) -> None:
     assert decoded[1] == 200 and "".join(kept)  # the other decoded on to its full length
 
 
-def test_an_aligner_on_a_completions_server_streams_its_correction_whole(
+def test_an_aligner_on_a_completions_server_streams_its_correction_piece_by_piece(
     chat_checkpoint: Path,
 ) -> None:
     from aligner.inference.endpoint import Endpoint
@@ -114,4 +115,47 @@ def test_an_aligner_on_a_completions_server_streams_its_correction_whole(
             await aligner.stop()
 
     with serving(completions_app(chat_checkpoint)) as url:
-        assert asyncio.run(run(url)) == [record["correction"]]
+        pieces = asyncio.run(run(url))
+    assert len(pieces) > 3 and "".join(pieces) == record["correction"]
+
+
+def test_a_stream_is_retried_until_its_first_piece_and_not_after() -> None:
+    """The first try fails with a 500, the second ends before any text, the third sends two
+    pieces and breaks off: the caller gets both pieces, then one error; no fourth try."""
+    import json
+
+    import pytest
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse, StreamingResponse
+
+    from aligner.inference.endpoint import Endpoint, EndpointUnavailable
+    from tests.standins import serving
+
+    app, tries = FastAPI(), []
+
+    def events(*texts: str) -> Iterator[str]:
+        for text in texts:
+            yield f"data: {json.dumps({'choices': [{'index': 0, 'text': text}]})}\n\n"
+        if len(tries) == 3:
+            raise ConnectionResetError("the server went away")  # the connection is cut
+
+    @app.post("/v1/completions")
+    async def complete() -> object:
+        tries.append(1)
+        if len(tries) == 1:
+            return JSONResponse({"error": {"message": "overloaded"}}, status_code=500)
+        return StreamingResponse(events() if len(tries) == 2 else events("Hel", "lo"))
+
+    async def run(url: str) -> tuple[list[str], str]:
+        endpoint = Endpoint(url, "aligner", retries=5, backoff=0.01, flag="--aligner_url")
+        received = []
+        async with endpoint.client(1) as client:
+            with pytest.raises(EndpointUnavailable) as failure:
+                async for piece in endpoint.stream_completion(client, [1, 2, 3]):
+                    received.append(piece)
+        return received, str(failure.value)
+
+    with serving(app) as url:
+        received, error = asyncio.run(run(url))
+    assert received == ["Hel", "lo"] and len(tries) == 3
+    assert "the stream broke off" in error
