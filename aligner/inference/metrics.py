@@ -80,7 +80,10 @@ def correction_metrics(
 
     ``copy_rate`` is the share of corrections equal to their answer; ``mean_edit_distance`` the
     mean word-level Levenshtein distance from answer to correction; ``edit_rate`` the same
-    distance divided by the longer text's word count, averaged. ``exact_match`` and ``rouge_l``
+    distance divided by the longer text's word count, averaged. ``mean_answer_words`` and
+    ``mean_correction_words`` are the mean lengths, and ``longer_rate`` the share of corrections
+    longer than their answer: judges and reward models tend to favour longer replies, so a win
+    rate is read beside them. ``exact_match`` and ``rouge_l``
     are averaged over the records with a reference (None marks a record without one).
     """
     if len(answers) != len(corrections):
@@ -91,15 +94,19 @@ def correction_metrics(
     report: dict[str, float | int] = {"num_records": count}
     if count == 0:
         return report
-    distances, rates = [], []
+    distances, rates, lengths = [], [], []
     for answer, correction in zip(answers, corrections, strict=True):
         a, c = words(answer), words(correction)
         distance = edit_distance(a, c)
         distances.append(distance)
         rates.append(distance / max(len(a), len(c), 1))
+        lengths.append((len(a), len(c)))
     report["copy_rate"] = sum(map(is_copy, corrections, answers)) / count
     report["mean_edit_distance"] = sum(distances) / count
     report["edit_rate"] = sum(rates) / count
+    report["mean_answer_words"] = sum(a for a, _ in lengths) / count
+    report["mean_correction_words"] = sum(c for _, c in lengths) / count
+    report["longer_rate"] = sum(c > a for a, c in lengths) / count
     pairs = [
         (correction, reference)
         for correction, reference in zip(corrections, references or [None] * count, strict=True)

@@ -203,6 +203,11 @@ def summary_table(report: dict[str, Any]) -> str:
             f"copy rate {percent(metrics['copy_rate'])}, mean edit distance "
             f"{metrics['mean_edit_distance']:.2f} words ({metrics['num_records']} records)"
         )
+        lines.append(
+            f"mean length {metrics['mean_answer_words']:.1f} words answered, "
+            f"{metrics['mean_correction_words']:.1f} corrected; "
+            f"{percent(metrics['longer_rate'])} of corrections longer"
+        )
     if "eval_loss" in report:
         loss = report["eval_loss"]
         lines.append(f"eval loss {loss['loss']:.4f} (perplexity {loss['perplexity']:.2f})")

@@ -60,7 +60,9 @@ def test_target_loss_is_the_mean_over_every_target_token(model) -> None:
         assert report["perplexity"] == pytest.approx(math.exp(total / count), rel=1e-5)
 
 
-def test_eval_reports_the_metrics_of_a_corrected_file(tmp_path: Path) -> None:
+def test_eval_reports_the_metrics_of_a_corrected_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     records = [
         {
             "id": 0,
@@ -88,6 +90,10 @@ def test_eval_reports_the_metrics_of_a_corrected_file(tmp_path: Path) -> None:
     assert report["num_references"] == 2
     assert report["exact_match"] == pytest.approx(0.5)
     assert report["rouge_l"] == pytest.approx((1.0 + 0.8) / 2)
+    # Answers of 4, 3 and 1 words, corrections of 4, 3 and 0: none longer.
+    assert (report["mean_answer_words"], report["mean_correction_words"]) == (8 / 3, 7 / 3)
+    assert report["longer_rate"] == 0.0
+    assert "mean length 2.7 words answered, 2.3 corrected" in capsys.readouterr().err
 
 
 def test_eval_reports_the_loss_of_a_checkpoint(tiny_checkpoint_dir: Path, tmp_path: Path) -> None:

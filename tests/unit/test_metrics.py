@@ -70,6 +70,10 @@ def test_correction_metrics_aggregate() -> None:
     # Distances 1, 0, 2; rates 1/4, 0/5, 2/3.
     assert report["mean_edit_distance"] == pytest.approx(1.0)
     assert report["edit_rate"] == pytest.approx((1 / 4 + 0 + 2 / 3) / 3)
+    # Lengths 4, 5, 1 answered and 4, 5, 3 corrected: one correction of three is longer.
+    assert report["mean_answer_words"] == pytest.approx(10 / 3)
+    assert report["mean_correction_words"] == pytest.approx(4.0)
+    assert report["longer_rate"] == pytest.approx(1 / 3)
     # Two records have a reference: one exact, one with ROUGE-L 4/5 (LCS 4 of 5 and 5).
     assert report["num_references"] == 2
     assert report["exact_match"] == pytest.approx(0.5)
