@@ -19,7 +19,7 @@ from argparse import SUPPRESS
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from transformers import SchedulerType
 
@@ -29,9 +29,6 @@ from aligner.runtime import Ranks
 from aligner.secrets import redact
 from aligner.training.ds_config import OFFLOAD_CHOICES
 from aligner.training.ds_config import check_settings as check_deepspeed_settings
-
-if TYPE_CHECKING:
-    from typing import Self  # Python 3.11; annotations only, so 3.10 runs this module
 
 RECORD_FIELDS = ("question", "messages", "answer", "correction")
 ATTN_IMPLEMENTATIONS = ("sdpa", "flash_attention_2", "eager")
@@ -820,6 +817,10 @@ class Part:
     prefix: str | None = None
 
 
+Command = TypeVar("Command", bound="CommandConfig")
+"""A command's own config class (``typing.Self`` is Python 3.11)."""
+
+
 @dataclass(frozen=True)
 class CommandConfig:
     """A command's flags, by group (frozen). Every flag also reads as an attribute of the
@@ -863,7 +864,7 @@ class CommandConfig:
         return parser
 
     @classmethod
-    def parse(cls, argv: list[str]) -> Self:
+    def parse(cls: type[Command], argv: list[str]) -> Command:
         """The command line as this config, each group checked (once, here) by its own
         ``check``; what a check refuses is an ArgumentError naming the flag."""
         namespace = cls.parser().parse_args(argv)

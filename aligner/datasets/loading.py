@@ -69,8 +69,11 @@ def content_digest(path: Path) -> str:
     digest = hashlib.sha256()
     for file in files:
         digest.update(f"{file.relative_to(path) if file != path else ''}\0".encode())
+        of_file = hashlib.sha256()  # hashlib.file_digest is Python 3.11
         with file.open("rb") as handle:
-            digest.update(hashlib.file_digest(handle, "sha256").digest())
+            while chunk := handle.read(1 << 20):
+                of_file.update(chunk)
+        digest.update(of_file.digest())
     return digest.hexdigest()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -53,3 +54,19 @@ def test_aligner_command_is_installed() -> None:
     )
     assert result.returncode == 0 and "aligner data" not in result.stderr
     assert "data" in result.stdout and "train" in result.stdout
+
+
+def test_the_code_runs_on_the_oldest_python_the_project_allows() -> None:
+    """vermin reads every module for what it needs of Python (``typing.Self``,
+    ``hashlib.file_digest``... are 3.11); the suite itself runs on one newer Python only."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    oldest = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    target = oldest["requires-python"].removeprefix(">=")
+    flags = [f"--target={target}-", "--violations", "--no-tips", "--eval-annotations"]
+    found = subprocess.run(
+        [Path(sys.executable).with_name("vermin"), *flags, "aligner", "benchmarks"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert found.returncode == 0, found.stdout
