@@ -259,44 +259,39 @@ class Endpoint:
         pieces: asyncio.Queue[str | Exception | None],
     ) -> None:
         """One try at a stream: its pieces into ``pieces``, then None, or the failure."""
+
+        async def read() -> None:
+            size, pending = 0, b""
+            async with self._response(client, url, data, "text/event-stream") as response:
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > self.max_reply_bytes:
+                        raise _Retry(f"a reply longer than {self.max_reply_bytes} bytes")
+                    *lines, pending = (pending + chunk).split(b"\n")
+                    for line in lines:
+                        payload = line.strip()
+                        if not payload.startswith(b"data:"):
+                            continue  # a blank line between events, or a comment
+                        payload = payload.removeprefix(b"data:").strip()
+                        if payload == b"[DONE]":
+                            return
+                        try:
+                            event = json.loads(payload)
+                        except ValueError:
+                            raise _Retry("a stream event that is not JSON") from None
+                        text = _first_choice(event, lambda choice: choice["text"]).text
+                        if text:
+                            pieces.put_nowait(text)
+            raise _Retry("a stream that ended before its [DONE]")
+
         try:
-            await asyncio.wait_for(self._stream_events(client, url, data, pieces), self.timeout)
+            await asyncio.wait_for(read(), self.timeout)
         except asyncio.TimeoutError:
             pieces.put_nowait(_Retry(f"no complete reply within {self.timeout:g} s"))
         except Exception as error:  # raised where the pieces are read; none may end unheard
             pieces.put_nowait(error)
         else:
             pieces.put_nowait(None)
-
-    async def _stream_events(
-        self,
-        client: httpx.AsyncClient,
-        url: str,
-        data: bytes,
-        pieces: asyncio.Queue[str | Exception | None],
-    ) -> None:
-        size, pending = 0, b""
-        async with self._response(client, url, data, "text/event-stream") as response:
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > self.max_reply_bytes:
-                    raise _Retry(f"a reply longer than {self.max_reply_bytes} bytes")
-                *lines, pending = (pending + chunk).split(b"\n")
-                for line in lines:
-                    payload = line.strip()
-                    if not payload.startswith(b"data:"):
-                        continue  # a blank line between events, or a comment
-                    payload = payload.removeprefix(b"data:").strip()
-                    if payload == b"[DONE]":
-                        return
-                    try:
-                        event = json.loads(payload)
-                    except ValueError:
-                        raise _Retry("a stream event that is not JSON") from None
-                    text = _first_choice(event, lambda choice: choice["text"]).text
-                    if text:
-                        pieces.put_nowait(text)
-        raise _Retry("a stream that ended before its [DONE]")
 
     async def _read_capped(self, response: httpx.Response) -> bytes:
         declared = response.headers.get("Content-Length")
