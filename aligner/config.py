@@ -15,6 +15,7 @@ import dataclasses
 import json
 import math
 import sys
+import urllib.parse
 from argparse import SUPPRESS
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -381,6 +382,19 @@ class LoadingArgs:
     dtype: str = option("auto", "auto, float32, bfloat16 or float16")
 
 
+def check_base_url(url: str, flag: str) -> str:
+    """The URL without a trailing slash; one that is not http(s) or holds credentials is
+    refused, naming ``flag``."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ArgumentError(f"{flag} {url!r}: give the server's base URL, http(s)://host:port/v1")
+    if parts.username or parts.password:
+        raise ArgumentError(
+            f"{flag} must not hold credentials; pass the key in an environment variable"
+        )
+    return url.rstrip("/")
+
+
 @dataclass(frozen=True)
 class EndpointArgs:
     """One OpenAI-compatible server's flags, added for a prefix: ``--aligner_url``,
@@ -413,6 +427,8 @@ class EndpointArgs:
         named = self.url is not None or self.model is not None
         if named and not (self.url and self.model):
             raise ArgumentError(f"give both --{prefix}_url and --{prefix}_model, or neither")
+        if self.url is not None:
+            check_base_url(self.url, f"--{prefix}_url")
         for name in ("concurrency", "max_reply_bytes"):
             if getattr(self, name) < 1:
                 raise ArgumentError(f"--{prefix}_{name} must be at least 1")

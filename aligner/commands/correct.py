@@ -29,11 +29,9 @@ from aligner.config import CorrectConfig
 from aligner.errors import Plan, run_command
 from aligner.inference import correcting
 from aligner.inference.correcting import CorrectionError, check, run
-from aligner.inference.endpoint import endpoint_from_args
 
 
 def check_args(args: CorrectConfig) -> None:
-    endpoint_from_args(args, "aligner")  # its URL checked before any work
     if args.upstream_tokenizer and (
         not args.preference_output or args.preference_format != "standard"
     ):

@@ -28,7 +28,6 @@ from aligner.datasets.base import DataError
 from aligner.errors import Plan, run_command
 from aligner.files import check_writable
 from aligner.inference import judge
-from aligner.inference.endpoint import endpoint_from_args
 from aligner.inference.reporting import beside, run, scoring_requested
 from aligner.runtime import Ranks
 
@@ -43,7 +42,6 @@ def check_args(args: EvalConfig) -> None:
     if wants_loss and not (args.model_name_or_path and args.eval_datasets):
         raise DataError("the eval loss needs both --model_name_or_path and --eval_datasets")
     if judging:
-        endpoint_from_args(args, "judge")
         judge.load_prompt(args.judge_prompt)  # a bad prompt file fails now, not after scoring
     paths = {"--predictions": args.predictions, "--output": args.output}
     if scoring_requested(args):

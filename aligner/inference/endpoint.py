@@ -28,7 +28,6 @@ import contextlib
 import json
 import os
 import random
-import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
+from aligner.config import check_base_url
 from aligner.errors import UserError
 
 if TYPE_CHECKING:
@@ -63,19 +63,6 @@ class _Retry(Exception):
     def __init__(self, reason: str, retry_after: float | None = None) -> None:
         super().__init__(reason)
         self.retry_after = retry_after
-
-
-def check_base_url(url: str, flag: str) -> str:
-    """The URL without a trailing slash; one that is not http(s) or holds credentials is
-    refused, naming ``flag``."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise UserError(f"{flag} {url!r}: give the server's base URL, http(s)://host:port/v1")
-    if parts.username or parts.password:
-        raise UserError(
-            f"{flag} must not hold credentials; pass the key in an environment variable"
-        )
-    return url.rstrip("/")
 
 
 def api_key_from_env(variable: str | None) -> str | None:
