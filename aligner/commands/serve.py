@@ -24,7 +24,7 @@ from aligner.inference.correcting import INFERENCE_MAX_LENGTH
 from aligner.inference.endpoint import api_key_from_env, endpoint_from_args
 from aligner.inference.generate import GenerationOptions
 from aligner.inference.model_loading import checkpoint_template, load_model
-from aligner.inference.remote import remote_aligner
+from aligner.inference.remote import remote_aligner_from_flags
 from aligner.serving.app import Service, create_app
 from aligner.serving.batcher import LocalAligner
 from aligner.tokenizer import load_tokenizer
@@ -35,7 +35,6 @@ def prepare(args: ServeConfig) -> Plan[ServeConfig, Service]:
     upstream = endpoint_from_args(args, "upstream")
     if upstream is None:
         raise ArgumentError("give --upstream_url and --upstream_model")
-    remote = endpoint_from_args(args, "aligner")
     api_key = None
     if args.api_key_env:
         api_key = api_key_from_env(args.api_key_env)
@@ -45,18 +44,10 @@ def prepare(args: ServeConfig) -> Plan[ServeConfig, Service]:
     encoder = SampleEncoder(
         tokenizer, checkpoint_template(args.model_name_or_path), max_length=INFERENCE_MAX_LENGTH
     )
-    options = GenerationOptions.from_args(args)
-    if remote is not None:
-        aligner = remote_aligner(
-            remote,
-            encoder,
-            options,
-            model_name_or_path=args.model_name_or_path,
-            seed=args.seed,
-            concurrency=args.aligner_concurrency,
-        )
-    else:
+    aligner = remote_aligner_from_flags(args, encoder)
+    if aligner is None:
         model = load_model(args, len(tokenizer))
+        options = GenerationOptions.from_args(args)
         aligner = LocalAligner(model, tokenizer, encoder.stop_token_ids(), options, args.batch_size)
     service = Service(
         name=args.served_model_name or upstream.model,

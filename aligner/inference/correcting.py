@@ -23,7 +23,6 @@ from aligner.datasets.encode import Request, SampleEncoder
 from aligner.datasets.loading import load_records
 from aligner.errors import UserError
 from aligner.files import check_writable
-from aligner.inference.endpoint import endpoint_from_args
 from aligner.inference.generate import GenerationOptions, generate
 from aligner.inference.metrics import is_copy
 from aligner.inference.model_loading import checkpoint_template, load_model, model_source
@@ -35,7 +34,7 @@ from aligner.inference.records import (
     Record,
     with_ids,
 )
-from aligner.inference.remote import remote_aligner
+from aligner.inference.remote import remote_aligner_from_flags
 from aligner.inference.resumable import ResumableJob, append_in_batches, longest_first
 from aligner.prompts import Template
 from aligner.runtime import Ranks
@@ -98,19 +97,8 @@ def correct_pending(
     ranks: Ranks,
 ) -> None:
     """Generate the corrections of ``pending`` and append them to ``output``."""
-    options = GenerationOptions.from_args(args)
-    endpoint = endpoint_from_args(args, "aligner")
-    if endpoint is not None:
-        generate_fn = remote_aligner(
-            endpoint,
-            encoder,
-            options,
-            model_name_or_path=args.model_name_or_path,
-            seed=args.seed,
-            concurrency=args.aligner_concurrency,
-        ).generate
-    else:
-        generate_fn = local_generator(args, encoder, options, ranks)
+    remote = remote_aligner_from_flags(args, encoder)
+    generate_fn = remote.generate if remote is not None else local_generator(args, encoder, ranks)
 
     def lines_of(batch: list[Record]) -> list[Record]:
         histories = correct_batch(generate_fn, batch, args.rounds)
@@ -120,9 +108,10 @@ def correct_pending(
 
 
 def local_generator(
-    args: CorrectConfig, encoder: SampleEncoder, options: GenerationOptions, ranks: Ranks
+    args: CorrectConfig, encoder: SampleEncoder, ranks: Ranks
 ) -> Callable[[list[Request]], list[str]]:
     """Corrections from the checkpoint loaded here, on this rank's device."""
+    options = GenerationOptions.from_args(args)
     model = load_model(args, len(encoder.tokenizer), ranks.local_rank)
     set_seed(args.seed)
     stops = encoder.stop_token_ids()

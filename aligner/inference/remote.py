@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from transformers import AutoConfig, GenerationConfig
 
 from aligner.datasets.encode import Request, SampleEncoder
 from aligner.errors import RunFailure
-from aligner.inference.endpoint import Endpoint, run_requests
+from aligner.inference.endpoint import Endpoint, endpoint_from_args, run_requests
 from aligner.inference.generate import GenerationOptions, stop_token_ids
+
+if TYPE_CHECKING:
+    from aligner.config import CommandConfig
 
 
 def sampling_params(options: GenerationOptions, stops: list[int], seed: int) -> dict[str, Any]:
@@ -113,3 +116,19 @@ def remote_aligner(
     """The aligner that ``endpoint`` serves, stopping and decoding as the local one would."""
     stops = checkpoint_stops(model_name_or_path, encoder.stop_token_ids())
     return RemoteAligner(endpoint, encoder, sampling_params(options, stops, seed), concurrency)
+
+
+def remote_aligner_from_flags(args: CommandConfig, encoder: SampleEncoder) -> RemoteAligner | None:
+    """The aligner that ``--aligner_url`` serves, decoding as the generation flags say; None
+    without ``--aligner_url`` (the aligner is then loaded here)."""
+    endpoint = endpoint_from_args(args, "aligner")
+    if endpoint is None:
+        return None
+    return remote_aligner(
+        endpoint,
+        encoder,
+        GenerationOptions.from_args(args),
+        model_name_or_path=args.model_name_or_path,
+        seed=args.seed,
+        concurrency=args.aligner_concurrency,
+    )
